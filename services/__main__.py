@@ -1,0 +1,184 @@
+"""`make run`: the whole mesh on one machine.
+
+Starts a local Postgres under .data/ when DATABASE_URL is unset, generates development
+secrets once (kept in .data/dev-secrets.json, mode 0600), starts the five services, a
+training worker and the local gRPC-web gateway as child processes, waits until they
+report SERVING, and prints what runs where. Ctrl-C (or SIGTERM) stops every child and the
+Postgres it started; children also die with this process (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import ctypes
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.devpg import LocalPostgres
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("DATA_DIR", ROOT / ".data")).resolve()
+DEV_PG_PORT = int(os.environ.get("DEV_PG_PORT", "55432"))
+
+# name → (module args, grpc port, http port)
+SERVICES: dict[str, tuple[list[str], int, int]] = {
+    "auth": (["services.auth"], 50051, 9091),
+    "storage": (["services.storage"], 50052, 9092),
+    "rag": (["services.rag"], 50053, 9093),
+    "chat": (["services.chat"], 50054, 9094),
+    "training": (["services.training"], 50055, 9095),
+}
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def dev_secrets() -> dict[str, str]:
+    """Secrets for local use only, generated on the first run and reused after."""
+    path = DATA / "dev-secrets.json"
+    if path.exists():
+        return dict(json.loads(path.read_text()))
+    key = ed25519.Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    values = {
+        "AIVERA_INTERNAL_TOKEN": secrets.token_urlsafe(32),
+        "AIVERA_BOOTSTRAP_ADMIN_TOKEN": "avs_" + secrets.token_urlsafe(32),
+        "JWT_PRIVATE_KEYS": pem,
+        "MASTER_ENCRYPTION_KEY": "v1:" + base64.urlsafe_b64encode(os.urandom(32)).decode(),
+    }
+    DATA.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(json.dumps(values, indent=2))
+    return values
+
+
+def wait_serving(port: int, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as chan:
+        stub = health_pb2_grpc.HealthStub(chan)
+        while time.monotonic() < end:
+            try:
+                resp = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    return True
+            except grpc.RpcError:
+                pass
+            time.sleep(0.3)
+    return False
+
+
+def main() -> int:
+    DATA.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    for key, value in dev_secrets().items():
+        env.setdefault(key, value)
+    env.setdefault("AIVERA_ENV", "dev")
+    env.setdefault("GRPC_HOST", "127.0.0.1")
+    env.setdefault("HTTP_HOST", "127.0.0.1")
+    env.setdefault("DATA_DIR", str(DATA))
+    env["PYTHONUNBUFFERED"] = "1"
+
+    pg: LocalPostgres | None = None
+    if "DATABASE_URL" not in os.environ:
+        pg = LocalPostgres(DATA / "postgres", DEV_PG_PORT)
+        print(f"postgres: starting local cluster in {pg.datadir} on 127.0.0.1:{DEV_PG_PORT}")
+        pg.start()
+        env["DATABASE_URL"] = pg.create_database("aivera")
+
+    logs = DATA / "logs"
+    logs.mkdir(exist_ok=True)
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+    def spawn(name: str, args: list[str]) -> None:
+        out = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the child
+        proc = subprocess.Popen(
+            [sys.executable, "-m", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+            start_new_session=True,  # Ctrl-C reaches us; we stop the children in order
+        )
+        children.append((name, proc))
+
+    try:
+        for name, (args, _, _) in SERVICES.items():
+            spawn(name, args)
+        if (ROOT / "services" / "training" / "worker.py").exists():
+            spawn("training-worker", ["services.training", "worker"])
+        if (ROOT / "gateway" / "__main__.py").exists():
+            spawn("gateway", ["gateway"])
+
+        ok = True
+        for name, (_, port, _) in SERVICES.items():
+            serving = wait_serving(port, 120)
+            ok = ok and serving
+            if not serving:
+                print(f"  {name}: not SERVING; see {logs / (name + '.log')}")
+        print()
+        print("Aivera mesh" + (" is up:" if ok else " started with problems:"))
+        for name, (_, port, http) in SERVICES.items():
+            print(f"  {name:<9} grpc 127.0.0.1:{port}   http 127.0.0.1:{http}/metrics")
+        if any(n == "gateway" for n, _ in children):
+            print("  gateway   gRPC-web http://127.0.0.1:8080  (admin 127.0.0.1:8081)")
+        if pg is not None:
+            print(f"  postgres  {pg.dsn('aivera')}")
+        print(f"  logs      {logs}/")
+        admin = env.get("AIVERA_BOOTSTRAP_ADMIN_TOKEN", "")
+        print(f"\nAdmin static token (local use only): {admin}")
+        print("Ctrl-C stops everything.")
+
+        while not stopping:
+            for name, proc in children:
+                if proc.poll() is not None:
+                    print(f"{name} exited with code {proc.returncode}; see {logs}/{name}.log")
+                    stopping = True
+            time.sleep(0.5)
+    finally:
+        print("\nstopping...")
+        for _, proc in children:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 25
+        for _, proc in children:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if pg is not None:
+            pg.stop()
+            print("postgres stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

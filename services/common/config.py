@@ -1,0 +1,49 @@
+"""Settings every service reads from the environment (pydantic-settings).
+
+Field names are the environment variable names, lower-cased (`database_url` ←
+`DATABASE_URL`). Each service subclasses `CommonSettings` with its own fields. The README
+has the full table.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False)
+
+    # dev: local defaults allowed (e.g. a generated signing key); prod: every secret required.
+    aivera_env: Literal["dev", "test", "prod"] = "dev"
+    database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/aivera")
+    db_pool_min: int = 1
+    db_pool_max: int = 10
+    # The credential services present to each other (metadata x-aivera-internal-token).
+    aivera_internal_token: SecretStr = SecretStr("")
+    log_level: str = "INFO"
+    grpc_host: str = "0.0.0.0"
+    http_host: str = "0.0.0.0"
+    # SIGTERM: stop accepting, let in-flight RPCs (streams included) finish this long.
+    shutdown_grace_seconds: float = 20.0
+    # How often dependencies are re-checked for the health status.
+    health_check_interval_seconds: float = 5.0
+    # Addresses of the other services (host:port).
+    auth_addr: str = "127.0.0.1:50051"
+    storage_addr: str = "127.0.0.1:50052"
+    rag_addr: str = "127.0.0.1:50053"
+    chat_addr: str = "127.0.0.1:50054"
+    training_addr: str = "127.0.0.1:50055"
+    # Access-token checks done by every service.
+    jwt_issuer: str = "aivera-auth"
+    jwt_audience: str = "aivera"
+    # An unknown `kid` triggers a JWKS refetch at most this often (stops refetch floods).
+    jwks_min_refresh_seconds: float = 2.0
+
+    def internal_token(self) -> str:
+        return self.aivera_internal_token.get_secret_value()
+
+    def dsn(self) -> str:
+        return self.database_url.get_secret_value()

@@ -1,0 +1,30 @@
+"""asyncpg pool for one service's schema."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import asyncpg
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb in and out as Python objects, everywhere.
+    await conn.set_type_codec(
+        "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog", format="text"
+    )
+    await conn.set_type_codec(
+        "json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog", format="text"
+    )
+
+
+async def create_pool(dsn: str, *, schema: str, service: str, min_size: int, max_size: int) -> Any:
+    """A pool whose connections see `schema` first: SQL in a service names its tables
+    unqualified and cannot reach another service's schema by accident."""
+    return await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        server_settings={"search_path": schema, "application_name": f"aivera-{service}"},
+    )

@@ -1,0 +1,290 @@
+"""Serving a proto service: one wrapper around every RPC handler.
+
+The wrapper does, once per call, what every service needs: request id and deadline into
+the call context, the access check declared in the proto (public / user / admin /
+internal), domain errors → gRPC statuses, one structured log line, and metrics. Handlers
+are registered from the service descriptor, so a method a servicer does not implement
+yet answers UNIMPLEMENTED, and no generated `add_*_to_server` is needed.
+
+Wrapping at registration (rather than a grpc.aio ServerInterceptor) keeps it to a single
+layer per call and lets the caller live in a context variable the handler can read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from services.common import context as ctx
+from services.common.access import Access, MethodInfo, method_info
+from services.common.errors import (
+    FailedPrecondition,
+    PermissionDenied,
+    ServiceError,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+)
+from services.common.internal import (
+    AUTHORIZATION_HEADER,
+    INTERNAL_TOKEN_HEADER,
+    ON_BEHALF_OF_HEADER,
+    REQUEST_ID_HEADER,
+    internal_token_matches,
+)
+from services.common.jwks import JwksVerifier
+from services.common.logs import fields
+from services.common.metrics import MethodMetrics
+
+log = logging.getLogger("aivera.rpc")
+
+_NO_DEADLINE = 1e8  # grpc reports "no deadline" as a huge remaining time
+
+
+def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in context.invocation_metadata() or ():
+        if isinstance(value, str):
+            out[key] = value
+    return out
+
+
+def _timeout(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
+    remaining = context.time_remaining()
+    if remaining is None or remaining > _NO_DEADLINE:
+        return None
+    return float(remaining)
+
+
+class RpcRuntime:
+    """Per-server policy shared by all wrapped handlers."""
+
+    def __init__(
+        self,
+        *,
+        verifier: JwksVerifier | None,
+        internal_token: str,
+        ready: Callable[[], bool] = lambda: True,
+        log_calls: bool = True,
+    ) -> None:
+        self.verifier = verifier
+        self._internal_token = internal_token
+        self._ready = ready
+        self._log_calls = log_calls
+
+    # -- access -------------------------------------------------------------------------
+    async def authorize(self, info: MethodInfo, md: dict[str, str]) -> ctx.Caller:
+        internal = md.get(INTERNAL_TOKEN_HEADER)
+        if internal is not None:
+            if not internal_token_matches(internal, self._internal_token):
+                raise Unauthenticated("invalid internal service credential")
+            if info.access is Access.ADMIN:
+                raise PermissionDenied("admin RPCs need an admin user's token")
+            on_behalf_of = md.get(ON_BEHALF_OF_HEADER) or None
+            if info.access is Access.USER and on_behalf_of is None:
+                raise FailedPrecondition(
+                    f"internal calls to user RPCs must name the user in {ON_BEHALF_OF_HEADER}"
+                )
+            return ctx.Caller(
+                user_id=on_behalf_of,
+                role=ctx.ROLE_USER if on_behalf_of else None,
+                internal=True,
+            )
+        if info.access is Access.PUBLIC:
+            return ctx.ANONYMOUS
+        header = md.get(AUTHORIZATION_HEADER)
+        if not header:
+            if info.access is Access.INTERNAL:
+                raise Unauthenticated("this RPC needs the internal service credential")
+            raise Unauthenticated("missing access token (authorization: Bearer <token>)")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthenticated("authorization must be 'Bearer <access token>'")
+        if self.verifier is None:
+            raise Unavailable("token verification is not configured")
+        claims = await self.verifier.verify(token)
+        if info.access is Access.INTERNAL:
+            raise PermissionDenied("this RPC is internal to the mesh")
+        if info.access is Access.ADMIN and claims.role != ctx.ROLE_ADMIN:
+            raise PermissionDenied("this RPC needs the admin role")
+        return ctx.Caller(user_id=claims.user_id, role=claims.role, token=token)
+
+    # -- call lifecycle -----------------------------------------------------------------
+    async def _begin(self, info: MethodInfo, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        md = _metadata(context)
+        rid = md.get(REQUEST_ID_HEADER) or ctx.new_request_id()
+        ctx.bind(caller=ctx.ANONYMOUS, request_id=rid, method=info.path, timeout=_timeout(context))
+        if not self._ready():
+            raise Unavailable("service is starting; retry shortly")
+        ctx.set_caller(await self.authorize(info, md))
+
+    def _code_of(
+        self, exc: BaseException, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> grpc.StatusCode:
+        if isinstance(exc, ServiceError):
+            return exc.code
+        if isinstance(exc, grpc.aio.AbortError):  # the handler called context.abort itself
+            return context.code() or grpc.StatusCode.UNKNOWN
+        if isinstance(exc, asyncio.CancelledError):
+            return grpc.StatusCode.CANCELLED
+        return grpc.StatusCode.INTERNAL
+
+    async def _fail(
+        self, exc: BaseException, info: MethodInfo, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        """Turn an exception into the call's status (by aborting); returns only for
+        aborts already made and cancellations, which the caller re-raises."""
+        if isinstance(exc, ServiceError):
+            await _abort(context, exc)
+        if isinstance(exc, (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit)):
+            return
+        log.exception("unhandled error in %s", info.path)
+        await context.abort(
+            grpc.StatusCode.INTERNAL, f"internal error (request id {ctx.request_id()})"
+        )
+
+    def _finish(
+        self,
+        info: MethodInfo,
+        metrics: MethodMetrics,
+        code: grpc.StatusCode,
+        start: float,
+        sent: int = 0,
+    ) -> None:
+        elapsed = time.perf_counter() - start
+        metrics.observe(code.name, elapsed, sent)
+        if self._log_calls:
+            level = logging.WARNING if code is grpc.StatusCode.INTERNAL else logging.INFO
+            log.log(
+                level,
+                "rpc %s %s",
+                info.path,
+                code.name,
+                extra=fields(method=info.path, code=code.name, ms=round(elapsed * 1000, 2)),
+            )
+
+    # -- wrappers, one per streaming kind -----------------------------------------------
+    def wrap(self, info: MethodInfo, behavior: Any) -> Any:
+        metrics = MethodMetrics(info.service, info.name)
+        if info.server_streaming:
+            return self._wrap_stream_out(info, behavior, metrics)
+        return self._wrap_single_out(info, behavior, metrics)
+
+    def _wrap_single_out(self, info: MethodInfo, behavior: Any, metrics: MethodMetrics) -> Any:
+        async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                await self._begin(info, context)
+                return await behavior(request, context)
+            except BaseException as exc:
+                code = self._code_of(exc, context)
+                await self._fail(exc, info, context)
+                raise
+            finally:
+                self._finish(info, metrics, code, start)
+
+        return handler
+
+    def _wrap_stream_out(self, info: MethodInfo, behavior: Any, metrics: MethodMetrics) -> Any:
+        async def handler(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            sent = 0
+            stream: AsyncIterator[Any] | None = None
+            try:
+                await self._begin(info, context)
+                stream = behavior(request, context)
+                async for message in stream:
+                    sent += 1
+                    yield message
+            except BaseException as exc:
+                code = self._code_of(exc, context)
+                await self._fail(exc, info, context)
+                raise
+            finally:
+                # Close the handler's generator now, so its work stops when the client
+                # goes away rather than whenever the garbage collector gets to it.
+                aclose = getattr(stream, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+                self._finish(info, metrics, code, start, sent)
+
+        return handler
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: ServiceError) -> None:
+    if exc.field is None:
+        await context.abort(exc.code, exc.message)
+    status = status_pb2.Status(code=exc.code.value[0], message=exc.message)
+    detail = error_details_pb2.BadRequest(
+        field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=exc.message)
+        ]
+    )
+    status.details.add().Pack(detail)
+    await context.abort_with_status(rpc_status.to_status(status))
+
+
+def _unimplemented(info: MethodInfo) -> Any:
+    message = f"{info.service}/{info.name} is not implemented yet"
+    if info.server_streaming:
+
+        async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            raise Unimplemented(message)
+            yield  # pragma: no cover - makes this an async generator
+
+        return stream
+
+    async def unary(request: Any, context: Any) -> Any:
+        raise Unimplemented(message)
+
+    return unary
+
+
+def _implementation(servicer: object, method: MethodDescriptor) -> Any | None:
+    impl = getattr(servicer, method.name, None)
+    if impl is None:
+        return None
+    # The generated *Servicer base classes only raise NotImplementedError: treat them as
+    # missing so the call answers UNIMPLEMENTED through our wrapper.
+    owner = getattr(getattr(impl, "__func__", None), "__module__", "")
+    if owner.endswith("_pb2_grpc"):
+        return None
+    return impl
+
+
+def service_handler(
+    service: ServiceDescriptor, servicer: object, runtime: RpcRuntime
+) -> grpc.GenericRpcHandler:
+    """A generic handler serving every method of `service` from `servicer`."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in service.methods:
+        info = method_info(service, method)
+        request_cls = message_factory.GetMessageClass(method.input_type)
+        response_cls = message_factory.GetMessageClass(method.output_type)
+        impl = _implementation(servicer, method) or _unimplemented(info)
+        wrapped = runtime.wrap(info, impl)
+        deserialize, serialize = request_cls.FromString, response_cls.SerializeToString
+        if info.client_streaming and info.server_streaming:
+            handler = grpc.stream_stream_rpc_method_handler(wrapped, deserialize, serialize)
+        elif info.client_streaming:
+            handler = grpc.stream_unary_rpc_method_handler(wrapped, deserialize, serialize)
+        elif info.server_streaming:
+            handler = grpc.unary_stream_rpc_method_handler(wrapped, deserialize, serialize)
+        else:
+            handler = grpc.unary_unary_rpc_method_handler(wrapped, deserialize, serialize)
+        handlers[method.name] = handler
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)

@@ -1,0 +1,289 @@
+"""Service bootstrap: one way every service starts, reports health and stops.
+
+Start-up order: the gRPC port opens at once with health NOT_SERVING (probes can tell
+"starting" from "dead"), then the database pool connects (retrying while Postgres is not
+up), migrations run under their advisory lock, the service's `on_ready` hook runs, and
+health turns SERVING. Dependencies are re-checked periodically and health follows them.
+SIGTERM drains: health NOT_SERVING, new calls refused, in-flight calls (streams too) get
+`shutdown_grace_seconds` to finish, then the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from aiohttp import web
+from google.protobuf.descriptor import ServiceDescriptor
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from services.common import db, logs, migrations
+from services.common.channels import open_channel
+from services.common.config import CommonSettings
+from services.common.errors import Unavailable
+from services.common.http import start_http
+from services.common.jwks import JwksVerifier
+from services.common.rpc import RpcRuntime, service_handler
+
+log = logging.getLogger("aivera.server")
+
+Servicers = list[tuple[ServiceDescriptor, object]]
+Check = Callable[["App"], Awaitable[bool]]
+
+
+@dataclass
+class ServiceSpec:
+    """What a service tells the runtime about itself."""
+
+    name: str  # "auth"
+    port: int
+    http_port: int
+    # Builds the servicers. They may keep `app` and use `app.pool` at call time.
+    build: Callable[[App], Awaitable[Servicers]]
+    schema: str | None = None  # Postgres schema; None for a service without a database
+    migrations: Path | None = None
+    on_ready: Callable[[App], Awaitable[None]] | None = None  # after migrations
+    on_stop: Callable[[App], Awaitable[None]] | None = None
+    checks: list[Check] = field(default_factory=list)  # extra dependency checks
+    http_routes: Callable[[App, web.Application], None] | None = None
+    # Defaults to the auth service's GetJwks over gRPC; auth itself passes its own keys.
+    verifier: Callable[[App], JwksVerifier] | None = None
+
+
+class App:
+    """A running service: its settings, pool, channels and background tasks."""
+
+    def __init__(self, spec: ServiceSpec, settings: CommonSettings) -> None:
+        self.spec = spec
+        self.settings = settings
+        self._pool: Any = None
+        self.ready = False
+        self.serving = False
+        self.grpc_port = 0
+        self.http_port = 0
+        self.health = HealthServicer()
+        self.service_names: list[str] = []
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._ready_event = asyncio.Event()
+        self._server: grpc.aio.Server | None = None
+        self._http: web.AppRunner | None = None
+        self._stopped = False
+        verifier = spec.verifier(self) if spec.verifier else self._auth_verifier()
+        self.runtime = RpcRuntime(
+            verifier=verifier,
+            internal_token=settings.internal_token(),
+            ready=lambda: self.ready,
+        )
+
+    # -- resources ----------------------------------------------------------------------
+    @property
+    def pool(self) -> Any:
+        if self._pool is None:
+            raise Unavailable("database is not connected yet")
+        return self._pool
+
+    def channel(self, target: str) -> grpc.aio.Channel:
+        """A shared channel to another service (created once per target)."""
+        chan = self._channels.get(target)
+        if chan is None:
+            chan = open_channel(target, internal_token=self.settings.internal_token())
+            self._channels[target] = chan
+        return chan
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str = "") -> asyncio.Task[Any]:
+        """Run a background task that is cancelled when the service stops."""
+        task = asyncio.create_task(coro, name=name or None)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+    def _auth_verifier(self) -> JwksVerifier:
+        from aivera.auth.v1 import auth_pb2, auth_pb2_grpc
+
+        async def fetch() -> list[dict[str, Any]]:
+            stub = auth_pb2_grpc.AuthServiceStub(self.channel(self.settings.auth_addr))
+            jwks = await stub.GetJwks(auth_pb2.GetJwksRequest(), timeout=5)
+            return [
+                {
+                    k: v
+                    for k, v in (
+                        ("kid", j.kid),
+                        ("kty", j.kty),
+                        ("alg", j.alg),
+                        ("use", j.use),
+                        ("crv", j.crv),
+                        ("x", j.x),
+                        ("y", j.y),
+                    )
+                    if v
+                }
+                for j in jwks.keys
+            ]
+
+        return JwksVerifier(
+            fetch,
+            issuer=self.settings.jwt_issuer,
+            audience=self.settings.jwt_audience,
+            min_refresh_seconds=self.settings.jwks_min_refresh_seconds,
+        )
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        await asyncio.wait_for(self._ready_event.wait(), timeout)
+
+    async def _set_health(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        self.serving = serving
+        for name in ["", *self.service_names]:
+            await self.health.set(name, status)
+
+    async def _check_dependencies(self) -> bool:
+        try:
+            if self.spec.schema is not None:
+                async with self.pool.acquire(timeout=5) as conn:
+                    await conn.fetchval("SELECT 1")
+            for check in self.spec.checks:
+                if not await check(self):
+                    return False
+            return True
+        except Exception as exc:
+            log.warning("dependency check failed: %s", exc)
+            return False
+
+    async def _bring_up(self) -> None:
+        settings = self.settings
+        if self.spec.schema is not None:
+            delay = 0.2
+            while True:
+                try:
+                    dsn = self.settings.dsn()  # re-read: tests repoint a starting service
+                    if self.spec.migrations is not None:
+                        await migrations.migrate(dsn, self.spec.schema, self.spec.migrations)
+                    self._pool = await db.create_pool(
+                        dsn,
+                        schema=self.spec.schema,
+                        service=self.spec.name,
+                        min_size=settings.db_pool_min,
+                        max_size=settings.db_pool_max,
+                    )
+                    break
+                except (TimeoutError, OSError) as exc:
+                    log.warning("database not reachable yet (%s); retrying", type(exc).__name__)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+        if self.spec.on_ready is not None:
+            await self.spec.on_ready(self)
+        self.ready = True
+        while True:
+            serving = await self._check_dependencies()
+            if serving != self.serving:
+                await self._set_health(serving)
+                log.info("health %s", "SERVING" if serving else "NOT_SERVING")
+            if serving:
+                self._ready_event.set()
+            await asyncio.sleep(settings.health_check_interval_seconds)
+
+    async def start(self) -> None:
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+                ("grpc.max_send_message_length", 16 * 1024 * 1024),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ]
+        )
+        for descriptor, servicer in await self.spec.build(self):
+            server.add_generic_rpc_handlers((service_handler(descriptor, servicer, self.runtime),))
+            self.service_names.append(descriptor.full_name)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [
+                *self.service_names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
+        )
+        self.grpc_port = server.add_insecure_port(f"{self.settings.grpc_host}:{self.spec.port}")
+        await self._set_health(False)
+        await server.start()
+        self._server = server
+        self._http, self.http_port = await start_http(self, self.settings.http_host)
+        log.info(
+            "%s listening: grpc %s:%d, http %s:%d",
+            self.spec.name,
+            self.settings.grpc_host,
+            self.grpc_port,
+            self.settings.http_host,
+            self.http_port,
+        )
+        self.spawn(self._bring_up(), name=f"{self.spec.name}-bring-up")
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain and stop: NOT_SERVING, refuse new calls, let in-flight ones finish."""
+        if self._stopped:
+            return
+        self._stopped = True
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        self.ready = False
+        with contextlib.suppress(Exception):
+            await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.spec.on_stop is not None:
+            await self.spec.on_stop(self)
+        for chan in self._channels.values():
+            await chan.close()
+        if self._http is not None:
+            await self._http.cleanup()
+        if self._pool is not None:
+            await self._pool.close()
+        log.info("%s stopped", self.spec.name)
+
+
+async def serve(spec: ServiceSpec, settings: CommonSettings) -> None:
+    """Run until SIGTERM or SIGINT, then drain."""
+    logs.configure(spec.name, settings.log_level)
+    app = App(spec, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await app.start()
+    await stop.wait()
+    log.info(
+        "%s: shutdown signal, draining for up to %.0fs", spec.name, settings.shutdown_grace_seconds
+    )
+    await app.stop()
+
+
+async def migrate_only(spec: ServiceSpec, settings: CommonSettings) -> None:
+    """Apply the service's migrations and exit (the Kubernetes migrations Job)."""
+    logs.configure(spec.name, settings.log_level)
+    if spec.schema is None or spec.migrations is None:
+        log.info("%s has no migrations", spec.name)
+        return
+    applied = await migrations.migrate(settings.dsn(), spec.schema, spec.migrations)
+    log.info("%s: %d migration(s) applied", spec.name, len(applied))

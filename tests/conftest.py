@@ -1,0 +1,52 @@
+"""Shared fixtures: one real Postgres cluster per test session, a fresh database per test
+module, and helpers to run real services on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from services.common.devpg import LocalPostgres, free_port
+
+os.environ.setdefault("AIVERA_ENV", "test")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[LocalPostgres]:
+    """A throw-away cluster (fsync off) for the whole session."""
+    root = Path(tempfile.mkdtemp(prefix="aivera-pg-"))
+    os.chmod(root, 0o755)
+    cluster = LocalPostgres(root / "data", free_port())
+    cluster.start(fast=True)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def database_url(pg: LocalPostgres, request: pytest.FixtureRequest) -> str:
+    """A fresh database for each test module."""
+    stem = re.sub(r"[^a-z0-9]+", "_", request.module.__name__.split(".")[-1].lower())
+    return pg.create_database(f"t_{stem[:40]}_{uuid.uuid4().hex[:6]}")
+
+
+@pytest.fixture
+def internal_token() -> str:
+    return "test-internal-token-" + uuid.uuid4().hex
+
+
+@pytest.fixture(scope="session")
+async def session_marker() -> AsyncIterator[None]:
+    # Forces the session event loop to exist before module fixtures that use it.
+    yield
