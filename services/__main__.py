@@ -32,13 +32,27 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("DATA_DIR", ROOT / ".data")).resolve()
 DEV_PG_PORT = int(os.environ.get("DEV_PG_PORT", "55432"))
 
-# name → (module args, grpc port, http port)
+DEFAULT_PORTS = {
+    "auth": (50051, 9091),
+    "storage": (50052, 9092),
+    "rag": (50053, 9093),
+    "chat": (50054, 9094),
+    "training": (50055, 9095),
+}
+
+
+def _port(var: str, default: int) -> int:
+    return int(os.environ.get(var, default))
+
+
+# name → (module args, grpc port, http port); ports follow the services' own env vars.
 SERVICES: dict[str, tuple[list[str], int, int]] = {
-    "auth": (["services.auth"], 50051, 9091),
-    "storage": (["services.storage"], 50052, 9092),
-    "rag": (["services.rag"], 50053, 9093),
-    "chat": (["services.chat"], 50054, 9094),
-    "training": (["services.training"], 50055, 9095),
+    name: (
+        [f"services.{name}"],
+        _port(f"{name.upper()}_PORT", grpc_port),
+        _port(f"{name.upper()}_HTTP_PORT", http_port),
+    )
+    for name, (grpc_port, http_port) in DEFAULT_PORTS.items()
 }
 PR_SET_PDEATHSIG = 1
 
@@ -96,6 +110,8 @@ def main() -> int:
     env.setdefault("HTTP_HOST", "127.0.0.1")
     env.setdefault("DATA_DIR", str(DATA))
     env["PYTHONUNBUFFERED"] = "1"
+    for name, (_, port, _) in SERVICES.items():
+        env.setdefault(f"{name.upper()}_ADDR", f"127.0.0.1:{port}")
 
     pg: LocalPostgres | None = None
     if "DATABASE_URL" not in os.environ:
@@ -148,7 +164,8 @@ def main() -> int:
         for name, (_, port, http) in SERVICES.items():
             print(f"  {name:<9} grpc 127.0.0.1:{port}   http 127.0.0.1:{http}/metrics")
         if any(n == "gateway" for n, _ in children):
-            print("  gateway   gRPC-web http://127.0.0.1:8080  (admin 127.0.0.1:8081)")
+            gw, gw_admin = env.get("GATEWAY_PORT", "8080"), env.get("GATEWAY_ADMIN_PORT", "8081")
+            print(f"  gateway   gRPC-web http://127.0.0.1:{gw}  (admin 127.0.0.1:{gw_admin})")
         if pg is not None:
             print(f"  postgres  {pg.dsn('aivera')}")
         print(f"  logs      {logs}/")

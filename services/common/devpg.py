@@ -57,7 +57,10 @@ class LocalPostgres:
         cmd = list(args)
         if self._as_postgres:
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        return subprocess.run(cmd, check=check, capture_output=True, text=True)
+        result = subprocess.run(cmd, check=False, capture_output=True, text=True)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"{Path(args[0]).name} failed: {result.stderr.strip()}")
+        return result
 
     def _chown(self, path: Path) -> None:
         if self._as_postgres:
