@@ -58,7 +58,7 @@ async def serve_runtime(port: int, public_jwk: dict[str, Any]) -> None:
     from services.common import logs
     from services.common.config import CommonSettings
     from services.common.jwks import JwksVerifier
-    from services.common.server import App, ServiceSpec, Servicers
+    from services.common.server import App, Servicers, ServiceSpec
 
     class Storage:
         Download = staticmethod(_stream)

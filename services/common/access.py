@@ -13,9 +13,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 
-from aivera.common.v1 import common_pb2
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+
+from aivera.common.v1 import common_pb2
 
 
 class Access(enum.IntEnum):

@@ -14,14 +14,14 @@ from typing import Any
 import grpc
 import jwt
 import pytest
-from aivera.auth.v1 import auth_pb2, auth_pb2_grpc
-from aivera.storage.v1 import storage_pb2, storage_pb2_grpc
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 from pydantic import SecretStr
 
+from aivera.auth.v1 import auth_pb2, auth_pb2_grpc
+from aivera.storage.v1 import storage_pb2, storage_pb2_grpc
 from services.common import context
 from services.common.config import CommonSettings
 from services.common.errors import InvalidArgument, not_found
