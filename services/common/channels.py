@@ -39,7 +39,13 @@ def service_config() -> str:
         for info in method_table().values()
         if info.idempotent
     ]
-    return json.dumps({"methodConfig": [{"name": names, "retryPolicy": _RETRY_POLICY}]})
+    return json.dumps(
+        {
+            # Spread calls over every replica behind a headless Service (dns:/// targets).
+            "loadBalancingConfig": [{"round_robin": {}}],
+            "methodConfig": [{"name": names, "retryPolicy": _RETRY_POLICY}],
+        }
+    )
 
 
 def outgoing_metadata(method: str, internal_token: str) -> list[tuple[str, str]]:

@@ -37,6 +37,7 @@ from services.common.rpc import RpcRuntime, service_handler
 log = logging.getLogger("aivera.server")
 
 Servicers = list[tuple[ServiceDescriptor, object]]
+LIVENESS = "liveness"  # health service name for liveness probes
 Check = Callable[["App"], Awaitable[bool]]
 
 
@@ -225,6 +226,10 @@ class App:
         )
         self.grpc_port = server.add_insecure_port(f"{self.settings.grpc_host}:{self.spec.port}")
         await self._set_health(False)
+        # "liveness" answers SERVING while the process is up, whatever its dependencies
+        # do: Kubernetes liveness probes use it, so a database outage makes pods unready
+        # (NOT_SERVING on "") without restarting them.
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await server.start()
         self._server = server
         self._http, self.http_port = await start_http(self, self.settings.http_host)
