@@ -2,9 +2,41 @@
 
 from __future__ import annotations
 
+from pydantic import SecretStr
+
 from services.common.config import CommonSettings
 
 
 class AuthSettings(CommonSettings):
     auth_port: int = 50051
     auth_http_port: int = 9091
+
+    # One or more PEM private keys (Ed25519 → EdDSA, P-256 → ES256), concatenated. The
+    # first signs; the others only verify (the previous key, kept until its tokens expire).
+    # Outside dev/test the service refuses to start without one.
+    jwt_private_keys: SecretStr = SecretStr("")
+    # "v2:<base64url 32 bytes>,v1:<base64url 32 bytes>": the first entry encrypts, every
+    # listed version decrypts. Required outside dev/test.
+    master_encryption_key: SecretStr = SecretStr("")
+    # Key of the HMAC that stores static and refresh tokens (a pepper: a stolen database
+    # alone cannot even confirm a guessed token). Optional; a built-in key is used if unset.
+    # Changing it invalidates every static and refresh token.
+    token_hash_key: SecretStr = SecretStr("")
+    # The first admin's static token: on start-up, if set and no admin exists, user
+    # `admin` is created with it (idempotent).
+    aivera_bootstrap_admin_token: SecretStr = SecretStr("")
+
+    access_token_ttl_seconds: int = 3600
+    refresh_token_ttl_seconds: int = 30 * 24 * 3600
+    # A retired refresh token presented again within this window answers UNAUTHENTICATED
+    # but keeps the session (a retried request whose reply was lost, or racing duplicate
+    # requests); after it, the whole session is revoked (reuse detection).
+    refresh_reuse_grace_seconds: float = 10.0
+    # Failed static-token exchanges allowed per client address per window; past it, every
+    # exchange from that address answers RESOURCE_EXHAUSTED until the window slides on.
+    exchange_failure_limit: int = 10
+    exchange_failure_window_seconds: float = 60.0
+    # Comma-separated CIDRs of the gateways in front of this service. When the direct
+    # peer is one of them, the client address for rate limiting comes from
+    # x-forwarded-for. Empty: the direct peer's address is the client.
+    auth_trusted_proxies: str = ""

@@ -25,7 +25,12 @@ BUILDS = ("dev", "prod", "prod+keda")
 SERVICES = {"auth": 50051, "storage": 50052, "rag": 50053, "chat": 50054, "training": 50055}
 SECRETS = {
     "aivera-common": {"DATABASE_URL", "AIVERA_INTERNAL_TOKEN"},
-    "aivera-auth": {"JWT_PRIVATE_KEYS", "MASTER_ENCRYPTION_KEY", "AIVERA_BOOTSTRAP_ADMIN_TOKEN"},
+    "aivera-auth": {
+        "JWT_PRIVATE_KEYS",
+        "MASTER_ENCRYPTION_KEY",
+        "AIVERA_BOOTSTRAP_ADMIN_TOKEN",
+        "TOKEN_HASH_KEY",
+    },
     "aivera-s3": {"S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"},
     "aivera-postgres": {"POSTGRES_PASSWORD"},
 }

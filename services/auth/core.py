@@ -1,0 +1,322 @@
+"""The auth service's domain logic: sessions, users, provider keys.
+
+Handlers (servicer.py) validate requests and convert protos; this module decides. Every
+secret that passes through here (static token, refresh token, access token, provider
+key) is hashed, signed or encrypted and never logged: log lines carry ids only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from services.auth import store, tokens
+from services.auth.config import AuthSettings
+from services.auth.crypto import DecryptError, Sealed, SecretBox
+from services.auth.keys import Keyring
+from services.auth.ratelimit import FailureLimiter, client_of, parse_networks
+from services.common.errors import (
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+)
+from services.common.logs import fields
+
+log = logging.getLogger("aivera.auth")
+
+USERNAME = re.compile(r"^[A-Za-z0-9._-]{3,64}$")
+GEMINI_KEY = re.compile(r"^[A-Za-z0-9_-]{30,100}$")
+PROVIDER_KEY_SHAPES = {"gemini": GEMINI_KEY}
+
+# One message for every failed sign-in: wrong, unknown, disabled (no user enumeration).
+BAD_STATIC_TOKEN = "static token is not valid"
+BAD_REFRESH_TOKEN = "refresh token is not valid"
+TOO_MANY_FAILURES = "too many failed sign-ins from this address; retry later"
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    user: store.UserRow
+    refresh_expires_at: dt.datetime
+
+
+class Auth:
+    def __init__(
+        self,
+        settings: AuthSettings,
+        *,
+        pool: Callable[[], Any],
+        keyring: Keyring,
+        box: SecretBox,
+        hasher: tokens.TokenHasher,
+    ) -> None:
+        self.settings = settings
+        self._pool = pool
+        self.keyring = keyring
+        self.box = box
+        self.hasher = hasher
+        self.limiter = FailureLimiter(
+            settings.exchange_failure_limit, settings.exchange_failure_window_seconds
+        )
+        self.trusted_proxies = parse_networks(settings.auth_trusted_proxies)
+
+    def client(self, peer: str | None, forwarded_for: str | None) -> str:
+        """The rate-limit key of a call (see ratelimit.client_of)."""
+        return client_of(peer, forwarded_for, self.trusted_proxies)
+
+    @property
+    def pool(self) -> Any:
+        return self._pool()
+
+    def _access_token(self, user: store.UserRow) -> str:
+        return self.keyring.sign(
+            user_id=str(user.id), role=user.role, ttl=self.settings.access_token_ttl_seconds
+        )
+
+    # -- sessions ---------------------------------------------------------------------
+    async def exchange(self, static_token: str, *, client: str) -> Session:
+        if self.limiter.blocked(client):
+            raise ResourceExhausted(TOO_MANY_FAILURES)
+        issued: store.Issued | None = None
+        refresh = tokens.new_refresh_token()
+        if tokens.plausible(static_token, tokens.STATIC_PREFIX):
+            issued = await store.exchange(
+                self.pool,
+                static_hash=self.hasher.hash(static_token),
+                session_id=uuid.uuid4(),
+                token_id=uuid.uuid4(),
+                refresh_hash=self.hasher.hash(refresh),
+                refresh_ttl=self.settings.refresh_token_ttl_seconds,
+            )
+        if issued is None:
+            self.limiter.record_failure(client)
+            log.info("static token exchange refused", extra=fields(client=client))
+            raise Unauthenticated(BAD_STATIC_TOKEN)
+        log.info("session started", extra=fields(subject=str(issued.user.id)))
+        return Session(
+            access_token=self._access_token(issued.user),
+            refresh_token=refresh,
+            expires_in=self.settings.access_token_ttl_seconds,
+            user=issued.user,
+            refresh_expires_at=issued.refresh_expires_at,
+        )
+
+    async def refresh(self, refresh_token: str) -> Session:
+        if not tokens.plausible(refresh_token, tokens.REFRESH_PREFIX):
+            raise Unauthenticated(BAD_REFRESH_TOKEN)
+        old_hash = self.hasher.hash(refresh_token)
+        new = tokens.new_refresh_token()
+        issued = await store.rotate_refresh(
+            self.pool,
+            old_hash=old_hash,
+            token_id=uuid.uuid4(),
+            new_hash=self.hasher.hash(new),
+            refresh_ttl=self.settings.refresh_token_ttl_seconds,
+        )
+        if issued is None:
+            revoked = await store.revoke_on_reuse(
+                self.pool, token_hash=old_hash, grace=self.settings.refresh_reuse_grace_seconds
+            )
+            if revoked is not None:
+                log.warning(
+                    "retired refresh token presented again: session revoked",
+                    extra=fields(session_id=str(revoked["id"]), subject=str(revoked["user_id"])),
+                )
+            raise Unauthenticated(BAD_REFRESH_TOKEN)
+        return Session(
+            access_token=self._access_token(issued.user),
+            refresh_token=new,
+            expires_in=self.settings.access_token_ttl_seconds,
+            user=issued.user,
+            refresh_expires_at=issued.refresh_expires_at,
+        )
+
+    async def logout(self, user_id: uuid.UUID, refresh_token: str, all_sessions: bool) -> None:
+        if all_sessions:
+            n = await store.revoke_user_sessions(self.pool, user_id, "logout (all sessions)")
+            log.info("signed out of all sessions", extra=fields(sessions=n))
+            return
+        if not refresh_token:
+            raise InvalidArgument(
+                "refresh_token is required unless all_sessions is set", field="refresh_token"
+            )
+        found = tokens.plausible(refresh_token, tokens.REFRESH_PREFIX) and (
+            await store.revoke_session_of(
+                self.pool, token_hash=self.hasher.hash(refresh_token), user_id=user_id
+            )
+        )
+        if not found:  # unknown, or another user's: the same answer
+            raise NotFound("session not found")
+        log.info("signed out")
+
+    # -- users ------------------------------------------------------------------------
+    async def current_user(self, user_id: uuid.UUID) -> store.UserRow:
+        user = await store.get_user(self.pool, user_id)
+        if user is None:
+            raise NotFound("user not found")
+        return user
+
+    async def require_admin(self, user_id: str | None) -> None:
+        """Admin RPCs re-check the database: a demoted or disabled admin's access token
+        (valid up to its TTL) no longer administers."""
+        if user_id is None:
+            raise PermissionDenied("this RPC needs the admin role")
+        try:
+            uid = uuid.UUID(user_id)
+        except ValueError:
+            raise PermissionDenied("this RPC needs the admin role") from None
+        if not await store.is_active_admin(self.pool, uid):
+            raise PermissionDenied("this RPC needs the admin role")
+
+    async def create_user(self, username: str, role: str) -> tuple[store.UserRow, str]:
+        if not USERNAME.match(username):
+            raise InvalidArgument(
+                "username must be 3-64 characters of latin letters, digits, '.', '_' and '-'",
+                field="username",
+            )
+        token = tokens.new_static_token()
+        user = await store.create_user(
+            self.pool, username=username, role=role, token_hash=self.hasher.hash(token)
+        )
+        log.info("user created", extra=fields(subject=str(user.id), role=role))
+        return user, token
+
+    async def update_user(
+        self, actor: str | None, user_id: uuid.UUID, *, role: str | None, status: str | None
+    ) -> store.UserRow:
+        if actor == str(user_id) and (status == "disabled" or role == "user"):
+            raise InvalidArgument("an admin cannot disable or demote themselves", field="user.id")
+        user = await store.update_user(self.pool, user_id, role=role, status=status)
+        if user is None:
+            raise NotFound(f"user {str(user_id)!r} not found")
+        log.info(
+            "user updated", extra=fields(subject=str(user_id), role=user.role, status=user.status)
+        )
+        return user
+
+    async def rotate_static_token(self, user_id: uuid.UUID) -> tuple[store.UserRow, str]:
+        token = tokens.new_static_token()
+        user = await store.set_static_token(self.pool, user_id, self.hasher.hash(token))
+        if user is None:
+            raise NotFound(f"user {str(user_id)!r} not found")
+        log.info("static token rotated", extra=fields(subject=str(user_id)))
+        return user, token
+
+    async def revoke_sessions(self, user_id: uuid.UUID) -> int:
+        if await store.get_user(self.pool, user_id) is None:
+            raise NotFound(f"user {str(user_id)!r} not found")
+        n = await store.revoke_user_sessions(self.pool, user_id, "revoked by an admin")
+        log.info("sessions revoked", extra=fields(subject=str(user_id), sessions=n))
+        return n
+
+    async def bootstrap_admin(self) -> None:
+        token = self.settings.aivera_bootstrap_admin_token.get_secret_value()
+        if not token:
+            return
+        if not tokens.plausible(token, tokens.STATIC_PREFIX):
+            log.error(
+                "AIVERA_BOOTSTRAP_ADMIN_TOKEN ignored: it must start with %r and be 16-512 "
+                "characters",
+                tokens.STATIC_PREFIX,
+            )
+            return
+        outcome = await store.bootstrap_admin(self.pool, self.hasher.hash(token))
+        if outcome == "created":
+            log.info("bootstrap admin user 'admin' created")
+        elif outcome == "name-taken":
+            log.warning("no admin exists but username 'admin' is taken: bootstrap skipped")
+
+    # -- provider keys ----------------------------------------------------------------
+    def _check_shape(self, provider: str, api_key: str) -> None:
+        shape = PROVIDER_KEY_SHAPES[provider]
+        if not shape.match(api_key):
+            # Never echo the key: only its length.
+            raise InvalidArgument(
+                f"api_key is not a {provider} key: expected 30-100 letters, digits, '-' "
+                f"or '_' (got {len(api_key)} characters)",
+                field="api_key",
+            )
+
+    async def set_provider_key(
+        self, user_id: uuid.UUID, provider: str, api_key: str
+    ) -> store.ProviderKeyRow:
+        self._check_shape(provider, api_key)
+        sealed = self.box.seal(api_key, user_id=str(user_id), provider=provider)
+        row = await store.put_provider_key(
+            self.pool,
+            user_id=user_id,
+            provider=provider,
+            version=sealed.version,
+            ciphertext=sealed.blob,
+            last4=api_key[-4:],
+        )
+        log.info("provider key set", extra=fields(provider=provider))
+        return row
+
+    async def provider_key_status(
+        self, user_id: uuid.UUID, provider: str
+    ) -> store.ProviderKeyRow | None:
+        return await store.get_provider_key(self.pool, user_id, provider)
+
+    async def delete_provider_key(self, user_id: uuid.UUID, provider: str) -> None:
+        if not await store.delete_provider_key(self.pool, user_id, provider):
+            raise NotFound(f"no {provider} key is set")
+        log.info("provider key deleted", extra=fields(provider=provider))
+
+    async def provider_key_plaintext(self, user_id: uuid.UUID, provider: str) -> str:
+        row = await store.get_provider_key(self.pool, user_id, provider)
+        if row is None:
+            raise NotFound(f"user has no {provider} key")
+        try:
+            return self.box.open(
+                Sealed(row.key_version, row.ciphertext), user_id=str(user_id), provider=provider
+            )
+        except DecryptError:
+            log.error(
+                "stored provider key does not decrypt",
+                extra=fields(subject=str(user_id), provider=provider, version=row.key_version),
+            )
+            raise NotFound(f"user has no usable {provider} key; set it again") from None
+
+
+@dataclass
+class RotationReport:
+    reencrypted: int = 0
+    skipped_changed: int = 0
+    failed: int = 0
+
+
+async def rotate_master_key(pool: Any, box: SecretBox) -> RotationReport:
+    """Re-encrypt every provider key not under the current master-key version."""
+    report = RotationReport()
+    for row in await store.provider_keys_not_at(pool, box.current_version):
+        uid = str(row.user_id)
+        try:
+            plain = box.open(
+                Sealed(row.key_version, row.ciphertext), user_id=uid, provider=row.provider
+            )
+        except DecryptError:
+            report.failed += 1
+            log.error(
+                "provider key does not decrypt; left as is",
+                extra=fields(subject=uid, provider=row.provider, version=row.key_version),
+            )
+            continue
+        sealed = box.seal(plain, user_id=uid, provider=row.provider)
+        if await store.replace_ciphertext(
+            pool, row, version=sealed.version, ciphertext=sealed.blob
+        ):
+            report.reencrypted += 1
+        else:
+            report.skipped_changed += 1
+    return report

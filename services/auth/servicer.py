@@ -1,0 +1,223 @@
+"""gRPC handlers of aivera.auth.v1: request checks and proto conversion around core.Auth.
+
+Access levels (public / user / admin / internal) are enforced by the runtime wrapper from
+the proto options before a handler runs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from google.protobuf import empty_pb2
+
+from aivera.auth.v1 import auth_pb2
+from services.auth import store
+from services.auth.core import Auth, Session
+from services.common import context, pages
+from services.common.errors import InvalidArgument
+from services.common.protoutil import mask_paths, parse_uuid, timestamp
+
+ROLES: dict[int, str] = {auth_pb2.ROLE_USER: "user", auth_pb2.ROLE_ADMIN: "admin"}
+ROLE_PB: dict[str, Any] = {v: k for k, v in ROLES.items()}
+STATUSES: dict[int, str] = {
+    auth_pb2.USER_STATUS_ACTIVE: "active",
+    auth_pb2.USER_STATUS_DISABLED: "disabled",
+}
+STATUS_PB: dict[str, Any] = {v: k for k, v in STATUSES.items()}
+PROVIDERS: dict[int, str] = {auth_pb2.PROVIDER_GEMINI: "gemini"}
+
+
+def user_pb(user: store.UserRow) -> auth_pb2.User:
+    return auth_pb2.User(
+        id=str(user.id),
+        username=user.username,
+        role=ROLE_PB[user.role],
+        status=STATUS_PB[user.status],
+        create_time=timestamp(user.created_at),
+        last_seen_time=timestamp(user.last_seen_at),
+    )
+
+
+def provider_of(value: int, field: str = "provider") -> str:
+    name = PROVIDERS.get(value)
+    if name is None:
+        raise InvalidArgument("provider must be PROVIDER_GEMINI", field=field)
+    return name
+
+
+def _caller_uuid() -> uuid.UUID:
+    """The calling user (from the access token, or an internal caller's on-behalf-of)."""
+    try:
+        return uuid.UUID(context.require_user_id())
+    except ValueError:
+        raise InvalidArgument("the calling user id is not a valid id") from None
+
+
+class AuthServiceServicer:
+    def __init__(self, auth: Auth) -> None:
+        self.auth = auth
+
+    async def ExchangeStaticToken(
+        self, request: auth_pb2.ExchangeStaticTokenRequest, ctx: Any
+    ) -> auth_pb2.ExchangeStaticTokenResponse:
+        forwarded = dict(ctx.invocation_metadata() or ()).get("x-forwarded-for")
+        client = self.auth.client(ctx.peer(), forwarded if isinstance(forwarded, str) else None)
+        s = await self.auth.exchange(request.static_token, client=client)
+        return auth_pb2.ExchangeStaticTokenResponse(
+            access_token=s.access_token,
+            refresh_token=s.refresh_token,
+            expires_in=s.expires_in,
+            user=user_pb(s.user),
+            refresh_expire_time=timestamp(s.refresh_expires_at),
+        )
+
+    async def RefreshToken(
+        self, request: auth_pb2.RefreshTokenRequest, ctx: Any
+    ) -> auth_pb2.RefreshTokenResponse:
+        s: Session = await self.auth.refresh(request.refresh_token)
+        return auth_pb2.RefreshTokenResponse(
+            access_token=s.access_token,
+            refresh_token=s.refresh_token,
+            expires_in=s.expires_in,
+            user=user_pb(s.user),
+            refresh_expire_time=timestamp(s.refresh_expires_at),
+        )
+
+    async def Logout(self, request: auth_pb2.LogoutRequest, ctx: Any) -> empty_pb2.Empty:
+        await self.auth.logout(_caller_uuid(), request.refresh_token, request.all_sessions)
+        return empty_pb2.Empty()
+
+    async def GetCurrentUser(
+        self, request: auth_pb2.GetCurrentUserRequest, ctx: Any
+    ) -> auth_pb2.User:
+        return user_pb(await self.auth.current_user(_caller_uuid()))
+
+    async def SetProviderKey(
+        self, request: auth_pb2.SetProviderKeyRequest, ctx: Any
+    ) -> auth_pb2.ProviderKeyStatus:
+        provider = provider_of(request.provider)
+        row = await self.auth.set_provider_key(_caller_uuid(), provider, request.api_key)
+        return _status_pb(request.provider, row)
+
+    async def GetProviderKeyStatus(
+        self, request: auth_pb2.GetProviderKeyStatusRequest, ctx: Any
+    ) -> auth_pb2.ProviderKeyStatus:
+        provider = provider_of(request.provider)
+        row = await self.auth.provider_key_status(_caller_uuid(), provider)
+        return _status_pb(request.provider, row)
+
+    async def DeleteProviderKey(
+        self, request: auth_pb2.DeleteProviderKeyRequest, ctx: Any
+    ) -> empty_pb2.Empty:
+        await self.auth.delete_provider_key(_caller_uuid(), provider_of(request.provider))
+        return empty_pb2.Empty()
+
+    async def GetJwks(self, request: auth_pb2.GetJwksRequest, ctx: Any) -> auth_pb2.Jwks:
+        return jwks_pb(self.auth.keyring.jwks())
+
+
+def jwks_pb(keys: list[dict[str, str]]) -> auth_pb2.Jwks:
+    return auth_pb2.Jwks(keys=[auth_pb2.Jwk(**k) for k in keys])
+
+
+def _status_pb(provider: int, row: store.ProviderKeyRow | None) -> auth_pb2.ProviderKeyStatus:
+    if row is None:
+        return auth_pb2.ProviderKeyStatus(provider=provider, is_set=False)  # type: ignore[arg-type]
+    return auth_pb2.ProviderKeyStatus(
+        provider=provider,  # type: ignore[arg-type]
+        is_set=True,
+        last4=row.last4,
+        update_time=timestamp(row.updated_at),
+    )
+
+
+class AuthAdminServiceServicer:
+    def __init__(self, auth: Auth) -> None:
+        self.auth = auth
+
+    async def _admin(self) -> str | None:
+        actor = context.current_caller().user_id
+        await self.auth.require_admin(actor)
+        return actor
+
+    async def CreateUser(
+        self, request: auth_pb2.CreateUserRequest, ctx: Any
+    ) -> auth_pb2.CreateUserResponse:
+        await self._admin()
+        role = "user" if request.role == auth_pb2.ROLE_UNSPECIFIED else ROLES.get(request.role)
+        if role is None:
+            raise InvalidArgument("role is not a known role", field="role")
+        user, token = await self.auth.create_user(request.username, role)
+        return auth_pb2.CreateUserResponse(user=user_pb(user), static_token=token)
+
+    async def ListUsers(
+        self, request: auth_pb2.ListUsersRequest, ctx: Any
+    ) -> auth_pb2.ListUsersResponse:
+        await self._admin()
+        size = pages.page_size(request.page_size)
+        position = pages.decode_token(request.page_token)
+        after: tuple[dt.datetime, uuid.UUID] | None = None
+        if position is not None:
+            try:
+                after = (dt.datetime.fromisoformat(position["c"]), uuid.UUID(position["i"]))
+            except (KeyError, TypeError, ValueError):
+                raise InvalidArgument("page_token is not valid", field="page_token") from None
+        rows = await store.list_users(self.auth.pool, after=after, limit=size + 1)
+        more = len(rows) > size
+        rows = rows[:size]
+        token = ""
+        if more:
+            last = rows[-1]
+            token = pages.encode_token({"c": last.created_at.isoformat(), "i": str(last.id)})
+        return auth_pb2.ListUsersResponse(users=[user_pb(r) for r in rows], next_page_token=token)
+
+    async def UpdateUser(self, request: auth_pb2.UpdateUserRequest, ctx: Any) -> auth_pb2.User:
+        actor = await self._admin()
+        user_id = parse_uuid(request.user.id, field="user.id")
+        paths = mask_paths(request.update_mask, ("role", "status"))
+        role = status = None
+        if "role" in paths:
+            role = ROLES.get(request.user.role)
+            if role is None:
+                raise InvalidArgument(
+                    "user.role must be ROLE_USER or ROLE_ADMIN", field="user.role"
+                )
+        if "status" in paths:
+            status = STATUSES.get(request.user.status)
+            if status is None:
+                raise InvalidArgument(
+                    "user.status must be USER_STATUS_ACTIVE or USER_STATUS_DISABLED",
+                    field="user.status",
+                )
+        return user_pb(await self.auth.update_user(actor, user_id, role=role, status=status))
+
+    async def RotateStaticToken(
+        self, request: auth_pb2.RotateStaticTokenRequest, ctx: Any
+    ) -> auth_pb2.RotateStaticTokenResponse:
+        await self._admin()
+        user, token = await self.auth.rotate_static_token(
+            parse_uuid(request.user_id, field="user_id")
+        )
+        return auth_pb2.RotateStaticTokenResponse(user=user_pb(user), static_token=token)
+
+    async def RevokeSessions(
+        self, request: auth_pb2.RevokeSessionsRequest, ctx: Any
+    ) -> auth_pb2.RevokeSessionsResponse:
+        await self._admin()
+        n = await self.auth.revoke_sessions(parse_uuid(request.user_id, field="user_id"))
+        return auth_pb2.RevokeSessionsResponse(revoked_sessions=n)
+
+
+class AuthInternalServiceServicer:
+    def __init__(self, auth: Auth) -> None:
+        self.auth = auth
+
+    async def GetProviderKey(
+        self, request: auth_pb2.GetProviderKeyRequest, ctx: Any
+    ) -> auth_pb2.GetProviderKeyResponse:
+        user_id = parse_uuid(request.user_id, field="user_id")
+        provider = provider_of(request.provider)
+        plain = await self.auth.provider_key_plaintext(user_id, provider)
+        return auth_pb2.GetProviderKeyResponse(provider=request.provider, api_key=plain)

@@ -1,0 +1,109 @@
+"""Pure parts: the failure limiter, client addresses, master-key and PEM parsing."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import pytest
+
+from services.auth.crypto import (
+    DecryptError,
+    MasterKeyError,
+    Sealed,
+    SecretBox,
+    parse_master_keys,
+)
+from services.auth.keys import KeyConfigError, parse_pems
+from services.auth.ratelimit import FailureLimiter, client_address, client_of, parse_networks
+from tests.auth.conftest import ed25519_pem, p256_pem
+
+
+def test_limiter_window_slides() -> None:
+    now = [100.0]
+    lim = FailureLimiter(3, 10.0, clock=lambda: now[0])
+    for _ in range(3):
+        assert not lim.blocked("a")
+        lim.record_failure("a")
+    assert lim.blocked("a") and not lim.blocked("b")
+    now[0] += 5
+    assert lim.blocked("a")
+    now[0] += 5.1
+    assert not lim.blocked("a")
+
+
+def test_limiter_memory_is_bounded() -> None:
+    now = [0.0]
+    lim = FailureLimiter(2, 10.0, clock=lambda: now[0], max_clients=100)
+    for i in range(1000):
+        now[0] += 0.001
+        lim.record_failure(f"c{i}")
+    assert len(lim._failures) <= 100
+
+
+@pytest.mark.parametrize(
+    ("peer", "address"),
+    [
+        ("ipv4:10.1.2.3:5555", "10.1.2.3"),
+        ("ipv6:[::1]:5555", "::1"),
+        ("ipv6:%5B2001:db8::1%5D:443", "2001:db8::1"),
+        ("unix:/tmp/sock", "unix"),
+        ("", "unknown"),
+        (None, "unknown"),
+    ],
+)
+def test_client_address(peer: str | None, address: str) -> None:
+    assert client_address(peer) == address
+
+
+def test_forwarded_for_only_from_trusted_proxies() -> None:
+    proxies = parse_networks("10.0.0.0/8, 192.168.1.5")
+    gw = "ipv4:10.0.0.7:4000"
+    assert client_of(gw, "203.0.113.9", proxies) == "203.0.113.9"
+    # A client's own header left of the real address is not believed.
+    assert client_of(gw, "1.1.1.1, 203.0.113.9, 192.168.1.5", proxies) == "203.0.113.9"
+    assert client_of(gw, None, proxies) == "10.0.0.7"
+    assert client_of(gw, "10.0.0.8", proxies) == "10.0.0.7"
+    # Direct clients cannot pick their bucket; without trusted proxies the header is ignored.
+    assert client_of("ipv4:203.0.113.9:1", "1.1.1.1", proxies) == "203.0.113.9"
+    assert client_of(gw, "1.1.1.1", []) == "10.0.0.7"
+
+
+def _entry(version: str) -> str:
+    return f"{version}:" + base64.urlsafe_b64encode(os.urandom(32)).decode().rstrip("=")
+
+
+def test_master_key_parsing() -> None:
+    keys = parse_master_keys(f"{_entry('v2')}, {_entry('v1')}")
+    assert [v for v, _ in keys] == ["v2", "v1"]
+    for bad in ["v1", "v1:abc", f"{_entry('v1')},{_entry('v1')}", "v 1:" + "A" * 43, "v1:!!!"]:
+        with pytest.raises(MasterKeyError) as info:
+            parse_master_keys(bad)
+        assert "A" * 20 not in str(info.value)
+
+
+def test_ciphertext_is_bound_to_row_and_version() -> None:
+    box = SecretBox(parse_master_keys(_entry("v1")))
+    sealed = box.seal("secret-key-value", user_id="u1", provider="gemini")
+    assert box.open(sealed, user_id="u1", provider="gemini") == "secret-key-value"
+    for user, provider, version in (("u2", "gemini", "v1"), ("u1", "other", "v1")):
+        with pytest.raises(DecryptError):
+            box.open(Sealed(version, sealed.blob), user_id=user, provider=provider)
+    with pytest.raises(DecryptError):
+        box.open(Sealed("v9", sealed.blob), user_id="u1", provider="gemini")
+    flipped = bytearray(sealed.blob)
+    flipped[-1] ^= 1
+    with pytest.raises(DecryptError):
+        box.open(Sealed("v1", bytes(flipped)), user_id="u1", provider="gemini")
+
+
+def test_pem_parsing() -> None:
+    keys = parse_pems(ed25519_pem() + "\n" + p256_pem())
+    assert [k.alg for k in keys] == ["EdDSA", "ES256"]
+    assert len({k.kid for k in keys}) == 2
+    assert parse_pems("") == []
+    one = ed25519_pem()
+    with pytest.raises(KeyConfigError):
+        parse_pems(one + one)
+    with pytest.raises(KeyConfigError):
+        parse_pems("not a pem")
