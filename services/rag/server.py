@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from aivera.rag.v1 import rag_pb2
-
 from services.common.server import App, Servicers, ServiceSpec
 from services.rag.config import RagSettings
 
