@@ -1,0 +1,242 @@
+"""Storage throughput and memory: a file through the real service's gRPC streams.
+
+Starts a throw-away Postgres and the storage service as a subprocess (local backend, the
+embedded default), uploads a file through `Upload` and downloads it through `Download`,
+and compares both with a plain file copy (shutil.copyfile) of the same bytes on the same
+disk in the same run. The service's resident memory is sampled from /proc while the file
+goes through. BENCH_STORAGE_MB sets the size (default 256; 1024 for the 1 GB figure);
+BENCH_STORAGE_BACKEND=s3 runs it against moto's S3 server (or BENCH_S3_ENDPOINT_URL), which
+mostly measures moto, but shows the service's memory on the multipart path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from aivera.storage.v1 import storage_pb2, storage_pb2_grpc
+from services.common.devpg import LocalPostgres, free_port
+
+MiB = 1024 * 1024
+REPO = Path(__file__).resolve().parent.parent
+GOAL_MB = 150
+
+
+def _status_kib(pid: int, field: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+class RssSampler:
+    """Peak VmRSS of a process, sampled every few milliseconds."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_kib = max(self.peak_kib, _status_kib(self.pid, "VmRSS"))
+            time.sleep(0.005)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _make_file(path: Path, size: int) -> None:
+    """A safetensors-looking file (so the `models` bucket accepts it) of random bytes."""
+    header = b'{"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}'
+    block = os.urandom(MiB)
+    with open(path, "wb") as f:
+        f.write(len(header).to_bytes(8, "little") + header)
+        left = size - 8 - len(header)
+        while left > 0:
+            n = min(left, MiB)
+            f.write(block[:n])
+            left -= n
+
+
+def _chunks(path: Path, size: int) -> Iterator[storage_pb2.UploadRequest]:
+    yield storage_pb2.UploadRequest(
+        header=storage_pb2.UploadHeader(
+            bucket=storage_pb2.BUCKET_MODELS, filename=path.name, size_bytes=size
+        )
+    )
+    with open(path, "rb") as f:
+        while data := f.read(MiB):
+            yield storage_pb2.UploadRequest(chunk=data)
+
+
+def _wait_serving(target: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        while time.monotonic() < end:
+            if proc.poll() is not None:
+                raise RuntimeError(f"storage service exited with {proc.returncode}")
+            try:
+                resp = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise RuntimeError("storage service did not become SERVING")
+
+
+def _copy_seconds(src: Path, dst: Path) -> float:
+    best = float("inf")
+    for _ in range(2):
+        dst.unlink(missing_ok=True)
+        start = time.perf_counter()
+        shutil.copyfile(src, dst)
+        best = min(best, time.perf_counter() - start)
+    dst.unlink(missing_ok=True)
+    return best
+
+
+def _s3_env(stack: contextlib.ExitStack) -> dict[str, str]:
+    """S3 settings for BENCH_STORAGE_BACKEND=s3: BENCH_S3_ENDPOINT_URL (with the usual
+    S3_* credentials in the environment), or moto's server in this process."""
+    endpoint = os.environ.get("BENCH_S3_ENDPOINT_URL")
+    if not endpoint:
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+
+        port = free_port()
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        stack.callback(server.stop)
+        endpoint = f"http://127.0.0.1:{port}"
+        return {
+            "S3_ENDPOINT_URL": endpoint,
+            "S3_ACCESS_KEY_ID": "bench",
+            "S3_SECRET_ACCESS_KEY": "bench",
+            "S3_PATH_STYLE": "true",
+            "S3_BUCKET": "aivera-bench",
+        }
+    return {"S3_ENDPOINT_URL": endpoint}
+
+
+def main() -> None:
+    size = int(os.environ.get("BENCH_STORAGE_MB", "256")) * MiB
+    backend = os.environ.get("BENCH_STORAGE_BACKEND", "local")
+    with contextlib.ExitStack() as stack:
+        _run(size, backend, _s3_env(stack) if backend == "s3" else {})
+
+
+def _run(size: int, backend: str, backend_env: dict[str, str]) -> None:
+    with tempfile.TemporaryDirectory(prefix="aivera-bench-storage-") as tmp_str:
+        tmp = Path(tmp_str)
+        os.chmod(tmp, 0o755)
+        pg = LocalPostgres(tmp / "pg", free_port())
+        pg.start(fast=True)
+        proc: subprocess.Popen[bytes] | None = None
+        try:
+            dsn = pg.create_database("bench_storage")
+            port, http_port = free_port(), free_port()
+            token = uuid.uuid4().hex
+            env = dict(
+                os.environ,
+                DATABASE_URL=dsn,
+                AIVERA_ENV="test",
+                STORAGE_PORT=str(port),
+                STORAGE_HTTP_PORT=str(http_port),
+                GRPC_HOST="127.0.0.1",
+                HTTP_HOST="127.0.0.1",
+                AIVERA_INTERNAL_TOKEN=token,
+                DATA_DIR=str(tmp / "data"),
+                STORAGE_BACKEND=backend,
+                STORAGE_MAX_BYTES_MODELS=str(max(size, 5 * 1024 * MiB)),
+                LOG_LEVEL="WARNING",
+            )
+            env.update(backend_env)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "services.storage"],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.DEVNULL,
+            )
+            target = f"127.0.0.1:{port}"
+            _wait_serving(target, proc)
+            src = tmp / "weights.safetensors"
+            _make_file(src, size)
+            copy_s = _copy_seconds(src, tmp / "copy.bin")
+            md = (
+                ("x-aivera-internal-token", token),
+                ("x-aivera-on-behalf-of", str(uuid.uuid4())),
+            )
+            options = [("grpc.max_receive_message_length", 16 * MiB)]
+            idle_kib = _status_kib(proc.pid, "VmRSS")
+            with grpc.insecure_channel(target, options=options) as ch:
+                stub = storage_pb2_grpc.StorageServiceStub(ch)
+                with RssSampler(proc.pid) as up_rss:
+                    start = time.perf_counter()
+                    f = stub.Upload(_chunks(src, size), metadata=md)
+                    up_s = time.perf_counter() - start
+                assert f.size_bytes == size, f
+                out = tmp / "downloaded.bin"
+                with RssSampler(proc.pid) as down_rss, open(out, "wb") as sink:
+                    start = time.perf_counter()
+                    got = 0
+                    for msg in stub.Download(storage_pb2.DownloadRequest(id=f.id), metadata=md):
+                        if msg.chunk:
+                            sink.write(msg.chunk)
+                            got += len(msg.chunk)
+                    down_s = time.perf_counter() - start
+                assert got == size, got
+            hwm_kib = _status_kib(proc.pid, "VmHWM")
+            mb = size / 1e6
+            copy_rate = mb / copy_s
+            for name, secs in (("upload", up_s), ("download", down_s)):
+                rate = mb / secs
+                print(
+                    f"storage: {name} {rate:.0f} MB/s vs copy {copy_rate:.0f} MB/s "
+                    f"-> ratio {rate / copy_rate:.2f} ({size // MiB} MiB file, {backend} backend)"
+                )
+            peak = max(up_rss.peak_kib, down_rss.peak_kib) / 1024
+            verdict = "ok" if peak < GOAL_MB else "OVER"
+            print(
+                f"storage: peak service RSS {peak:.0f} MB while a {size // MiB} MiB file went "
+                f"through (upload {up_rss.peak_kib / 1024:.0f} MB, download "
+                f"{down_rss.peak_kib / 1024:.0f} MB, idle {idle_kib / 1024:.0f} MB, VmHWM "
+                f"{hwm_kib / 1024:.0f} MB; goal < {GOAL_MB} MB: {verdict})"
+            )
+        finally:
+            if proc is not None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            pg.stop()
+
+
+if __name__ == "__main__":
+    main()
