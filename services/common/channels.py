@@ -71,12 +71,9 @@ def _method_name(details: grpc.aio.ClientCallDetails) -> str:
     return method.decode() if isinstance(method, bytes) else str(method)
 
 
-class _RelayInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
+class _Relay:
+    """Rewrites call details: relay metadata and the remaining deadline."""
+
     def __init__(self, internal_token: str) -> None:
         self._internal_token = internal_token
 
@@ -94,21 +91,38 @@ class _RelayInterceptor(
             details.method, timeout, md, details.credentials, details.wait_for_ready
         )
 
+
+# grpc.aio files each interceptor under ONE call kind (an isinstance/elif chain), so a
+# class implementing all four would only see unary-unary calls: one class per kind.
+class _RelayUnaryUnary(_Relay, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._details(details), request)
 
+
+class _RelayUnaryStream(_Relay, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._details(details), request)
 
+
+class _RelayStreamUnary(_Relay, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(
         self, continuation: Any, details: Any, request_iterator: Any
     ) -> Any:
         return await continuation(self._details(details), request_iterator)
 
+
+class _RelayStreamStream(_Relay, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(
         self, continuation: Any, details: Any, request_iterator: Any
     ) -> Any:
         return await continuation(self._details(details), request_iterator)
+
+
+def relay_interceptors(internal_token: str) -> list[Any]:
+    return [
+        cls(internal_token)
+        for cls in (_RelayUnaryUnary, _RelayUnaryStream, _RelayStreamUnary, _RelayStreamStream)
+    ]
 
 
 def open_channel(
@@ -129,5 +143,5 @@ def open_channel(
         *extra_options,
     ]
     return grpc.aio.insecure_channel(
-        target, options=options, interceptors=[_RelayInterceptor(internal_token)]
+        target, options=options, interceptors=relay_interceptors(internal_token)
     )

@@ -410,4 +410,12 @@ async def test_deadline_and_identity_are_relayed(
         auth_pb2.GetCurrentUserRequest()
     )
     assert user.id == uid and time.monotonic() - start < 3
+    # Streaming calls are relayed too (grpc.aio files interceptors per call kind).
+    chunks = [
+        m.chunk
+        async for m in storage_pb2_grpc.StorageServiceStub(chan).Download(
+            storage_pb2.DownloadRequest(id="x", length=2)
+        )
+    ]
+    assert chunks == [b"\x00", b"\x01"]
     context.bind(caller=context.ANONYMOUS, request_id="", method="", timeout=None)
