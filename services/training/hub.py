@@ -1,0 +1,74 @@
+"""Wake-ups from Postgres NOTIFY: workers write events and notifications from other
+processes; watchers wait on the hub and re-read the database. Waits also time out after a
+short poll interval, so a lost LISTEN connection only slows watchers down."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from typing import Any
+
+import asyncpg
+
+from services.training.store import EVENTS_CHANNEL, NOTIFICATIONS_CHANNEL, QUEUE_CHANNEL
+
+log = logging.getLogger("aivera.training.hub")
+
+
+class Hub:
+    def __init__(
+        self, dsn: str, channels: tuple[str, ...] = (EVENTS_CHANNEL, NOTIFICATIONS_CHANNEL)
+    ) -> None:
+        self._dsn = dsn
+        self._channels = channels
+        self._conn: Any = None
+        self._waiters: dict[tuple[str, str], set[asyncio.Event]] = defaultdict(set)
+
+    async def start(self) -> None:
+        try:
+            self._conn = await asyncpg.connect(self._dsn)
+            for channel in self._channels:
+                await self._conn.add_listener(channel, self._on_notify)
+        except (OSError, asyncpg.PostgresError) as exc:  # watchers fall back to polling
+            log.warning("LISTEN unavailable (%s); watchers poll", exc)
+            self._conn = None
+
+    async def stop(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close()
+            self._conn = None
+
+    def _on_notify(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
+        for key in ((channel, payload), (channel, "*")):
+            for event in self._waiters.get(key, ()):
+                event.set()
+
+    @contextlib.contextmanager
+    def subscribe(self, channel: str, key: str) -> Any:
+        event = asyncio.Event()
+        self._waiters[(channel, key)].add(event)
+        try:
+            yield event
+        finally:
+            waiters = self._waiters.get((channel, key))
+            if waiters is not None:
+                waiters.discard(event)
+                if not waiters:
+                    self._waiters.pop((channel, key), None)
+
+
+async def wait(event: asyncio.Event, timeout: float) -> bool:
+    """True when woken, False on timeout; clears the event."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        event.clear()
+
+
+__all__ = ["QUEUE_CHANNEL", "Hub", "wait"]
