@@ -2,9 +2,42 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from pydantic import SecretStr
+
 from services.common.config import CommonSettings
+from services.rag.chunking import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE
+from services.rag.parsers.base import DEFAULT_DPI
 
 
 class RagSettings(CommonSettings):
     rag_port: int = 50053
     rag_http_port: int = 9093
+
+    # Local state (the embedded Qdrant lives under DATA_DIR/qdrant unless QDRANT_PATH).
+    data_dir: Path = Path(".data")
+    # A Qdrant server (e.g. http://qdrant:6333); unset = qdrant-client's local mode.
+    qdrant_url: str | None = None
+    qdrant_api_key: SecretStr | None = None
+    qdrant_path: Path | None = None
+    qdrant_collection: str = "aivera_chunks"
+
+    # Ingest defaults (IngestOptions with 0 take these).
+    rag_render_dpi: int = DEFAULT_DPI
+    rag_chunk_size: int = DEFAULT_CHUNK_SIZE
+    rag_chunk_overlap: int = DEFAULT_CHUNK_OVERLAP
+    # Document limits: over them IngestDocument answers RESOURCE_EXHAUSTED.
+    rag_max_pages: int = 2000
+    rag_max_blocks: int = 200_000
+    # Chunks per embedding batch (one EMBEDDING progress event each).
+    rag_embed_batch: int = 64
+    # Load the embedding model at start-up (health turns SERVING only with it loaded);
+    # off = on the first ingest or search.
+    rag_embedder_preload: bool = True
+    # A PROCESSING document whose ingest has not reported for this long is considered
+    # abandoned (its replica died) and may be ingested again.
+    rag_ingest_stale_seconds: float = 300.0
+
+    def qdrant_local_path(self) -> Path:
+        return self.qdrant_path or self.data_dir / "qdrant"

@@ -52,6 +52,79 @@ SPARSE = "sparse"
 UPSERT_BATCH = 256
 
 
+def _simple_conditions(flt: Any) -> list[tuple[str, frozenset[Any]]] | None:
+    """``[(key, accepted values)]`` when the filter is only ``must`` conditions matching
+    top-level keys by value or by any of values (what this module builds), else None."""
+    if not isinstance(flt, models.Filter) or flt.should or flt.must_not or flt.min_should:
+        return None
+    must = flt.must if isinstance(flt.must, list) else [flt.must] if flt.must else []
+    out: list[tuple[str, frozenset[Any]]] = []
+    for cond in must:
+        if not isinstance(cond, models.FieldCondition) or "." in cond.key or "[" in cond.key:
+            return None
+        if isinstance(cond.match, models.MatchValue):
+            out.append((cond.key, frozenset([cond.match.value])))
+        elif isinstance(cond.match, models.MatchAny):
+            out.append((cond.key, frozenset(cond.match.any)))
+        else:
+            return None
+    return out
+
+
+def _matches(value: Any, accepted: frozenset[Any]) -> bool:
+    if isinstance(value, list):
+        return any(_matches(v, accepted) for v in value)
+    return isinstance(value, str | int) and not isinstance(value, bool) and value in accepted
+
+
+_FAST_FILTERS_INSTALLED = False
+
+
+def _install_fast_local_filters() -> None:
+    """Local mode evaluates a payload filter point by point through a generic JSON-path
+    matcher (~40 µs a point: 400 ms per search at 10k chunks, over 97% of the search
+    time). Every filter this index sends is a conjunction of exact matches on top-level
+    keys, which a plain dict lookup answers with the same result ~50x faster; other
+    filters go to the original. Like ``_tune_local_storage`` this replaces a function of
+    qdrant-client's local engine (pinned 1.20.0) and is skipped when it is not there."""
+    global _FAST_FILTERS_INSTALLED
+    if _FAST_FILTERS_INSTALLED:
+        return
+    try:
+        import numpy as np
+        from qdrant_client.local import local_collection
+    except ImportError:
+        return
+    original = getattr(local_collection, "calculate_payload_mask", None)
+    if original is None:
+        return
+
+    def calculate_payload_mask(
+        payloads: list[dict[str, Any]],
+        payload_filter: Any,
+        ids_inv: Any,
+        deleted_per_vector: Any,
+    ) -> Any:
+        simple = _simple_conditions(payload_filter)
+        if simple is None:
+            return original(payloads, payload_filter, ids_inv, deleted_per_vector)
+        mask = np.ones(len(payloads), dtype=bool)
+        for key, accepted in simple:
+            values = (p.get(key) for p in payloads)
+            mask &= np.fromiter(
+                (
+                    v in accepted if type(v) is str or type(v) is int else _matches(v, accepted)
+                    for v in values
+                ),
+                dtype=bool,
+                count=len(payloads),
+            )
+        return mask
+
+    local_collection.calculate_payload_mask = calculate_payload_mask  # type: ignore[attr-defined]
+    _FAST_FILTERS_INSTALLED = True
+
+
 class SearchMode(enum.StrEnum):
     HYBRID = "hybrid"
     DENSE = "dense"
@@ -171,6 +244,7 @@ class ChunkIndex:
         if path is None:
             raise ValueError("either url or path is required")
         Path(path).mkdir(parents=True, exist_ok=True)
+        _install_fast_local_filters()
         return cls(AsyncQdrantClient(path=str(path)), dim=dim, collection=collection, local=True)
 
     async def close(self) -> None:
@@ -207,6 +281,19 @@ class ChunkIndex:
                 raise _unavailable(exc) from exc
             raise
         self._ready = True
+
+    async def ping(self) -> None:
+        """The dependency check: IndexUnavailableError unless Qdrant answers; creates the
+        collection when it is missing (first start against a fresh server)."""
+        try:
+            exists = await self.client.collection_exists(self.collection)
+        except Exception as exc:
+            if _is_outage(exc):
+                raise _unavailable(exc) from exc
+            raise
+        if not exists:
+            self._ready = False
+        await self._ensure()
 
     def _tune_local_storage(self) -> None:
         """Local mode commits every point to SQLite with a full fsync (~15 ms a point,

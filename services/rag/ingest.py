@@ -1,0 +1,526 @@
+"""The ingest pipeline: storage file → parse → page images → chunks → vectors → index.
+
+``Ingestor.ingest`` checks the request (knowledge base, storage file, format) before it
+changes anything, claims the document row of (knowledge base, file) for this ingest (a
+fresh ``ingest_token``; an ingest already running answers FAILED_PRECONDITION), then runs
+the stages in a task of its own and streams their events. The task is separate from the
+RPC so that DeleteDocument/DeleteKnowledgeBase can stop it (``stop``) and wait for its
+clean-up, and so that a client that goes away cancels it (the RPC wrapper closes the
+event generator, whose ``finally`` cancels the task and waits).
+
+CPU work (parsing, rendering, tokenising, embedding) runs in worker threads; the loop
+only moves bytes and events. Page images are rendered one page at a time (bounded memory)
+and uploaded to the storage `images` bucket as they come.
+
+Failure and cancellation: the document ends FAILED with the reason, without pages,
+blocks or chunks (its vectors are deleted), and the page images this ingest uploaded are
+deleted from storage (best effort). Success: pages and blocks are replaced and the
+document marked READY in one transaction that first checks the ingest still owns the
+row; if the document was deleted meanwhile (e.g. by another replica), the vectors just
+written are deleted again and the ingest answers ABORTED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+import grpc
+
+from aivera.common.v1 import common_pb2
+from aivera.rag.v1 import rag_pb2
+from aivera.storage.v1 import storage_pb2, storage_pb2_grpc
+from services.common import context as ctx
+from services.common.errors import (
+    Aborted,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ServiceError,
+    Unavailable,
+    not_found,
+)
+from services.rag.chunking import Chunk
+from services.rag.embedder import Embedder
+from services.rag.index import ChunkIndex
+from services.rag.model import DocumentFormat, FormatMismatchError, Page, ParsedDocument
+from services.rag.parsers import ParseOptions, PdfRenderer, detect_format, parse_document
+from services.rag.parsers.pdf import looks_like_pdf
+from services.rag.sparse import SparseVector
+from services.rag.store import DocumentRow, Store
+from services.rag.vectorize import make_chunks, vectorize
+
+log = logging.getLogger("aivera.rag.ingest")
+
+_STORAGE = "aivera.storage.v1.StorageService"
+UPLOAD_CHUNK = 1024 * 1024  # storage's largest Upload chunk
+HEARTBEAT_SECONDS = 15.0
+
+Emit = Callable[[rag_pb2.IngestEvent], None]
+Spawn = Callable[[Coroutine[Any, Any, Any]], "asyncio.Task[Any]"]
+
+
+# --- storage over gRPC ----------------------------------------------------------------
+
+_STATUS_ERRORS: dict[grpc.StatusCode, type[ServiceError]] = {
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+}
+
+
+def _storage_error(exc: grpc.aio.AioRpcError, what: str) -> ServiceError:
+    cls = _STATUS_ERRORS.get(exc.code())
+    if cls is None:  # UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, auth trouble, ...
+        return Unavailable(f"storage is unavailable ({what}: {exc.code().name}: {exc.details()})")
+    return cls(f"storage: {what}: {exc.details() or exc.code().name}")
+
+
+class StorageClient:
+    """The few storage RPCs the ingest needs; errors become service errors."""
+
+    def __init__(self, channel: grpc.aio.Channel, internal_token: str = "") -> None:
+        self.stub = storage_pb2_grpc.StorageServiceStub(channel)
+        self._internal_token = internal_token
+
+    async def get_file(self, file_id: str) -> storage_pb2.File:
+        try:
+            f: storage_pb2.File = await self.stub.GetFile(storage_pb2.GetFileRequest(id=file_id))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                raise not_found("file", file_id) from None
+            raise _storage_error(exc, "get file") from None
+        return f
+
+    async def download(self, file_id: str) -> bytes:
+        parts: list[bytes] = []
+        try:
+            async for msg in self.stub.Download(storage_pb2.DownloadRequest(id=file_id)):
+                if msg.WhichOneof("payload") == "chunk":
+                    parts.append(msg.chunk)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise not_found("file", file_id) from None
+            raise _storage_error(exc, "download") from None
+        return b"".join(parts)
+
+    async def upload_image(self, filename: str, png: bytes, labels: dict[str, str]) -> str:
+        def requests() -> Iterator[storage_pb2.UploadRequest]:
+            yield storage_pb2.UploadRequest(
+                header=storage_pb2.UploadHeader(
+                    bucket=storage_pb2.BUCKET_IMAGES,
+                    filename=filename,
+                    size_bytes=len(png),
+                    labels=labels,
+                )
+            )
+            for start in range(0, len(png), UPLOAD_CHUNK):
+                yield storage_pb2.UploadRequest(chunk=png[start : start + UPLOAD_CHUNK])
+
+        try:
+            f: storage_pb2.File = await self.stub.Upload(requests())
+        except grpc.aio.AioRpcError as exc:
+            raise _storage_error(exc, "upload page image") from None
+        return f.id
+
+    async def delete_files(self, file_ids: list[str]) -> None:
+        """Best effort: failures are logged, not raised (used after the fact)."""
+        for file_id in file_ids:
+            try:
+                await self.stub.DeleteFile(storage_pb2.DeleteFileRequest(id=file_id))
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    log.warning("could not delete page image %s: %s", file_id, exc.code().name)
+
+
+# --- the pipeline ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IngestParams:
+    """A validated IngestDocument request."""
+
+    knowledge_base_id: uuid.UUID
+    file_id: str
+    chunk_size: int
+    chunk_overlap: int
+    dpi: int
+    format: DocumentFormat | None
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_pages: int
+    max_blocks: int
+    embed_batch: int
+    stale_seconds: float
+
+
+def phase(
+    doc_id: str, stage: rag_pb2.IngestStage.ValueType, done: int, total: int, unit: str
+) -> rag_pb2.IngestEvent:
+    return rag_pb2.IngestEvent(
+        document_id=doc_id,
+        phase=rag_pb2.IngestPhase(
+            stage=stage, progress=common_pb2.Progress(done=done, total=total, unit=unit)
+        ),
+    )
+
+
+def warning(doc_id: str, message: str, page: int = 0) -> rag_pb2.IngestEvent:
+    return rag_pb2.IngestEvent(
+        document_id=doc_id, warning=rag_pb2.IngestWarning(message=message, page=page)
+    )
+
+
+@dataclass
+class _Run:
+    """State of one running ingest (for clean-up)."""
+
+    user_id: str
+    doc: DocumentRow
+    token: uuid.UUID
+    uploaded: list[str] = field(default_factory=list)
+    last_beat: float = field(default_factory=time.monotonic)
+
+    @property
+    def doc_id(self) -> str:
+        return str(self.doc.id)
+
+
+class Ingestor:
+    def __init__(
+        self,
+        *,
+        store: Callable[[], Store],
+        index: Callable[[], ChunkIndex],
+        embedder: Callable[[], Embedder],
+        storage: Callable[[], StorageClient],
+        spawn: Spawn,
+        limits: Limits,
+        document_proto: Callable[[DocumentRow], rag_pb2.Document],
+        internal: bool = False,
+    ) -> None:
+        # ``internal``: the internal service credential is configured, so background
+        # storage calls can act for the user after the caller's token has expired.
+        self._internal = internal
+        self._store = store
+        self._index = index
+        self._embedder = embedder
+        self._storage = storage
+        self._spawn = spawn
+        self.limits = limits
+        self._document_proto = document_proto
+        self._running: dict[uuid.UUID, asyncio.Task[Any]] = {}
+
+    # -- control ------------------------------------------------------------------------
+
+    async def stop(self, doc_ids: list[uuid.UUID]) -> None:
+        """Cancel this replica's running ingests of these documents and wait for their
+        clean-up (other replicas' ingests notice at their next step or at the end)."""
+        tasks = [t for d in doc_ids if (t := self._running.get(d)) is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+
+    def delete_images_later(self, user_id: str, file_ids: list[str]) -> None:
+        """Delete page images from storage in the background, for the user (with the
+        internal credential when configured, else the caller's relayed token)."""
+        if not file_ids:
+            return
+        if self._internal:
+            with ctx.acting_for(user_id, request_id=ctx.request_id() or None):
+                self._spawn(self._storage().delete_files(list(file_ids)))
+        else:
+            self._spawn(self._storage().delete_files(list(file_ids)))
+
+    # -- the RPC ------------------------------------------------------------------------
+
+    async def ingest(
+        self, user_id: str, params: IngestParams
+    ) -> AsyncIterator[rag_pb2.IngestEvent]:
+        store = self._store()
+        kb = await store.get_kb(user_id, params.knowledge_base_id)
+        if kb is None:
+            raise not_found("knowledge base", str(params.knowledge_base_id))
+        storage = self._storage()
+        file = await storage.get_file(params.file_id)
+        if file.bucket != storage_pb2.BUCKET_DOCUMENTS:
+            raise InvalidArgument(
+                f"file {params.file_id!r} is not in the documents bucket", field="file_id"
+            )
+        if file.status != storage_pb2.FILE_STATUS_READY:
+            raise FailedPrecondition(f"file {params.file_id!r} is not READY")
+        data = await storage.download(params.file_id)
+        fmt = params.format
+        if fmt is None:
+            fmt = await asyncio.to_thread(detect_format, data, file.filename, file.content_type)
+        # Text formats parse fast: parse them before anything changes, so a file that is
+        # not what it claims (or over the limits) is refused without leaving a document.
+        # PDFs parse (and render) as the first stage of the run.
+        opts = self._parse_options(params)
+        parsed: ParsedDocument | None = None
+        if fmt is not DocumentFormat.PDF:
+            parsed = await asyncio.to_thread(
+                parse_document,
+                data,
+                filename=file.filename,
+                content_type=file.content_type,
+                format=params.format,
+                options=opts,
+            )
+        elif params.format is DocumentFormat.PDF and not looks_like_pdf(data):
+            raise FormatMismatchError("the file is not a PDF (no PDF header)")
+        token = uuid.uuid4()
+        doc = await store.begin_ingest(
+            user_id=user_id,
+            kb_id=params.knowledge_base_id,
+            file_id=params.file_id,
+            filename=file.filename,
+            format=fmt.value,
+            token=token,
+            stale_seconds=self.limits.stale_seconds,
+        )
+        if doc is None:
+            if await store.get_kb(user_id, params.knowledge_base_id) is None:
+                raise not_found("knowledge base", str(params.knowledge_base_id))
+            raise FailedPrecondition(
+                f"an ingest of file {params.file_id!r} into this knowledge base is already running"
+            )
+        run = _Run(user_id, doc, token)
+        queue: asyncio.Queue[rag_pb2.IngestEvent | None] = asyncio.Queue()
+        task = self._spawn(self._guarded(run, params, data, parsed, file, queue.put_nowait))
+        self._running[doc.id] = task
+
+        def finished(t: asyncio.Task[Any]) -> None:
+            if self._running.get(doc.id) is t:
+                del self._running[doc.id]
+            queue.put_nowait(None)
+
+        task.add_done_callback(finished)
+        try:
+            while (event := await queue.get()) is not None:
+                yield event
+            if task.cancelled():
+                raise Aborted("the ingest was stopped: its document was deleted")
+            error = task.result()
+            if error is not None:
+                raise error
+        finally:
+            if not task.done():  # the client went away
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def _guarded(
+        self,
+        run: _Run,
+        params: IngestParams,
+        data: bytes,
+        parsed: ParsedDocument | None,
+        file: storage_pb2.File,
+        emit: Emit,
+    ) -> Exception | None:
+        """Runs the stages; returns the error that stopped them (after cleaning up) rather
+        than raising it, so a refused document is not logged as a crashed task."""
+        beating = asyncio.create_task(self._heartbeats(run))
+        try:
+            await self._stages(run, params, data, parsed, file, emit)
+        except BaseException as exc:
+            if isinstance(exc, ServiceError):
+                reason = exc.message
+            elif isinstance(exc, asyncio.CancelledError):
+                reason = "the ingest was cancelled"
+            else:
+                log.exception("ingest of document %s failed", run.doc_id)
+                reason = f"internal error (request id {ctx.request_id()})"
+            await asyncio.shield(self._cleanup(run, reason))
+            if isinstance(exc, Exception):
+                return exc
+            raise
+        finally:
+            beating.cancel()
+        return None
+
+    async def _heartbeats(self, run: _Run) -> None:
+        """Keep the claim alive while a long stage (a big parse, a slow batch) runs, so
+        another replica does not take the document over as abandoned."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            try:
+                await self._store().heartbeat(run.doc.id, run.token)
+            except Exception as exc:
+                log.warning("heartbeat of ingest %s failed: %s", run.doc_id, exc)
+
+    async def _cleanup(self, run: _Run, reason: str) -> None:
+        """No chunks, no pages, status FAILED, this run's images gone (best effort)."""
+        try:
+            await self._index().delete_document(user_id=run.user_id, document_id=run.doc_id)
+        except Exception:
+            log.exception("could not delete the chunks of failed document %s", run.doc_id)
+        old: list[str] | None = None
+        try:
+            old = await self._store().fail_ingest(doc_id=run.doc.id, token=run.token, error=reason)
+        except Exception:
+            log.exception("could not mark document %s FAILED", run.doc_id)
+        self.delete_images_later(run.user_id, run.uploaded + (old or []))
+
+    def _parse_options(self, params: IngestParams) -> ParseOptions:
+        # Pages are rendered one at a time later (bounded memory), not by the parser.
+        return ParseOptions(
+            dpi=params.dpi,
+            render=False,
+            max_pages=self.limits.max_pages,
+            max_blocks=self.limits.max_blocks,
+        )
+
+    async def _beat(self, run: _Run, *, force: bool = False) -> None:
+        """Keep the claim on the document alive; stop if it was lost (deleted)."""
+        now = time.monotonic()
+        if not force and now - run.last_beat < HEARTBEAT_SECONDS:
+            return
+        run.last_beat = now
+        if not await self._store().heartbeat(run.doc.id, run.token):
+            raise Aborted("the ingest was stopped: its document was deleted or re-ingested")
+
+    async def _stages(
+        self,
+        run: _Run,
+        params: IngestParams,
+        data: bytes,
+        preparsed: ParsedDocument | None,
+        file: storage_pb2.File,
+        emit: Emit,
+    ) -> None:
+        doc_id = run.doc_id
+        P = rag_pb2
+        emit(phase(doc_id, P.INGEST_STAGE_PARSING, 0, 0, "pages"))
+        parsed = preparsed
+        if parsed is None:
+            parsed = await asyncio.to_thread(
+                parse_document,
+                data,
+                filename=file.filename,
+                content_type=file.content_type,
+                format=DocumentFormat(run.doc.format),
+                options=self._parse_options(params),
+            )
+        n_pages = parsed.page_count
+        emit(phase(doc_id, P.INGEST_STAGE_PARSING, n_pages, n_pages, "pages"))
+        for w in parsed.warnings:
+            emit(warning(doc_id, w.message, w.page))
+        if not parsed.has_text:
+            emit(warning(doc_id, "the document has no text"))
+        await self._beat(run)
+
+        pages = await self._render_pages(run, parsed, data, params, file, emit)
+
+        embedder = self._embedder()
+        emit(phase(doc_id, P.INGEST_STAGE_CHUNKING, 0, 0, "chunks"))
+        chunks: list[Chunk] = await asyncio.to_thread(
+            make_chunks,
+            doc_id,
+            parsed.blocks,
+            embedder,
+            size=params.chunk_size,
+            overlap=params.chunk_overlap,
+        )
+        total = len(chunks)
+        emit(phase(doc_id, P.INGEST_STAGE_CHUNKING, total, total, "chunks"))
+        await self._beat(run)
+
+        dense: list[list[float]] = []
+        sparse: list[SparseVector] = []
+        if total:
+            emit(phase(doc_id, P.INGEST_STAGE_EMBEDDING, 0, total, "chunks"))
+            try:
+                async for batch in vectorize(chunks, embedder, batch_size=self.limits.embed_batch):
+                    dense.extend(batch.dense)
+                    sparse.extend(batch.sparse)
+                    emit(phase(doc_id, P.INGEST_STAGE_EMBEDDING, batch.done, total, "chunks"))
+                    await self._beat(run)
+            except (OSError, RuntimeError) as exc:
+                raise Unavailable(f"the embedder is unavailable: {type(exc).__name__}") from exc
+            emit(phase(doc_id, P.INGEST_STAGE_INDEXING, 0, total, "chunks"))
+        index = self._index()
+        await index.replace_document(
+            user_id=run.user_id,
+            knowledge_base_id=str(run.doc.knowledge_base_id),
+            document_id=doc_id,
+            filename=file.filename,
+            chunks=chunks,
+            dense=dense,
+            sparse=sparse,
+        )
+        if total:
+            emit(phase(doc_id, P.INGEST_STAGE_INDEXING, total, total, "chunks"))
+
+        finished = await self._store().finish_ingest(
+            doc_id=run.doc.id,
+            token=run.token,
+            pages=pages,
+            blocks=parsed.blocks,
+            chunk_count=total,
+        )
+        if finished is None:
+            raise Aborted("the ingest was stopped: its document was deleted or re-ingested")
+        row, replaced = finished
+        run.uploaded = []  # owned by the document now
+        self.delete_images_later(run.user_id, replaced)
+        emit(
+            rag_pb2.IngestEvent(
+                document_id=doc_id,
+                done=rag_pb2.IngestDone(document=self._document_proto(row)),
+            )
+        )
+
+    async def _render_pages(
+        self,
+        run: _Run,
+        parsed: ParsedDocument,
+        data: bytes,
+        params: IngestParams,
+        file: storage_pb2.File,
+        emit: Emit,
+    ) -> list[tuple[Page, str]]:
+        """PDF pages rendered one at a time and stored in the `images` bucket."""
+        if parsed.format is not DocumentFormat.PDF:
+            return [(p, "") for p in parsed.pages]
+        doc_id = run.doc_id
+        total = parsed.page_count
+        stem = PurePosixPath(file.filename).stem or "document"
+        labels = {
+            "purpose": "page-image",
+            "document_id": doc_id,
+            "kb_id": str(run.doc.knowledge_base_id),
+        }
+        storage = self._storage()
+        out: list[tuple[Page, str]] = []
+        emit(phase(doc_id, rag_pb2.INGEST_STAGE_RENDERING_PAGES, 0, total, "pages"))
+        renderer = await asyncio.to_thread(PdfRenderer, data)
+        try:
+            for page in parsed.pages:
+                image = await asyncio.to_thread(renderer.render, page.number, params.dpi)
+                assert image.png is not None
+                name = f"{stem[:180]}.page-{page.number:04d}.png"
+                file_id = await storage.upload_image(name, image.png, labels)
+                run.uploaded.append(file_id)
+                out.append((Page(page.number, image.width_px, image.height_px), file_id))
+                emit(
+                    phase(doc_id, rag_pb2.INGEST_STAGE_RENDERING_PAGES, page.number, total, "pages")
+                )
+                await self._beat(run)
+        finally:
+            await asyncio.to_thread(renderer.close)
+        return out
