@@ -1,0 +1,173 @@
+"""What every pipeline shares: the turn's inputs, document search, the model tool loop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aivera.chat.v1 import chat_pb2
+from services.chat import prompts
+from services.chat.clients import Block, Documents, Hit
+from services.chat.providers.base import Content, LlmRequest, Part, Provider, ToolSpec
+from services.chat.store import SearchRow
+from services.chat.tools import ToolRunner
+from services.chat.turns import Turn
+from services.common.errors import ServiceError
+
+
+@dataclass
+class TurnInput:
+    """Everything a pipeline needs, fixed when the turn starts (a running turn keeps the
+    prompts and settings it started with)."""
+
+    text: str
+    profile: int  # ModelProfile
+    prompts: dict[str, str]  # active system prompts by name
+    role: str | None  # role prompt content
+    persona: str | None  # clone persona
+    history: list[tuple[int, str]]
+    kb_ids: list[str]
+    flash_model: str
+    pro_model: str
+    max_tool_iterations: int
+    top_k: int
+    notes: list[str] = field(default_factory=list)  # e.g. attachments that failed
+
+
+async def search_context(
+    turn: Turn, inp: TurnInput, documents: Documents, tools: ToolRunner
+) -> list[Block]:
+    """Searches the chat's knowledge bases; the blocks found become the turn's context and
+    its stored search results."""
+    if not inp.kb_ids:
+        return []
+    async with turn.phase(chat_pb2.PHASE_DOCUMENT_SEARCH, "Поиск по документам"):
+        try:
+            hits = await documents.search(inp.kb_ids, inp.text, inp.top_k)
+        except ServiceError as exc:
+            turn.warning("FILE_UNREADABLE", f"Поиск по документам недоступен: {exc.message}")
+            return []
+        turn.progress(chat_pb2.PHASE_DOCUMENT_SEARCH, len(hits), len(hits), "hits")
+        blocks = await _blocks_of(turn, hits, tools)
+    for block in blocks:
+        turn.search_results.append(
+            SearchRow(
+                block_id=block.id,
+                document_id=block.document_id,
+                page=block.page,
+                text=block.text,
+                box=block.box,
+                score=block.score,
+            )
+        )
+    return blocks
+
+
+async def _blocks_of(turn: Turn, hits: list[Hit], tools: ToolRunner) -> list[Block]:
+    """The blocks of the hits, with their own boxes from the document's page (the hit's
+    chunk box when the page cannot be read)."""
+    out: list[Block] = []
+    seen: set[str] = set()
+    for hit in hits:
+        resolved = False
+        if hit.block_ids and hit.document_id:
+            try:
+                info = await tools.document(hit.document_id, hit.page)
+            except ServiceError as exc:
+                turn.warning(
+                    "FILE_UNREADABLE",
+                    f"Документ {hit.filename or hit.document_id} не прочитан: {exc.message}",
+                )
+                info = None
+            if info is not None:
+                for block_id in hit.block_ids:
+                    block = info.blocks.get(block_id)
+                    if block is not None and block.id not in seen:
+                        seen.add(block.id)
+                        out.append(
+                            Block(
+                                block.id,
+                                block.document_id,
+                                block.page,
+                                block.kind,
+                                block.text,
+                                block.box,
+                                hit.score,
+                            )
+                        )
+                        resolved = True
+        if not resolved:
+            block_id = hit.block_ids[0] if hit.block_ids else f"{hit.document_id}:{hit.page}"
+            if block_id in seen:
+                continue
+            seen.add(block_id)
+            block = Block(block_id, hit.document_id, hit.page, "text", hit.text, hit.box, hit.score)
+            tools.blocks.setdefault(block_id, block)
+            out.append(block)
+    return out
+
+
+async def tool_loop(
+    turn: Turn,
+    provider: Provider,
+    tools: ToolRunner,
+    *,
+    model: str,
+    system: str,
+    contents: list[Content],
+    phase: int,
+    max_iterations: int,
+    stream_tokens: bool,
+    tool_specs: list[ToolSpec] | None = None,
+) -> str:
+    """Calls the model until it answers without tool calls, running its request_images /
+    zoom calls in between; after `max_iterations` calls with tools the last call has none,
+    so the model must answer. Returns the text of the model's calls."""
+    specs = prompts.TOOLS if tool_specs is None else tool_specs
+    texts: list[str] = []
+    iteration = 0
+    while True:
+        iteration += 1
+        with_tools = bool(specs) and iteration <= max_iterations
+        if specs and iteration == max_iterations + 1:
+            turn.warning(
+                "TOOL_ITERATION_LIMIT",
+                f"Достигнут лимит итераций инструментов ({max_iterations}); модель отвечает "
+                "по собранным данным.",
+            )
+        request = LlmRequest(
+            model=model,
+            system_instruction=system,
+            contents=contents,
+            tools=specs if with_tools else [],
+        )
+        calls = []
+        call_text: list[str] = []
+        turn.model_used(model)
+        async with turn.phase(
+            phase, f"Вызов модели {model}" + (f" (итерация {iteration})" if specs else "")
+        ):
+            usage = None
+            async for chunk in provider.stream(request):
+                if chunk.text:
+                    call_text.append(chunk.text)
+                    if stream_tokens:
+                        turn.token(chunk.text, model)
+                calls.extend(chunk.calls)
+                if chunk.usage is not None:
+                    usage = chunk.usage
+            if usage is not None:
+                turn.usage.add(usage)
+        texts.append("".join(call_text))
+        if not calls or not with_tools:
+            return "".join(texts)
+        model_parts = [Part(text="".join(call_text))] if call_text else []
+        model_parts.extend(Part(call=c) for c in calls)
+        contents.append(Content("model", model_parts))
+        results = await tools.run(calls, model=model, iteration=iteration)
+        reply: list[Part] = [
+            Part(response=(call, result.response))
+            for call, result in zip(calls, results, strict=True)
+        ]
+        for result in results:
+            reply.extend(result.images)
+        contents.append(Content("user", reply))
