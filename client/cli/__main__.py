@@ -1,0 +1,3 @@
+from client.cli.app import main
+
+main()

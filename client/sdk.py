@@ -1,0 +1,745 @@
+"""`AsyncClient`: the mesh's RPCs as typed coroutines, with the session handled.
+
+Every call carries `authorization: Bearer <access>` and an `x-request-id`. A call answered
+UNAUTHENTICATED refreshes the session once and is repeated once; a server stream is
+repeated only if it failed before its first message (nothing was shown yet), an upload
+only when its request stream can be produced again. gRPC errors come out as the classes
+of `client.errors`.
+
+    async with AsyncClient() as c:
+        chat = await c.create_chat("Отчёт")
+        async for event in c.send_message(chat.id, "Что в разделе 3?"):
+            ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import field_mask_pb2
+
+from aivera.auth.v1 import auth_pb2, auth_pb2_grpc
+from aivera.chat.v1 import chat_pb2, chat_pb2_grpc
+from aivera.rag.v1 import rag_pb2, rag_pb2_grpc
+from aivera.storage.v1 import storage_pb2, storage_pb2_grpc
+from aivera.training.v1 import (
+    clones_pb2,
+    clones_pb2_grpc,
+    datasets_pb2,
+    datasets_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+)
+from client.config import Endpoints, credentials_path, split_address
+from client.credentials import Credentials, CredentialStore
+from client.errors import AuthRequired, NotFound, Unavailable, from_rpc
+from client.messages import t
+from client.session import Session
+
+T = TypeVar("T")
+CHUNK = 1024 * 1024  # the storage service's largest upload chunk
+MAX_MESSAGE = 64 * 1024 * 1024
+Progress = Callable[[int], None]  # bytes done so far
+
+BUCKETS = {
+    "documents": storage_pb2.BUCKET_DOCUMENTS,
+    "images": storage_pb2.BUCKET_IMAGES,
+    "datasets": storage_pb2.BUCKET_DATASETS,
+    "models": storage_pb2.BUCKET_MODELS,
+    "training-images": storage_pb2.BUCKET_TRAINING_IMAGES,
+}
+
+
+class AsyncClient:
+    """One user's connection to the mesh.
+
+    `store` is where the session lives (default: the user's credentials file); pass
+    `store=None` with `credentials=` to keep it in memory only. `endpoints` default to
+    `Endpoints.resolve(<server saved in the credentials>)`.
+    """
+
+    def __init__(
+        self,
+        endpoints: Endpoints | None = None,
+        *,
+        store: CredentialStore | bool | None = True,
+        credentials: Credentials | None = None,
+        timeout: float | None = 30.0,
+        refresh_skew: float = 30.0,
+    ) -> None:
+        if store is True:
+            store = CredentialStore(credentials_path())
+        self.store: CredentialStore | None = store or None
+        creds = credentials or (self.store.load() if self.store else Credentials())
+        self.endpoints = endpoints or Endpoints.resolve(creds.server)
+        self.timeout = timeout
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self.session = Session(creds, self.store, self._refresh_rpc, skew=refresh_skew)
+
+    # ---- plumbing -----------------------------------------------------------------
+
+    @property
+    def credentials(self) -> Credentials:
+        return self.session.creds
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        channels, self._channels = self._channels, {}
+        for ch in channels.values():
+            await ch.close(grace=None)
+
+    def channel(self, service: str, *, admin: bool = False) -> grpc.aio.Channel:
+        address = self.endpoints.of(service, admin=admin)
+        ch = self._channels.get(address)
+        if ch is None:
+            target, tls = split_address(address)
+            options = [
+                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.max_send_message_length", MAX_MESSAGE),
+                ("grpc.keepalive_time_ms", 30_000),
+            ]
+            if tls:
+                ch = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(), options)
+            else:
+                ch = grpc.aio.insecure_channel(target, options)
+            self._channels[address] = ch
+        return ch
+
+    @property
+    def _auth(self) -> auth_pb2_grpc.AuthServiceStub:
+        return auth_pb2_grpc.AuthServiceStub(self.channel("auth"))
+
+    @property
+    def _auth_admin(self) -> auth_pb2_grpc.AuthAdminServiceStub:
+        return auth_pb2_grpc.AuthAdminServiceStub(self.channel("auth", admin=True))
+
+    @property
+    def _chat(self) -> chat_pb2_grpc.ChatServiceStub:
+        return chat_pb2_grpc.ChatServiceStub(self.channel("chat"))
+
+    @property
+    def _prompts(self) -> chat_pb2_grpc.PromptAdminServiceStub:
+        return chat_pb2_grpc.PromptAdminServiceStub(self.channel("chat", admin=True))
+
+    @property
+    def _storage(self) -> storage_pb2_grpc.StorageServiceStub:
+        return storage_pb2_grpc.StorageServiceStub(self.channel("storage"))
+
+    @property
+    def _rag(self) -> rag_pb2_grpc.RagServiceStub:
+        return rag_pb2_grpc.RagServiceStub(self.channel("rag"))
+
+    @property
+    def _datasets(self) -> datasets_pb2_grpc.DatasetServiceStub:
+        return datasets_pb2_grpc.DatasetServiceStub(self.channel("training"))
+
+    @property
+    def _jobs(self) -> jobs_pb2_grpc.TrainingServiceStub:
+        return jobs_pb2_grpc.TrainingServiceStub(self.channel("training"))
+
+    @property
+    def _models(self) -> models_pb2_grpc.ModelServiceStub:
+        return models_pb2_grpc.ModelServiceStub(self.channel("training"))
+
+    @property
+    def _clones(self) -> clones_pb2_grpc.CloneServiceStub:
+        return clones_pb2_grpc.CloneServiceStub(self.channel("training"))
+
+    async def _refresh_rpc(
+        self, request: auth_pb2.RefreshTokenRequest
+    ) -> auth_pb2.RefreshTokenResponse:
+        resp: auth_pb2.RefreshTokenResponse = await self._auth.RefreshToken(
+            request, metadata=_request_id(), timeout=self.timeout
+        )
+        return resp
+
+    async def _md(self) -> tuple[str, tuple[tuple[str, str], ...]]:
+        token = await self.session.access_token()
+        return token, (("authorization", f"Bearer {token}"), *_request_id())
+
+    async def _unary(self, method: Any, request: Any, *, timeout: float | None = None) -> Any:
+        """A unary call with the session; refreshed and repeated once on UNAUTHENTICATED."""
+        for attempt in (0, 1):
+            token, md = await self._md()
+            try:
+                return await method(request, metadata=md, timeout=timeout or self.timeout)
+            except grpc.aio.AioRpcError as e:
+                if e.code() is grpc.StatusCode.UNAUTHENTICATED and attempt == 0:
+                    await self.session.refresh(stale=token)
+                    continue
+                raise from_rpc(e) from None
+        raise AssertionError("unreachable")
+
+    async def _stream(self, method: Any, request: Any) -> AsyncIterator[Any]:
+        """A server stream with the session; repeated once on UNAUTHENTICATED only when it
+        failed before its first message. Closing the iterator cancels the call."""
+        for attempt in (0, 1):
+            token, md = await self._md()
+            call = method(request, metadata=md)
+            started = False
+            try:
+                async for item in call:
+                    started = True
+                    yield item
+                return
+            except grpc.aio.AioRpcError as e:
+                if e.code() is grpc.StatusCode.UNAUTHENTICATED and not started and attempt == 0:
+                    await self.session.refresh(stale=token)
+                    continue
+                raise from_rpc(e) from None
+            finally:
+                call.cancel()
+
+    async def _client_stream(
+        self, method: Any, requests: Callable[[], AsyncIterator[Any]], *, timeout: float | None
+    ) -> Any:
+        """A client stream; `requests` makes the request stream afresh for the repeat."""
+        for attempt in (0, 1):
+            token, md = await self._md()
+            try:
+                return await method(requests(), metadata=md, timeout=timeout)
+            except grpc.aio.AioRpcError as e:
+                if e.code() is grpc.StatusCode.UNAUTHENTICATED and attempt == 0:
+                    await self.session.refresh(stale=token)
+                    continue
+                raise from_rpc(e) from None
+        raise AssertionError("unreachable")
+
+    async def _pages(
+        self, method: Any, request: Any, field: str, limit: int | None = None
+    ) -> list[Any]:
+        """Every item of a paged List call (up to `limit`)."""
+        items: list[Any] = []
+        while True:
+            resp = await self._unary(method, request)
+            items.extend(getattr(resp, field))
+            if not resp.next_page_token or (limit is not None and len(items) >= limit):
+                return items[:limit] if limit is not None else items
+            request.page_token = resp.next_page_token
+
+    # ---- session ------------------------------------------------------------------
+
+    async def login(self, static_token: str) -> auth_pb2.ExchangeStaticTokenResponse:
+        """Exchange a static token for a session and save it (never the static token)."""
+        try:
+            resp: auth_pb2.ExchangeStaticTokenResponse = await self._auth.ExchangeStaticToken(
+                auth_pb2.ExchangeStaticTokenRequest(static_token=static_token.strip()),
+                metadata=_request_id(),
+                timeout=self.timeout,
+            )
+        except grpc.aio.AioRpcError as e:
+            if e.code() is grpc.StatusCode.UNAUTHENTICATED:
+                raise AuthRequired(t("auth.bad_token"), e.code()) from None
+            raise from_rpc(e) from None
+        self.session.creds.server = self.endpoints.server
+        self.session.set_tokens(
+            resp.access_token,
+            resp.expires_in,
+            resp.refresh_token,
+            float(resp.refresh_expire_time.seconds),
+            resp.user,
+        )
+        self.session.save()
+        return resp
+
+    async def logout(self, *, all_sessions: bool = False) -> None:
+        """End the session on the server (best effort) and forget it locally."""
+        creds = self.session.creds
+        try:
+            if creds.signed_in:
+                await self._unary(
+                    self._auth.Logout,
+                    auth_pb2.LogoutRequest(
+                        refresh_token="" if all_sessions else creds.refresh_token,
+                        all_sessions=all_sessions,
+                    ),
+                )
+        except AuthRequired:
+            pass
+        finally:
+            creds.end_session()
+            self.session.save()
+
+    def set_active_chat(self, chat_id: str) -> None:
+        self.session.creds.active_chat_id = chat_id
+        self.session.save()
+
+    # ---- auth ---------------------------------------------------------------------
+
+    async def me(self) -> auth_pb2.User:
+        user: auth_pb2.User = await self._unary(
+            self._auth.GetCurrentUser, auth_pb2.GetCurrentUserRequest()
+        )
+        return user
+
+    async def set_provider_key(self, api_key: str) -> auth_pb2.ProviderKeyStatus:
+        status: auth_pb2.ProviderKeyStatus = await self._unary(
+            self._auth.SetProviderKey,
+            auth_pb2.SetProviderKeyRequest(provider=auth_pb2.PROVIDER_GEMINI, api_key=api_key),
+        )
+        return status
+
+    async def provider_key_status(self) -> auth_pb2.ProviderKeyStatus:
+        status: auth_pb2.ProviderKeyStatus = await self._unary(
+            self._auth.GetProviderKeyStatus,
+            auth_pb2.GetProviderKeyStatusRequest(provider=auth_pb2.PROVIDER_GEMINI),
+        )
+        return status
+
+    async def delete_provider_key(self) -> None:
+        await self._unary(
+            self._auth.DeleteProviderKey,
+            auth_pb2.DeleteProviderKeyRequest(provider=auth_pb2.PROVIDER_GEMINI),
+        )
+
+    # ---- auth admin -----------------------------------------------------------------
+
+    async def create_user(
+        self, username: str, *, admin: bool = False
+    ) -> auth_pb2.CreateUserResponse:
+        resp: auth_pb2.CreateUserResponse = await self._unary(
+            self._auth_admin.CreateUser,
+            auth_pb2.CreateUserRequest(
+                username=username, role=auth_pb2.ROLE_ADMIN if admin else auth_pb2.ROLE_USER
+            ),
+        )
+        return resp
+
+    async def list_users(self, limit: int | None = None) -> list[auth_pb2.User]:
+        return await self._pages(
+            self._auth_admin.ListUsers, auth_pb2.ListUsersRequest(page_size=200), "users", limit
+        )
+
+    async def set_user_status(self, user_id: str, *, active: bool) -> auth_pb2.User:
+        user: auth_pb2.User = await self._unary(
+            self._auth_admin.UpdateUser,
+            auth_pb2.UpdateUserRequest(
+                user=auth_pb2.User(
+                    id=user_id,
+                    status=auth_pb2.USER_STATUS_ACTIVE if active else auth_pb2.USER_STATUS_DISABLED,
+                ),
+                update_mask=field_mask_pb2.FieldMask(paths=["status"]),
+            ),
+        )
+        return user
+
+    async def rotate_static_token(self, user_id: str) -> auth_pb2.RotateStaticTokenResponse:
+        resp: auth_pb2.RotateStaticTokenResponse = await self._unary(
+            self._auth_admin.RotateStaticToken, auth_pb2.RotateStaticTokenRequest(user_id=user_id)
+        )
+        return resp
+
+    async def revoke_sessions(self, user_id: str) -> int:
+        resp: auth_pb2.RevokeSessionsResponse = await self._unary(
+            self._auth_admin.RevokeSessions, auth_pb2.RevokeSessionsRequest(user_id=user_id)
+        )
+        return resp.revoked_sessions
+
+    # ---- chat -----------------------------------------------------------------------
+
+    async def create_chat(
+        self, title: str = "", *, clone_id: str = "", knowledge_base_ids: Sequence[str] = ()
+    ) -> chat_pb2.Chat:
+        chat: chat_pb2.Chat = await self._unary(
+            self._chat.CreateChat,
+            chat_pb2.CreateChatRequest(
+                title=title, clone_id=clone_id, knowledge_base_ids=list(knowledge_base_ids)
+            ),
+        )
+        return chat
+
+    async def get_chat(self, chat_id: str) -> chat_pb2.Chat:
+        chat: chat_pb2.Chat = await self._unary(
+            self._chat.GetChat, chat_pb2.GetChatRequest(id=chat_id)
+        )
+        return chat
+
+    async def list_chats(self, limit: int | None = 200) -> list[chat_pb2.Chat]:
+        return await self._pages(
+            self._chat.ListChats, chat_pb2.ListChatsRequest(page_size=200), "chats", limit
+        )
+
+    async def list_messages(
+        self, chat_id: str, *, tail: int | None = None
+    ) -> list[chat_pb2.Message]:
+        if tail:
+            resp: chat_pb2.ListMessagesResponse = await self._unary(
+                self._chat.ListMessages,
+                chat_pb2.ListMessagesRequest(
+                    chat_id=chat_id, page_size=min(tail, 200), order=chat_pb2.MESSAGE_ORDER_TAIL
+                ),
+            )
+            return list(resp.messages)
+        return await self._pages(
+            self._chat.ListMessages,
+            chat_pb2.ListMessagesRequest(chat_id=chat_id, page_size=200),
+            "messages",
+        )
+
+    def send_message(
+        self,
+        chat_id: str,
+        text: str,
+        *,
+        file_ids: Sequence[str] = (),
+        model_profile: chat_pb2.ModelProfile.ValueType = chat_pb2.MODEL_PROFILE_UNSPECIFIED,
+    ) -> AsyncIterator[chat_pb2.ChatEvent]:
+        """The turn's events, `accepted` first and `final` or `error` last. Closing the
+        iterator early (or cancelling the task) cancels the turn."""
+        return self._stream(
+            self._chat.SendMessage,
+            chat_pb2.SendMessageRequest(
+                chat_id=chat_id, text=text, file_ids=list(file_ids), model_profile=model_profile
+            ),
+        )
+
+    async def attach_file(self, chat_id: str, file_id: str) -> chat_pb2.Attachment:
+        att: chat_pb2.Attachment = await self._unary(
+            self._chat.AttachFile, chat_pb2.AttachFileRequest(chat_id=chat_id, file_id=file_id)
+        )
+        return att
+
+    async def get_settings(self) -> chat_pb2.UserSettings:
+        s: chat_pb2.UserSettings = await self._unary(
+            self._chat.GetSettings, chat_pb2.GetSettingsRequest()
+        )
+        return s
+
+    async def update_settings(
+        self,
+        *,
+        model_profile: chat_pb2.ModelProfile.ValueType | None = None,
+        role_prompt_id: str | None = None,
+    ) -> chat_pb2.UserSettings:
+        settings = chat_pb2.UserSettings()
+        paths = []
+        if model_profile is not None:
+            settings.model_profile = model_profile
+            paths.append("model_profile")
+        if role_prompt_id is not None:
+            settings.selected_role_prompt_id = role_prompt_id
+            paths.append("selected_role_prompt_id")
+        s: chat_pb2.UserSettings = await self._unary(
+            self._chat.UpdateSettings,
+            chat_pb2.UpdateSettingsRequest(
+                settings=settings, update_mask=field_mask_pb2.FieldMask(paths=paths)
+            ),
+        )
+        return s
+
+    async def list_roles(self) -> list[chat_pb2.RolePrompt]:
+        return await self._pages(
+            self._chat.ListRoles, chat_pb2.ListRolesRequest(page_size=200), "roles"
+        )
+
+    # ---- prompt admin ---------------------------------------------------------------
+
+    async def list_system_prompts(
+        self, *, all_versions: bool = False
+    ) -> list[chat_pb2.SystemPrompt]:
+        return await self._pages(
+            self._prompts.ListSystemPrompts,
+            chat_pb2.ListSystemPromptsRequest(include_all_versions=all_versions, page_size=200),
+            "system_prompts",
+        )
+
+    async def list_role_prompts(self) -> list[chat_pb2.RolePrompt]:
+        return await self._pages(
+            self._prompts.ListRolePrompts,
+            chat_pb2.ListRolePromptsRequest(page_size=200),
+            "role_prompts",
+        )
+
+    async def activate_system_prompt(self, prompt_id: str) -> chat_pb2.SystemPrompt:
+        p: chat_pb2.SystemPrompt = await self._unary(
+            self._prompts.ActivateSystemPrompt, chat_pb2.ActivateSystemPromptRequest(id=prompt_id)
+        )
+        return p
+
+    # ---- storage --------------------------------------------------------------------
+
+    async def upload(
+        self,
+        path: Path,
+        *,
+        bucket: str = "documents",
+        filename: str | None = None,
+        labels: dict[str, str] | None = None,
+        progress: Progress | None = None,
+    ) -> storage_pb2.File:
+        """Upload a file in 1 MiB chunks (size and SHA-256 declared in the header);
+        `progress` is called with the bytes sent so far."""
+        if bucket not in BUCKETS:
+            raise ValueError(f"unknown bucket {bucket!r}")
+        size, sha = _file_digest(path)
+        header = storage_pb2.UploadHeader(
+            bucket=BUCKETS[bucket],
+            filename=filename or path.name,
+            size_bytes=size,
+            sha256=sha,
+            labels=labels or {},
+        )
+
+        async def requests() -> AsyncIterator[storage_pb2.UploadRequest]:
+            yield storage_pb2.UploadRequest(header=header)
+            done = 0
+            with path.open("rb") as f:
+                while chunk := f.read(CHUNK):
+                    yield storage_pb2.UploadRequest(chunk=chunk)
+                    done += len(chunk)
+                    if progress:
+                        progress(done)
+
+        f: storage_pb2.File = await self._client_stream(
+            self._storage.Upload, requests, timeout=None
+        )
+        return f
+
+    async def get_file(self, file_id: str) -> storage_pb2.File:
+        f: storage_pb2.File = await self._unary(
+            self._storage.GetFile, storage_pb2.GetFileRequest(id=file_id)
+        )
+        return f
+
+    async def list_files(
+        self, bucket: str | None = None, limit: int | None = 200
+    ) -> list[storage_pb2.File]:
+        req = storage_pb2.ListFilesRequest(page_size=200)
+        if bucket:
+            req.bucket = BUCKETS[bucket]
+        return await self._pages(self._storage.ListFiles, req, "files", limit)
+
+    async def download(
+        self, file_id: str, dest: Path, *, progress: Progress | None = None
+    ) -> storage_pb2.File:
+        """Download a file to `dest` (a directory: the file's own name inside it)."""
+        meta: storage_pb2.File | None = None
+        into_dir = await asyncio.to_thread(os.path.isdir, dest)
+        out = None
+        done = 0
+        try:
+            async for msg in self._stream(
+                self._storage.Download, storage_pb2.DownloadRequest(id=file_id)
+            ):
+                kind = msg.WhichOneof("payload")
+                if kind == "file":
+                    meta = msg.file
+                    target = dest / meta.filename if into_dir else dest
+                    out = target.open("wb")
+                elif kind == "chunk" and out is not None:
+                    out.write(msg.chunk)
+                    done += len(msg.chunk)
+                    if progress:
+                        progress(done)
+        finally:
+            if out is not None:
+                out.close()
+        if meta is None:
+            raise NotFound(t("error.not_found") + f": {file_id}")
+        return meta
+
+    async def download_url(self, file_id: str, ttl_seconds: int = 3600) -> str:
+        resp: storage_pb2.CreateDownloadUrlResponse = await self._unary(
+            self._storage.CreateDownloadUrl,
+            storage_pb2.CreateDownloadUrlRequest(id=file_id, ttl_seconds=ttl_seconds),
+        )
+        return resp.url
+
+    # ---- rag ------------------------------------------------------------------------
+
+    async def create_knowledge_base(
+        self, name: str, description: str = ""
+    ) -> rag_pb2.KnowledgeBase:
+        kb: rag_pb2.KnowledgeBase = await self._unary(
+            self._rag.CreateKnowledgeBase,
+            rag_pb2.CreateKnowledgeBaseRequest(name=name, description=description),
+        )
+        return kb
+
+    async def list_knowledge_bases(self) -> list[rag_pb2.KnowledgeBase]:
+        return await self._pages(
+            self._rag.ListKnowledgeBases,
+            rag_pb2.ListKnowledgeBasesRequest(page_size=200),
+            "knowledge_bases",
+        )
+
+    def ingest(self, knowledge_base_id: str, file_id: str) -> AsyncIterator[rag_pb2.IngestEvent]:
+        return self._stream(
+            self._rag.IngestDocument,
+            rag_pb2.IngestDocumentRequest(knowledge_base_id=knowledge_base_id, file_id=file_id),
+        )
+
+    async def search(
+        self, knowledge_base_ids: Sequence[str], query: str, *, top_k: int = 5
+    ) -> list[rag_pb2.SearchHit]:
+        resp: rag_pb2.SearchResponse = await self._unary(
+            self._rag.Search,
+            rag_pb2.SearchRequest(
+                knowledge_base_ids=list(knowledge_base_ids), query=query, top_k=top_k
+            ),
+        )
+        return list(resp.hits)
+
+    # ---- training -------------------------------------------------------------------
+
+    async def create_dataset(
+        self, name: str, file_id: str, *, base_model: str = "", max_seq_length: int = 0
+    ) -> datasets_pb2.Dataset:
+        ds: datasets_pb2.Dataset = await self._unary(
+            self._datasets.CreateDataset,
+            datasets_pb2.CreateDatasetRequest(
+                name=name, file_id=file_id, base_model=base_model, max_seq_length=max_seq_length
+            ),
+        )
+        return ds
+
+    async def get_dataset(self, dataset_id: str) -> datasets_pb2.Dataset:
+        ds: datasets_pb2.Dataset = await self._unary(
+            self._datasets.GetDataset, datasets_pb2.GetDatasetRequest(id=dataset_id)
+        )
+        return ds
+
+    async def list_datasets(self) -> list[datasets_pb2.Dataset]:
+        return await self._pages(
+            self._datasets.ListDatasets, datasets_pb2.ListDatasetsRequest(page_size=200), "datasets"
+        )
+
+    async def create_job(self, request: jobs_pb2.CreateJobRequest) -> jobs_pb2.TrainingJob:
+        job: jobs_pb2.TrainingJob = await self._unary(self._jobs.CreateJob, request)
+        return job
+
+    async def get_job(self, job_id: str) -> jobs_pb2.TrainingJob:
+        job: jobs_pb2.TrainingJob = await self._unary(
+            self._jobs.GetJob, jobs_pb2.GetJobRequest(id=job_id)
+        )
+        return job
+
+    async def list_jobs(self, limit: int | None = 200) -> list[jobs_pb2.TrainingJob]:
+        return await self._pages(
+            self._jobs.ListJobs, jobs_pb2.ListJobsRequest(page_size=200), "jobs", limit
+        )
+
+    async def cancel_job(self, job_id: str) -> jobs_pb2.TrainingJob:
+        job: jobs_pb2.TrainingJob = await self._unary(
+            self._jobs.CancelJob, jobs_pb2.CancelJobRequest(id=job_id)
+        )
+        return job
+
+    async def retry_job(self, job_id: str) -> jobs_pb2.TrainingJob:
+        job: jobs_pb2.TrainingJob = await self._unary(
+            self._jobs.RetryJob, jobs_pb2.RetryJobRequest(id=job_id)
+        )
+        return job
+
+    def watch_job(self, job_id: str, after_sequence: int = 0) -> AsyncIterator[jobs_pb2.JobEvent]:
+        """One WatchJob stream (events after `after_sequence`, then live ones). See
+        `watch_job_resilient` for one that reattaches after a dropped connection."""
+        return self._stream(
+            self._jobs.WatchJob, jobs_pb2.WatchJobRequest(id=job_id, after_sequence=after_sequence)
+        )
+
+    async def watch_job_resilient(
+        self,
+        job_id: str,
+        *,
+        after_sequence: int = 0,
+        retries: int = 10,
+        backoff: float = 0.5,
+        on_reconnect: Callable[[int, int], Awaitable[None] | None] | None = None,
+    ) -> AsyncIterator[jobs_pb2.JobEvent]:
+        """Job events until the terminal `final` one, reattaching with `after_sequence`
+        (so nothing is lost or repeated) when the stream drops (UNAVAILABLE, or an end
+        without `final`). Gives up after `retries` failed attempts in a row."""
+        last = after_sequence
+        failures = 0
+        while True:
+            try:
+                async for event in self.watch_job(job_id, last):
+                    failures = 0
+                    if event.sequence:
+                        last = max(last, event.sequence)
+                    yield event
+                    if event.WhichOneof("event") == "final":
+                        return
+            except Unavailable:
+                pass
+            failures += 1
+            if failures > retries:
+                raise Unavailable(t("train.watch_gave_up"))
+            if on_reconnect is not None:
+                maybe = on_reconnect(failures, last)
+                if maybe is not None:
+                    await maybe
+            await asyncio.sleep(min(backoff * 2 ** (failures - 1), 10.0))
+
+    async def list_metrics(self, job_id: str) -> list[jobs_pb2.MetricPoint]:
+        return await self._pages(
+            self._jobs.ListMetrics,
+            jobs_pb2.ListMetricsRequest(job_id=job_id, page_size=1000),
+            "metric_points",
+        )
+
+    async def list_models(self) -> list[models_pb2.ModelArtifact]:
+        return await self._pages(
+            self._models.ListModels, models_pb2.ListModelsRequest(page_size=200), "models"
+        )
+
+    async def get_model(self, model_id: str) -> models_pb2.ModelArtifact:
+        m: models_pb2.ModelArtifact = await self._unary(
+            self._models.GetModel, models_pb2.GetModelRequest(id=model_id)
+        )
+        return m
+
+    async def create_clone(
+        self, name: str, *, persona: str = "", base_model: str = ""
+    ) -> clones_pb2.Clone:
+        c: clones_pb2.Clone = await self._unary(
+            self._clones.CreateClone,
+            clones_pb2.CreateCloneRequest(name=name, persona_prompt=persona, base_model=base_model),
+        )
+        return c
+
+    async def list_clones(self) -> list[clones_pb2.Clone]:
+        return await self._pages(
+            self._clones.ListClones, clones_pb2.ListClonesRequest(page_size=200), "clones"
+        )
+
+    async def get_clone(self, clone_id: str) -> clones_pb2.Clone:
+        c: clones_pb2.Clone = await self._unary(
+            self._clones.GetClone, clones_pb2.GetCloneRequest(id=clone_id)
+        )
+        return c
+
+
+def _request_id() -> tuple[tuple[str, str]]:
+    return (("x-request-id", uuid.uuid4().hex),)
+
+
+def _file_digest(path: Path) -> tuple[int, str]:
+    h = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()

@@ -1,0 +1,95 @@
+"""A small real mesh for the client's chat and file flows: the real auth, storage (local
+backend) and chat services, the chat tests' RAG double over gRPC (the RAG service is not
+wired yet) and the loopback Gemini server, each on loopback ports."""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aivera.rag.v1 import rag_pb2
+from services.auth.server import make_spec as auth_spec
+from services.chat.config import ChatSettings
+from services.chat.server import make_spec as chat_spec
+from services.common.config import CommonSettings
+from services.common.server import App, ServiceSpec
+from services.storage.config import StorageSettings
+from services.storage.server import make_spec as storage_spec
+from tests.chat.fakes import FakeRag
+from tests.client.conftest import auth_settings
+from tests.helpers.gemini import GeminiServer
+from tests.helpers.services import running
+
+
+@dataclass
+class Mesh:
+    auth: App
+    storage: App
+    rag_app: App
+    chat: App
+    rag: FakeRag
+    gemini: GeminiServer
+    bootstrap_token: str
+
+    def env(self) -> dict[str, str]:
+        """The CLI's per-service address overrides for this mesh."""
+        return {
+            "AIVERA_AUTH_ADDR": f"127.0.0.1:{self.auth.grpc_port}",
+            "AIVERA_STORAGE_ADDR": f"127.0.0.1:{self.storage.grpc_port}",
+            "AIVERA_RAG_ADDR": f"127.0.0.1:{self.rag_app.grpc_port}",
+            "AIVERA_CHAT_ADDR": f"127.0.0.1:{self.chat.grpc_port}",
+        }
+
+
+def rag_spec(fake: FakeRag) -> ServiceSpec:
+    async def build(app: App) -> list[tuple[Any, object]]:
+        return [(rag_pb2.DESCRIPTOR.services_by_name["RagService"], fake)]
+
+    return ServiceSpec(name="rag", port=0, http_port=0, build=build)
+
+
+@asynccontextmanager
+async def start_mesh(database_url: str, **auth_overrides: Any) -> AsyncIterator[Mesh]:
+    internal = "itok-" + uuid.uuid4().hex
+    data = Path(tempfile.mkdtemp(prefix="aivera-client-"))
+    a_settings = auth_settings(database_url, internal, **auth_overrides)
+    async with running(auth_spec(a_settings), a_settings) as auth_app:
+        common = {
+            "aivera_env": "test",
+            "database_url": database_url,
+            "aivera_internal_token": internal,
+            "auth_addr": f"127.0.0.1:{auth_app.grpc_port}",
+        }
+        s_settings = StorageSettings(**common, data_dir=data)
+        async with running(storage_spec(s_settings), s_settings) as storage_app:
+            fake = FakeRag()
+            async with (
+                running(rag_spec(fake), CommonSettings(**common)) as rag_app,
+                GeminiServer() as gemini,
+            ):
+                c_settings = ChatSettings(
+                    **common,
+                    storage_addr=f"127.0.0.1:{storage_app.grpc_port}",
+                    rag_addr=f"127.0.0.1:{rag_app.grpc_port}",
+                    gemini_base_url=gemini.base_url,
+                    provider_retry_attempts=2,
+                    provider_retry_initial_delay_seconds=0.01,
+                    turn_flush_interval_seconds=0.1,
+                    chat_models_dir=data / "models",
+                    attachment_wait_seconds=5,
+                )
+                async with running(chat_spec(c_settings), c_settings) as chat_app:
+                    yield Mesh(
+                        auth=auth_app,
+                        storage=storage_app,
+                        rag_app=rag_app,
+                        chat=chat_app,
+                        rag=fake,
+                        gemini=gemini,
+                        bootstrap_token=a_settings.aivera_bootstrap_admin_token.get_secret_value(),
+                    )

@@ -1,0 +1,375 @@
+"""The CLI's chat and file flows against the real auth, storage and chat services (RAG
+double, loopback Gemini): a streamed answer, the model profile naming the models, file
+upload and attach, history, and Ctrl-C cancelling a turn."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from rich.console import Console
+
+from aivera.chat.v1 import chat_pb2
+from client import AsyncClient, Credentials, Endpoints, NotFound
+from client.cli import chat as chat_cli
+from client.cli import render
+from client.errors import EXIT_NOT_FOUND, EXIT_USAGE
+from tests.client.conftest import Cli
+from tests.client.mesh import Mesh, start_mesh
+from tests.helpers.gemini import Reply
+
+KEY = "AIzaSyCLIENT000000000000000000000000001"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+async def mesh(database_url: str) -> AsyncIterator[Mesh]:
+    async with start_mesh(database_url, access_token_ttl_seconds=3600) as m:
+        yield m
+
+
+@pytest.fixture
+def gemini(mesh: Mesh) -> Reply:
+    mesh.gemini.reset()
+    mesh.gemini.valid_keys = None
+    return mesh.gemini  # type: ignore[return-value]
+
+
+def admin_client(mesh: Mesh) -> AsyncClient:
+    return AsyncClient(Endpoints.resolve(env=mesh.env()), store=False, credentials=Credentials())
+
+
+async def signed_in(mesh: Mesh, tmp_path: Path, *, key: bool = True) -> Cli:
+    """A new user signed in with the CLI (and a Gemini key set through it)."""
+    async with admin_client(mesh) as admin:
+        await admin.login(mesh.bootstrap_token)
+        created = await admin.create_user("c-" + uuid.uuid4().hex[:10])
+    cli = Cli(tmp_path / "cfg", {**mesh.env(), "AIVERA_LANG": ""})
+    r = await cli("login", input=created.static_token + "\n")
+    assert r.exit_code == 0, r.output
+    if key:
+        r = await cli("key", "set", input=KEY + "\n")
+        assert r.exit_code == 0, r.output
+    return cli
+
+
+async def test_send_streams_the_answer(mesh: Mesh, gemini: object, tmp_path: Path) -> None:
+    cli = await signed_in(mesh, tmp_path)
+    r = await cli("chat", "send", "Привет")
+    assert r.exit_code == EXIT_USAGE and "chat new" in r.output  # no active chat yet
+    r = await cli("chat", "new", "Бетон")
+    assert r.exit_code == 0 and "Бетон" in r.output
+    mesh.gemini.script(Reply.tokens(["Бетон ", "класса ", "B25."], output_tokens=3))
+    r = await cli("chat", "send", "Какой бетон?")
+    assert r.exit_code == 0, r.output
+    assert "Бетон класса B25." in r.stdout
+    assert "Модели: gemini-2.5-flash" in r.stdout and "профиль simple" in r.stdout
+    assert "» " in r.stderr  # phase status lines
+    # the events as JSON lines
+    mesh.gemini.script(Reply.tokens(["Да", "."]))
+    r = await cli("chat", "send", "Точно?", "--json")
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    assert "accepted" in events[0] and "final" in events[-1]
+    assert "".join(e["llm_token"]["text"] for e in events if "llm_token" in e) == "Да."
+    # history
+    r = await cli("chat", "history", "--tail", "2", "--json")
+    msgs = json.loads(r.stdout)
+    assert [m["content"] for m in msgs] == ["Точно?", "Да."]
+    r = await cli("chat", "history")
+    assert "Какой бетон?" in r.stdout and "Ассистент" in r.stdout
+    r = await cli("chat", "list", "--json")
+    assert [c["title"] for c in json.loads(r.stdout)] == ["Бетон"]
+
+
+async def test_model_profile_changes_the_models_named(
+    mesh: Mesh, gemini: object, tmp_path: Path
+) -> None:
+    cli = await signed_in(mesh, tmp_path)
+    user_id = json.loads(cli.credentials.read_text())["user_id"]
+    kb = mesh.rag.add_kb(user_id)
+    async with AsyncClient(Endpoints.resolve(env=mesh.env()), store=False) as c:
+        c.session.creds = Credentials(**json.loads(cli.credentials.read_text()))
+        from aivera.storage.v1 import storage_pb2_grpc
+
+        token = c.credentials.access_token
+        stub = storage_pb2_grpc.StorageServiceStub(c.channel("storage"))
+        await mesh.rag.add_document(user_id, kb, stub, (("authorization", f"Bearer {token}"),))
+    assert (await cli("chat", "new", "Документ", "--kb", kb)).exit_code == 0
+    mesh.gemini.script(Reply.text("простой ответ"))
+    r = await cli("chat", "send", "Вопрос")
+    assert "Модели: gemini-2.5-flash ·" in r.stdout
+    r = await cli("settings", "set-model", "complex")
+    assert r.exit_code == 0 and "complex" in r.stdout
+    r = await cli("me", "--json")
+    assert json.loads(r.stdout)["settings"]["model_profile"] == "MODEL_PROFILE_COMPLEX"
+    mesh.gemini.script(Reply.text("Блок b-text: бетон B25."), Reply.tokens(["Ответ ", "pro."]))
+    r = await cli("chat", "send", "Вопрос")
+    assert r.exit_code == 0, r.output
+    assert "Ответ pro." in r.stdout
+    assert "Модели: gemini-2.5-flash, gemini-2.5-pro · профиль complex" in r.stdout
+    assert (await cli("settings", "set-model", "fast")).exit_code == EXIT_USAGE
+
+
+async def test_role_setting(mesh: Mesh, gemini: object, tmp_path: Path) -> None:
+    cli = await signed_in(mesh, tmp_path, key=False)
+    r = await cli("settings", "roles", "--json")
+    roles = json.loads(r.stdout)
+    assert roles, "the chat service seeds role prompts"
+    name = roles[0]["name"]
+    r = await cli("settings", "set-role", name)
+    assert r.exit_code == 0, r.output
+    r = await cli("me", "--json")
+    me = json.loads(r.stdout)
+    assert me["role_name"] == name and me["provider_key"].get("is_set") is not True
+    assert (await cli("settings", "set-role", "none")).exit_code == 0
+    assert json.loads((await cli("me", "--json")).stdout)["role_name"] == ""
+    assert (await cli("settings", "set-role", "нет-такой-роли")).exit_code == EXIT_NOT_FOUND
+
+
+async def test_upload_and_attach(mesh: Mesh, gemini: object, tmp_path: Path) -> None:
+    cli = await signed_in(mesh, tmp_path)
+    doc = tmp_path / "notes.md"
+    doc.write_text("# Заметки\n\nБетон B25, арматура A500C.\n" * 2000)
+    assert (await cli("chat", "new", "С файлом")).exit_code == 0
+    r = await cli("file", "upload", str(doc), "--json")
+    assert r.exit_code == 0, r.output
+    f = json.loads(r.stdout)["file"]
+    assert f["filename"] == "notes.md" and int(f["size_bytes"]) == doc.stat().st_size
+    r = await cli("chat", "attach", f["id"], "--json")
+    assert r.exit_code == 0, r.output
+    att = json.loads(r.stdout)
+    assert att["file_id"] == f["id"]
+    r = await cli("chat", "show", "--json")
+    assert [a["file_id"] for a in json.loads(r.stdout)["attachments"]] == [f["id"]]
+    # a human-readable upload shows a progress bar on stderr
+    r = await cli("file", "upload", str(doc))
+    assert r.exit_code == 0 and "notes.md" in r.stdout
+    r = await cli("file", "list", "--json")
+    assert len(json.loads(r.stdout)) == 2
+    r = await cli("chat", "attach", str(uuid.uuid4()))
+    assert r.exit_code == EXIT_NOT_FOUND
+    r = await cli("chat", "use", str(uuid.uuid4()))
+    assert r.exit_code == EXIT_NOT_FOUND
+
+
+async def test_closing_the_stream_cancels_the_turn(
+    mesh: Mesh, gemini: object, tmp_path: Path
+) -> None:
+    cli = await signed_in(mesh, tmp_path)
+    creds = Credentials(**json.loads(cli.credentials.read_text()))
+    async with AsyncClient(Endpoints.resolve(env=mesh.env()), store=False, credentials=creds) as c:
+        chat = await c.create_chat("Отмена")
+        mesh.gemini.script(Reply.tokens(["Часть ", "ответа"], hang=True))
+        tokens = 0
+        events = c.send_message(chat.id, "Долгий вопрос")
+        async for ev in events:
+            tokens += ev.HasField("llm_token")
+            if tokens == 2:
+                break
+        await events.aclose()  # type: ignore[attr-defined]
+        for _ in range(100):
+            msgs = await c.list_messages(chat.id)
+            if msgs[-1].status != chat_pb2.MESSAGE_STATUS_IN_PROGRESS:
+                break
+            await asyncio.sleep(0.05)
+        assert msgs[-1].status == chat_pb2.MESSAGE_STATUS_INCOMPLETE
+        assert msgs[-1].content == "Часть ответа"
+        with pytest.raises(NotFound):
+            await c.get_chat(str(uuid.uuid4()))
+
+
+async def test_ctrl_c_cancels_the_turn_cleanly(mesh: Mesh, gemini: object, tmp_path: Path) -> None:
+    """`aivera chat send` as a process; SIGINT after the first tokens."""
+    cli = await signed_in(mesh, tmp_path)
+    assert (await cli("chat", "new", "Ctrl-C")).exit_code == 0
+    mesh.gemini.script(Reply.tokens(["Первая ", "часть"], hang=True))
+    env = {
+        **os.environ,
+        **mesh.env(),
+        "AIVERA_CONFIG_DIR": str(cli.config_dir),
+        "AIVERA_LANG": "",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "gen")]),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "client.cli",
+        "chat",
+        "send",
+        "Долгий вопрос",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    seen = b""
+    while b"\xd1\x87\xd0\xb0\xd1\x81\xd1\x82\xd1\x8c" not in seen:  # «часть»
+        chunk = await asyncio.wait_for(proc.stdout.read(64), 20)
+        assert chunk, "the answer never streamed"
+        seen += chunk
+    proc.send_signal(signal.SIGINT)
+    _, errs = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 130, errs.decode()
+    assert "Ход отменён" in errs.decode()
+    assert "Traceback" not in errs.decode()
+    chat_id = json.loads(cli.credentials.read_text())["active_chat_id"]
+    r = None
+    for _ in range(100):
+        r = await cli("chat", "history", "--chat", chat_id, "--json")
+        msgs = json.loads(r.stdout)
+        if msgs[-1]["status"] != "MESSAGE_STATUS_IN_PROGRESS":
+            break
+        await asyncio.sleep(0.05)
+    assert msgs[-1]["status"] == "MESSAGE_STATUS_INCOMPLETE"
+    assert msgs[-1]["content"] == "Первая часть"
+
+
+class Gateway(grpc.GenericRpcHandler):
+    """A native gRPC proxy routing by package (`/aivera.<svc>.v1.X/M` → that service), as
+    Envoy's gRPC listener does: the client's single-address (gateway) mode."""
+
+    def __init__(self, upstreams: dict[str, str]) -> None:
+        self.channels = {svc: grpc.aio.insecure_channel(addr) for svc, addr in upstreams.items()}
+        self.calls: list[str] = []
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method: str = details.method  # type: ignore[attr-defined]
+        svc = method.split(".")[1] if method.startswith("/aivera.") else ""
+        upstream = self.channels.get(svc)
+        if upstream is None:
+            return None
+        self.calls.append(method)
+
+        async def forward(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+            md = [(k, v) for k, v in context.invocation_metadata() if not k.startswith(":")]
+            call = upstream.stream_stream(method)(requests, metadata=md)
+            try:
+                async for item in call:
+                    yield item
+            except grpc.aio.AioRpcError as e:
+                await context.abort(e.code(), e.details() or "")
+
+        return grpc.stream_stream_rpc_method_handler(forward)
+
+    async def close(self) -> None:
+        for ch in self.channels.values():
+            await ch.close()
+
+
+async def test_gateway_mode_one_address(mesh: Mesh, gemini: object, tmp_path: Path) -> None:
+    gw = Gateway({k.split("_")[1].lower(): v for k, v in mesh.env().items()})
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((gw,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with admin_client(mesh) as admin:
+            await admin.login(mesh.bootstrap_token)
+            created = await admin.create_user("g-" + uuid.uuid4().hex[:10])
+        cli = Cli(tmp_path / "cfg", {"AIVERA_LANG": ""})  # no per-service addresses
+        r = await cli("login", "--server", f"127.0.0.1:{port}", input=created.static_token)
+        assert r.exit_code == 0, r.output
+        assert json.loads(cli.credentials.read_text())["server"] == f"127.0.0.1:{port}"
+        assert (await cli("key", "set", input=KEY)).exit_code == 0
+        assert (await cli("chat", "new", "Через шлюз")).exit_code == 0
+        mesh.gemini.script(Reply.tokens(["Через ", "шлюз."]))
+        r = await cli("chat", "send", "Привет")
+        assert r.exit_code == 0, r.output
+        assert "Через шлюз." in r.stdout
+        services = {m.split("/")[1] for m in gw.calls}
+        assert {"aivera.auth.v1.AuthService", "aivera.chat.v1.ChatService"} <= services
+    finally:
+        await server.stop(grace=None)
+        await gw.close()
+
+
+async def test_terminal_shows_live_status_then_markdown(
+    mesh: Mesh, gemini: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a terminal: a live region while streaming, then the answer as Markdown."""
+    cli = await signed_in(mesh, tmp_path)
+    assert (await cli("chat", "new", "TTY")).exit_code == 0
+    screen = io.StringIO()
+    tty = Console(file=screen, force_terminal=True, width=100, color_system=None)
+    monkeypatch.setattr(chat_cli, "out", tty)
+    monkeypatch.setattr(render, "out", tty)
+    mesh.gemini.script(Reply.tokens(["# Итог\n\n", "Бетон **B25**", "."], delay=0.05))
+    r = await cli("chat", "send", "Какой бетон?")
+    assert r.exit_code == 0, r.output
+    shown = screen.getvalue()
+    assert "Бетон B25." in shown and "**" not in shown.split("Итог")[-1]  # rendered Markdown
+    assert "Модели: gemini-2.5-flash" in shown
+    assert r.stdout == ""  # everything went to the terminal console
+
+
+async def test_kb_create_add_search(mesh: Mesh, gemini: object, tmp_path: Path) -> None:
+    """Against the RAG double (the RAG service is not wired into these tests yet)."""
+    cli = await signed_in(mesh, tmp_path, key=False)
+    r = await cli("kb", "create", "Нормы", "--json")
+    assert r.exit_code == 0, r.output
+    kb = json.loads(r.stdout)
+    doc = tmp_path / "norms.md"
+    doc.write_text("# Нормы\n\nЗащитный слой 25 мм.\n")
+    r = await cli("kb", "add", kb["id"], str(doc), "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["status"] == "DOCUMENT_STATUS_READY"
+    # a document in the double's index, then search it
+    user_id = json.loads(cli.credentials.read_text())["user_id"]
+    async with AsyncClient(Endpoints.resolve(env=mesh.env()), store=False) as c:
+        c.session.creds = Credentials(**json.loads(cli.credentials.read_text()))
+        from aivera.storage.v1 import storage_pb2_grpc
+
+        md = (("authorization", f"Bearer {c.credentials.access_token}"),)
+        stub = storage_pb2_grpc.StorageServiceStub(c.channel("storage"))
+        await mesh.rag.add_document(user_id, kb["id"], stub, md)
+    r = await cli("kb", "search", "бетон", "--kb", kb["id"], "--top-k", "2", "--json")
+    hits = json.loads(r.stdout)
+    assert len(hits) == 2 and hits[0]["filename"] == "kzh-1.pdf"
+    r = await cli("kb", "search", "бетон", "--kb", str(uuid.uuid4()))
+    assert r.exit_code == EXIT_NOT_FOUND
+
+
+async def test_admin_prompts(mesh: Mesh, gemini: object, tmp_path: Path) -> None:
+    cli = Cli(tmp_path / "cfg", {**mesh.env(), "AIVERA_LANG": ""})
+    assert (await cli("login", input=mesh.bootstrap_token)).exit_code == 0
+    r = await cli("admin", "prompt", "list", "--json")
+    assert r.exit_code == 0, r.output
+    prompts = json.loads(r.stdout)
+    assert {p["name"] for p in prompts} >= {"SYSTEM_PROMPT_NAME_LLM_SYSTEM"}
+    active = next(p for p in prompts if p["name"] == "SYSTEM_PROMPT_NAME_LLM_SYSTEM")
+    r = await cli("admin", "prompt", "activate", active["id"])
+    assert r.exit_code == 0 and "llm_system" in r.stdout
+    assert (await cli("admin", "prompt", "activate", str(uuid.uuid4()))).exit_code == (
+        EXIT_NOT_FOUND
+    )
+    r = await cli("admin", "prompt", "list")
+    assert "llm_system" in r.stdout
+
+
+async def test_stream_refused_before_start_is_refreshed_and_repeated(
+    mesh: Mesh, gemini: object, tmp_path: Path
+) -> None:
+    cli = await signed_in(mesh, tmp_path)
+    creds = Credentials(**json.loads(cli.credentials.read_text()))
+    creds.access_token = creds.access_token[:-4] + "AAAA"  # the server will refuse it
+    async with AsyncClient(Endpoints.resolve(env=mesh.env()), store=False, credentials=creds) as c:
+        chat = await c.create_chat("Повтор")  # unary: refreshed and repeated
+        assert c.session.refresh_count == 1
+        c.session.creds.access_token = c.session.creds.access_token[:-4] + "AAAA"
+        mesh.gemini.script(Reply.tokens(["Ок."]))
+        events = [e async for e in c.send_message(chat.id, "Привет")]
+        assert c.session.refresh_count == 2
+        assert events[0].HasField("accepted") and events[-1].HasField("final")
+        # only one user message: the refused stream stored nothing
+        assert [m.content for m in await c.list_messages(chat.id)] == ["Привет", "Ок."]

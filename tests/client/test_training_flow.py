@@ -1,0 +1,209 @@
+"""The CLI's training flow against the real auth, storage and training services and an
+in-process training worker (the `simulate` executor; the chat tests' RAG double for clone
+knowledge bases): dataset upload with validation and line-numbered errors, start → watch →
+list, cancel → retry, clones, model list and download."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from client import AsyncClient, Credentials, Endpoints
+from services.auth.server import make_spec as auth_spec
+from services.common import db
+from services.common.channels import open_channel
+from services.common.config import CommonSettings
+from services.common.server import App
+from services.storage.config import StorageSettings
+from services.storage.server import make_spec as storage_spec
+from services.training.config import TrainingSettings
+from services.training.server import make_spec as training_spec
+from services.training.worker import Worker
+from tests.chat.fakes import FakeRag
+from tests.client.conftest import Cli, auth_settings
+from tests.client.mesh import rag_spec
+from tests.helpers.services import running
+from tests.training.tiny import build_tiny_model
+
+
+@dataclass
+class TrainMesh:
+    auth: App
+    storage: App
+    training: App
+    bootstrap: str
+
+    def env(self) -> dict[str, str]:
+        return {
+            "AIVERA_AUTH_ADDR": f"127.0.0.1:{self.auth.grpc_port}",
+            "AIVERA_STORAGE_ADDR": f"127.0.0.1:{self.storage.grpc_port}",
+            "AIVERA_TRAINING_ADDR": f"127.0.0.1:{self.training.grpc_port}",
+            "AIVERA_LANG": "",
+        }
+
+
+@pytest.fixture(scope="module")
+async def train_mesh(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[TrainMesh]:
+    tiny = build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
+    internal = "itok-" + uuid.uuid4().hex
+    a = auth_settings(database_url, internal, access_token_ttl_seconds=3600)
+    async with running(auth_spec(a), a) as auth_app:
+        common = {
+            "aivera_env": "test",
+            "database_url": database_url,
+            "aivera_internal_token": internal,
+            "auth_addr": f"127.0.0.1:{auth_app.grpc_port}",
+        }
+        s = StorageSettings(**common, data_dir=tmp_path_factory.mktemp("storage"))
+        async with (
+            running(storage_spec(s), s) as storage_app,
+            running(rag_spec(FakeRag()), CommonSettings(**common)) as rag_app,
+        ):
+            t = TrainingSettings(
+                **common,
+                storage_addr=f"127.0.0.1:{storage_app.grpc_port}",
+                rag_addr=f"127.0.0.1:{rag_app.grpc_port}",
+                allowed_base_models=[str(tiny)],
+                training_executor="simulate",
+                training_heartbeat_seconds=0.5,
+                training_lease_seconds=4.0,
+                training_poll_seconds=0.2,
+                training_watch_heartbeat_seconds=1.0,
+                training_simulate_step_seconds=0.05,
+                training_torch_threads=1,
+            )
+            async with running(training_spec(t), t) as training_app:
+                pool = await db.create_pool(
+                    database_url, schema="training", service="w", min_size=1, max_size=2
+                )
+                chan = open_channel(t.storage_addr, internal_token=internal)
+                worker = Worker(t, pool, chan)
+                task = asyncio.create_task(worker.run(None))
+                try:
+                    yield TrainMesh(
+                        auth_app,
+                        storage_app,
+                        training_app,
+                        a.aivera_bootstrap_admin_token.get_secret_value(),
+                    )
+                finally:
+                    worker.shutdown.set()
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(task, 10)
+                    await chan.close()
+                    await pool.close()
+
+
+async def signed_in(m: TrainMesh, tmp_path: Path) -> Cli:
+    endpoints = Endpoints.resolve(env=m.env())
+    async with AsyncClient(endpoints, store=False, credentials=Credentials()) as admin:
+        await admin.login(m.bootstrap)
+        created = await admin.create_user("t-" + uuid.uuid4().hex[:10])
+    cli = Cli(tmp_path / "cfg", m.env())
+    r = await cli("login", input=created.static_token + "\n")
+    assert r.exit_code == 0, r.output
+    return cli
+
+
+def jsonl(records: list[object]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
+def chat(q: str, a: str) -> dict[str, object]:
+    return {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+
+
+async def test_dataset_upload_reports_errors_with_line_numbers(
+    train_mesh: TrainMesh, tmp_path: Path
+) -> None:
+    cli = await signed_in(train_mesh, tmp_path)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        jsonl([chat("a", "b")]) + '{"messages": [}\n' + jsonl([{"messages": [{"role": "bot"}]}])
+    )
+    r = await cli("dataset", "upload", str(bad))
+    assert r.exit_code == 1, r.output
+    assert "строка 2:" in r.stderr
+    r = await cli("dataset", "upload", str(bad), "--json", AIVERA_LANG="en")
+    ds = json.loads(r.stdout)
+    assert ds["status"] == "DATASET_STATUS_ERROR" and ds["errors"][0]["line"] == 2
+
+
+async def test_train_start_watch_and_list(train_mesh: TrainMesh, tmp_path: Path) -> None:
+    cli = await signed_in(train_mesh, tmp_path)
+    good = tmp_path / "good.jsonl"
+    good.write_text(jsonl([chat(f"What is {i}?", f"It is {i}.") for i in range(8)]))
+    r = await cli("dataset", "upload", str(good), "--json")
+    assert r.exit_code == 0, r.output
+    ds = json.loads(r.stdout)
+    assert ds["status"] == "DATASET_STATUS_READY" and int(ds["stats"]["example_count"]) == 8
+    r = await cli(
+        "train",
+        "start",
+        "--dataset",
+        ds["id"],
+        "--executor",
+        "simulate",
+        "--max-steps",
+        "6",
+        "--json",
+    )
+    assert r.exit_code == 0, r.output
+    job = json.loads(r.stdout)
+    r = await cli("train", "watch", job["id"])
+    assert r.exit_code == 0, r.output
+    assert "succeeded" in r.stdout and "loss " in r.stdout
+    r = await cli("train", "list", "--json")
+    listed = json.loads(r.stdout)
+    assert [j["id"] for j in listed] == [job["id"]]
+    assert listed[0]["status"] == "JOB_STATUS_SUCCEEDED"
+    r = await cli("model", "list", "--json")
+    assert r.exit_code == 0 and len(json.loads(r.stdout)) == 1
+    r = await cli("train", "show", str(uuid.uuid4()))
+    assert r.exit_code == 4
+
+
+async def test_cancel_retry_clone_and_model_download(train_mesh: TrainMesh, tmp_path: Path) -> None:
+    cli = await signed_in(train_mesh, tmp_path)
+    good = tmp_path / "good.jsonl"
+    good.write_text(jsonl([chat(f"Q{i}?", f"A{i}.") for i in range(4)]))
+    ds = json.loads((await cli("dataset", "upload", str(good), "--json")).stdout)
+    r = await cli("clone", "create", "Саппорт", "--persona", "Вежливый", "--json")
+    assert r.exit_code == 0, r.output
+    clone = json.loads(r.stdout)
+    r = await cli("clone", "list", "--json")
+    assert [c["id"] for c in json.loads(r.stdout)] == [clone["id"]]
+    # a long job: cancel it, retry it, cancel again
+    args = ("train", "start", "--dataset", ds["id"], "--executor", "simulate")
+    r = await cli(*args, "--max-steps", "2000", "--json")
+    job = json.loads(r.stdout)
+    r = await cli("train", "cancel", job["id"])
+    assert r.exit_code == 0, r.output
+    for _ in range(100):
+        status = json.loads((await cli("train", "show", job["id"], "--json")).stdout)["status"]
+        if status == "JOB_STATUS_CANCELLED":
+            break
+        await asyncio.sleep(0.1)
+    assert status == "JOB_STATUS_CANCELLED"
+    r = await cli("train", "retry", job["id"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((await cli("train", "show", job["id"], "--json")).stdout)["attempt"] == 2
+    await cli("train", "cancel", job["id"])
+    # a short one for the clone, then download its adapter
+    r = await cli(*args, "--max-steps", "3", "--clone", clone["id"], "--watch")
+    assert r.exit_code == 0, r.output
+    models = json.loads((await cli("model", "list", "--json")).stdout)
+    model = next(m for m in models if m.get("clone_id") == clone["id"])
+    r = await cli("model", "download", model["id"], str(tmp_path / "dl"))
+    assert r.exit_code == 0, r.output
+    folder = tmp_path / "dl" / (model.get("name") or model["id"])
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f["name"] for f in model["files"])
