@@ -113,7 +113,7 @@ def main() -> None:
     import json
 
     key = ed25519.Ed25519PrivateKey.generate()
-    jwk = jwt.algorithms.OKPAlgorithm.to_jwk(key.public_key(), as_dict=True)  # type: ignore[attr-defined]
+    jwk = jwt.algorithms.OKPAlgorithm.to_jwk(key.public_key(), as_dict=True)
     jwk.update(kid="bench", alg="EdDSA", use="sig")
     now = int(time.time())
     token = jwt.encode(

@@ -29,8 +29,8 @@ from services.common.config import CommonSettings
 from services.common.server import App, ServiceSpec
 from services.storage.config import StorageSettings
 from services.storage.server import make_spec as storage_spec
-from tests.helpers.auth import make_settings as auth_settings
 from tests.chat.fakes import FakeRag, FakeTraining
+from tests.helpers.auth import make_settings as auth_settings
 from tests.helpers.gemini import GeminiServer
 from tests.helpers.services import bearer, channel, running
 
