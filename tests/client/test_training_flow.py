@@ -30,7 +30,7 @@ from tests.chat.fakes import FakeRag
 from tests.client.conftest import Cli, auth_settings
 from tests.client.mesh import rag_spec
 from tests.helpers.services import running
-from tests.training.tiny import build_tiny_model
+from tests.helpers.tiny import build_tiny_model
 
 
 @dataclass

@@ -30,8 +30,8 @@ from services.storage.server import make_spec as storage_spec
 from services.training.config import TrainingSettings
 from services.training.server import make_spec as training_spec
 from tests.helpers.services import bearer, channel, running
+from tests.helpers.tiny import build_tiny_model
 from tests.helpers.tokens import Keyring
-from tests.training.tiny import build_tiny_model
 
 
 @pytest.fixture(scope="session")
