@@ -1,6 +1,5 @@
 """A small real mesh for the client's chat and file flows: the real auth, storage (local
-backend) and chat services, the chat tests' RAG double over gRPC (the RAG service is not
-wired yet) and the loopback Gemini server, each on loopback ports."""
+backend), RAG and chat services and the loopback Gemini server, each on loopback ports."""
 
 from __future__ import annotations
 
@@ -12,15 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aivera.rag.v1 import rag_pb2
 from services.auth.server import make_spec as auth_spec
 from services.chat.config import ChatSettings
 from services.chat.server import make_spec as chat_spec
-from services.common.config import CommonSettings
-from services.common.server import App, ServiceSpec
+from services.common.server import App
+from services.rag.config import RagSettings
+from services.rag.server import make_spec as real_rag_spec
 from services.storage.config import StorageSettings
 from services.storage.server import make_spec as storage_spec
-from tests.chat.fakes import FakeRag
 from tests.client.conftest import auth_settings
 from tests.helpers.gemini import GeminiServer
 from tests.helpers.services import running
@@ -32,7 +30,6 @@ class Mesh:
     storage: App
     rag_app: App
     chat: App
-    rag: FakeRag
     gemini: GeminiServer
     bootstrap_token: str
 
@@ -44,13 +41,6 @@ class Mesh:
             "AIVERA_RAG_ADDR": f"127.0.0.1:{self.rag_app.grpc_port}",
             "AIVERA_CHAT_ADDR": f"127.0.0.1:{self.chat.grpc_port}",
         }
-
-
-def rag_spec(fake: FakeRag) -> ServiceSpec:
-    async def build(app: App) -> list[tuple[Any, object]]:
-        return [(rag_pb2.DESCRIPTOR.services_by_name["RagService"], fake)]
-
-    return ServiceSpec(name="rag", port=0, http_port=0, build=build)
 
 
 @asynccontextmanager
@@ -67,9 +57,14 @@ async def start_mesh(database_url: str, **auth_overrides: Any) -> AsyncIterator[
         }
         s_settings = StorageSettings(**common, data_dir=data)
         async with running(storage_spec(s_settings), s_settings) as storage_app:
-            fake = FakeRag()
+            r_settings = RagSettings(
+                **common,
+                storage_addr=f"127.0.0.1:{storage_app.grpc_port}",
+                data_dir=data,
+                qdrant_path=data / "qdrant",
+            )
             async with (
-                running(rag_spec(fake), CommonSettings(**common)) as rag_app,
+                running(real_rag_spec(r_settings), r_settings) as rag_app,
                 GeminiServer() as gemini,
             ):
                 c_settings = ChatSettings(
@@ -89,7 +84,6 @@ async def start_mesh(database_url: str, **auth_overrides: Any) -> AsyncIterator[
                         storage=storage_app,
                         rag_app=rag_app,
                         chat=chat_app,
-                        rag=fake,
                         gemini=gemini,
                         bootstrap_token=a_settings.aivera_bootstrap_admin_token.get_secret_value(),
                     )

@@ -95,15 +95,12 @@ async def test_model_profile_changes_the_models_named(
     mesh: Mesh, gemini: object, tmp_path: Path
 ) -> None:
     cli = await signed_in(mesh, tmp_path)
-    user_id = json.loads(cli.credentials.read_text())["user_id"]
-    kb = mesh.rag.add_kb(user_id)
-    async with AsyncClient(Endpoints.resolve(env=mesh.env()), store=False) as c:
-        c.session.creds = Credentials(**json.loads(cli.credentials.read_text()))
-        from aivera.storage.v1 import storage_pb2_grpc
-
-        token = c.credentials.access_token
-        stub = storage_pb2_grpc.StorageServiceStub(c.channel("storage"))
-        await mesh.rag.add_document(user_id, kb, stub, (("authorization", f"Bearer {token}"),))
+    r = await cli("kb", "create", "Проект", "--json")
+    assert r.exit_code == 0, r.output
+    kb = json.loads(r.stdout)["id"]
+    doc = tmp_path / "kzh.md"
+    doc.write_text("# Конструкции\n\nБетон класса B25 для фундаментов.\n")
+    assert (await cli("kb", "add", kb, str(doc))).exit_code == 0
     assert (await cli("chat", "new", "Документ", "--kb", kb)).exit_code == 0
     mesh.gemini.script(Reply.text("простой ответ"))
     r = await cli("chat", "send", "Вопрос")
@@ -314,7 +311,7 @@ async def test_terminal_shows_live_status_then_markdown(
 
 
 async def test_kb_create_add_search(mesh: Mesh, gemini: object, tmp_path: Path) -> None:
-    """Against the RAG double (the RAG service is not wired into these tests yet)."""
+    """Against the real RAG service: a Markdown document ingested, then found."""
     cli = await signed_in(mesh, tmp_path, key=False)
     r = await cli("kb", "create", "Нормы", "--json")
     assert r.exit_code == 0, r.output
@@ -324,18 +321,10 @@ async def test_kb_create_add_search(mesh: Mesh, gemini: object, tmp_path: Path) 
     r = await cli("kb", "add", kb["id"], str(doc), "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["status"] == "DOCUMENT_STATUS_READY"
-    # a document in the double's index, then search it
-    user_id = json.loads(cli.credentials.read_text())["user_id"]
-    async with AsyncClient(Endpoints.resolve(env=mesh.env()), store=False) as c:
-        c.session.creds = Credentials(**json.loads(cli.credentials.read_text()))
-        from aivera.storage.v1 import storage_pb2_grpc
-
-        md = (("authorization", f"Bearer {c.credentials.access_token}"),)
-        stub = storage_pb2_grpc.StorageServiceStub(c.channel("storage"))
-        await mesh.rag.add_document(user_id, kb["id"], stub, md)
-    r = await cli("kb", "search", "бетон", "--kb", kb["id"], "--top-k", "2", "--json")
+    r = await cli("kb", "search", "защитный слой", "--kb", kb["id"], "--top-k", "2", "--json")
+    assert r.exit_code == 0, r.output
     hits = json.loads(r.stdout)
-    assert len(hits) == 2 and hits[0]["filename"] == "kzh-1.pdf"
+    assert hits and hits[0]["filename"] == "norms.md" and "25 мм" in hits[0]["text"]
     r = await cli("kb", "search", "бетон", "--kb", str(uuid.uuid4()))
     assert r.exit_code == EXIT_NOT_FOUND
 

@@ -1,6 +1,6 @@
 """The CLI's training flow against the real auth, storage and training services and an
-in-process training worker (the `simulate` executor; the chat tests' RAG double for clone
-knowledge bases): dataset upload with validation and line-numbered errors, start → watch →
+in-process training worker (the `simulate` executor) and the real RAG service for clone
+knowledge bases: dataset upload with validation and line-numbered errors, start → watch →
 list, cancel → retry, clones, model list and download."""
 
 from __future__ import annotations
@@ -19,16 +19,15 @@ from client import AsyncClient, Credentials, Endpoints
 from services.auth.server import make_spec as auth_spec
 from services.common import db
 from services.common.channels import open_channel
-from services.common.config import CommonSettings
 from services.common.server import App
+from services.rag.config import RagSettings
+from services.rag.server import make_spec as rag_spec
 from services.storage.config import StorageSettings
 from services.storage.server import make_spec as storage_spec
 from services.training.config import TrainingSettings
 from services.training.server import make_spec as training_spec
 from services.training.worker import Worker
-from tests.chat.fakes import FakeRag
 from tests.client.conftest import Cli, auth_settings
-from tests.client.mesh import rag_spec
 from tests.helpers.services import running
 from tests.helpers.tiny import build_tiny_model
 
@@ -64,43 +63,48 @@ async def train_mesh(
             "auth_addr": f"127.0.0.1:{auth_app.grpc_port}",
         }
         s = StorageSettings(**common, data_dir=tmp_path_factory.mktemp("storage"))
-        async with (
-            running(storage_spec(s), s) as storage_app,
-            running(rag_spec(FakeRag()), CommonSettings(**common)) as rag_app,
-        ):
-            t = TrainingSettings(
+        rag_dir = tmp_path_factory.mktemp("rag")
+        async with running(storage_spec(s), s) as storage_app:
+            r = RagSettings(
                 **common,
                 storage_addr=f"127.0.0.1:{storage_app.grpc_port}",
-                rag_addr=f"127.0.0.1:{rag_app.grpc_port}",
-                allowed_base_models=[str(tiny)],
-                training_executor="simulate",
-                training_heartbeat_seconds=0.5,
-                training_lease_seconds=4.0,
-                training_poll_seconds=0.2,
-                training_watch_heartbeat_seconds=1.0,
-                training_simulate_step_seconds=0.05,
-                training_torch_threads=1,
+                data_dir=rag_dir,
+                qdrant_path=rag_dir / "qdrant",
             )
-            async with running(training_spec(t), t) as training_app:
-                pool = await db.create_pool(
-                    database_url, schema="training", service="w", min_size=1, max_size=2
+            async with running(rag_spec(r), r) as rag_app:
+                t = TrainingSettings(
+                    **common,
+                    storage_addr=f"127.0.0.1:{storage_app.grpc_port}",
+                    rag_addr=f"127.0.0.1:{rag_app.grpc_port}",
+                    allowed_base_models=[str(tiny)],
+                    training_executor="simulate",
+                    training_heartbeat_seconds=0.5,
+                    training_lease_seconds=4.0,
+                    training_poll_seconds=0.2,
+                    training_watch_heartbeat_seconds=1.0,
+                    training_simulate_step_seconds=0.05,
+                    training_torch_threads=1,
                 )
-                chan = open_channel(t.storage_addr, internal_token=internal)
-                worker = Worker(t, pool, chan)
-                task = asyncio.create_task(worker.run(None))
-                try:
-                    yield TrainMesh(
-                        auth_app,
-                        storage_app,
-                        training_app,
-                        a.aivera_bootstrap_admin_token.get_secret_value(),
+                async with running(training_spec(t), t) as training_app:
+                    pool = await db.create_pool(
+                        database_url, schema="training", service="w", min_size=1, max_size=2
                     )
-                finally:
-                    worker.shutdown.set()
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(task, 10)
-                    await chan.close()
-                    await pool.close()
+                    chan = open_channel(t.storage_addr, internal_token=internal)
+                    worker = Worker(t, pool, chan)
+                    task = asyncio.create_task(worker.run(None))
+                    try:
+                        yield TrainMesh(
+                            auth_app,
+                            storage_app,
+                            training_app,
+                            a.aivera_bootstrap_admin_token.get_secret_value(),
+                        )
+                    finally:
+                        worker.shutdown.set()
+                        with contextlib.suppress(Exception):
+                            await asyncio.wait_for(task, 10)
+                        await chan.close()
+                        await pool.close()
 
 
 async def signed_in(m: TrainMesh, tmp_path: Path) -> Cli:
