@@ -1,5 +1,5 @@
-"""The CLI's chat and file flows against the real auth, storage and chat services (RAG
-double, loopback Gemini): a streamed answer, the model profile naming the models, file
+"""The CLI's chat and file flows against the real auth, storage, RAG and chat services
+(and the loopback Gemini server): a streamed answer, the model profile naming the models, file
 upload and attach, history, and Ctrl-C cancelling a turn."""
 
 from __future__ import annotations
