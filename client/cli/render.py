@@ -267,6 +267,8 @@ class JobView:
             elif self.total > self.step and when > self._first[1]:
                 per_step = (when - self._first[1]) / max(1, m.step - self._first[0])
                 self.eta = int((self.total - self.step) * per_step)
+            if self.step >= self.total:
+                self.eta = 0
             self._line(self.summary())
         elif kind == "checkpoint":
             self.checkpoints += 1

@@ -165,20 +165,27 @@ async def watch(c: AsyncClient, job_id: str, *, as_json: bool = False) -> int:
             if not view.live:
                 err.print(view.note, style="yellow", markup=False)
 
+        async def apply(ev: jobs_pb2.JobEvent) -> None:
+            view.apply(ev)
+            # A job watched from creation learns its step count only once queued (the
+            # dataset is planned then): fetch it, so progress reads "3/40", not "3/3".
+            if ev.HasField("status_changed") and not view.total:
+                view.total = int((await c.get_job(job_id)).progress.steps.total)
+
         events = c.watch_job_resilient(job_id, on_reconnect=reconnecting)
         if as_json:
             async for ev in events:
-                view.apply(ev)
+                await apply(ev)
                 print_json_line(ev)
         elif view.live:
             with Live(view.renderable(), console=out, refresh_per_second=8) as live:
                 async for ev in events:
                     view.note = ""
-                    view.apply(ev)
+                    await apply(ev)
                     live.update(view.renderable())
         else:
             async for ev in events:
-                view.apply(ev)
+                await apply(ev)
     final = view.final or job
     if not as_json:
         out.print(t("train.finished", status=_status(final), summary=view.summary()), markup=False)
