@@ -170,8 +170,22 @@ async def test_train_start_watch_and_list(train_mesh: TrainMesh, tmp_path: Path)
     listed = json.loads(r.stdout)
     assert [j["id"] for j in listed] == [job["id"]]
     assert listed[0]["status"] == "JOB_STATUS_SUCCEEDED"
+    # Watched from creation, before the step count is known: progress still reads x/6.
+    r = await cli(
+        "train",
+        "start",
+        "--dataset",
+        ds["id"],
+        "--executor",
+        "simulate",
+        "--max-steps",
+        "6",
+        "--watch",
+    )
+    assert r.exit_code == 0, r.output
+    assert "1/6" in r.output and "6/6" in r.output and "1/1" not in r.output
     r = await cli("model", "list", "--json")
-    assert r.exit_code == 0 and len(json.loads(r.stdout)) == 1
+    assert r.exit_code == 0 and len(json.loads(r.stdout)) == 2
     r = await cli("train", "show", str(uuid.uuid4()))
     assert r.exit_code == 4
 
