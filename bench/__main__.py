@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import signal
 import sys
 import time
 import traceback
@@ -15,6 +16,9 @@ from pathlib import Path
 
 
 def main() -> int:
+    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so each benchmark's `finally`
+    # stops the Postgres and services it started instead of leaving them running.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     wanted = set(sys.argv[1:])
     names = sorted(
         info.name

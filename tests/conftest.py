@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -14,6 +15,10 @@ from pathlib import Path
 import pytest
 
 from services.common.devpg import LocalPostgres, free_port
+
+# SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so session fixtures stop the
+# Postgres cluster they started instead of leaving it running.
+signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 os.environ.setdefault("AIVERA_ENV", "test")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
