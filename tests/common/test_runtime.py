@@ -419,3 +419,36 @@ async def test_deadline_and_identity_are_relayed(
     ]
     assert chunks == [b"\x00", b"\x01"]
     context.bind(caller=context.ANONYMOUS, request_id="", method="", timeout=None)
+
+
+async def test_metrics_and_json_logs_carry_method_code_and_request_id(
+    svc: tuple[App, SlowDownload], keyring: Keyring, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import aiohttp
+
+    from services.common import logs
+
+    app = svc[0]
+    logs.configure("runtime-test", "INFO")
+    md = (*bearer(keyring.mint()), ("x-request-id", "req-metrics-1"))
+    async with channel(app) as ch:
+        stub = auth_pb2_grpc.AuthServiceStub(ch)
+        await stub.GetCurrentUser(auth_pb2.GetCurrentUserRequest(), metadata=md)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.DeleteProviderKey(auth_pb2.DeleteProviderKeyRequest(), metadata=md)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{app.http_port}/metrics") as resp:
+            text = await resp.text()
+        async with http.get(f"http://127.0.0.1:{app.http_port}/healthz") as resp:
+            assert resp.status == 200
+    assert (
+        'grpc_server_handled_total{grpc_code="NOT_FOUND",grpc_method="DeleteProviderKey",'
+        'grpc_service="aivera.auth.v1.AuthService"}' in text
+    )
+    assert 'grpc_server_handling_seconds_count{grpc_method="GetCurrentUser"' in text
+    lines = [
+        json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")
+    ]
+    mine = [line for line in lines if line.get("request_id") == "req-metrics-1"]
+    assert {line.get("code") for line in mine} >= {"OK", "NOT_FOUND"}
+    assert all(line["service"] == "runtime-test" and "ms" in line for line in mine)
