@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 
-from services.common.devpg import LocalPostgres, free_port
+from services.common.devpg import LocalPostgres, temporary_cluster
 
 # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so session fixtures stop the
 # Postgres cluster they started instead of leaving it running.
@@ -28,15 +25,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def pg() -> Iterator[LocalPostgres]:
     """A throw-away cluster (fsync off) for the whole session."""
-    root = Path(tempfile.mkdtemp(prefix="aivera-pg-"))
-    os.chmod(root, 0o755)
-    cluster = LocalPostgres(root / "data", free_port())
-    cluster.start(fast=True)
-    try:
+    with temporary_cluster("aivera-pg-") as cluster:
         yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

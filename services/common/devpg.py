@@ -14,7 +14,9 @@ import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -178,3 +180,20 @@ class LocalPostgres:
                 name,
             )
         return self.dsn(name)
+
+
+@contextlib.contextmanager
+def temporary_cluster(prefix: str = "aivera-pg-") -> Iterator[LocalPostgres]:
+    """A throw-away cluster with durability off (tests, benchmarks), removed afterwards.
+
+    The folder is world-traversable because the server runs as `postgres` under root.
+    """
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(root, 0o755)
+    cluster = LocalPostgres(root / "data", free_port())
+    cluster.start(fast=True)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
