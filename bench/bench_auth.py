@@ -19,10 +19,8 @@ import asyncio
 import base64
 import os
 import secrets
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -37,7 +35,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from aivera.auth.v1 import auth_pb2, auth_pb2_grpc
 from services.auth.keys import Keyring, parse_pems
 from services.common.access import method_info
-from services.common.devpg import LocalPostgres, free_port
+from services.common.devpg import LocalPostgres, free_port, temporary_cluster
 from services.common.rpc import RpcRuntime
 
 CONCURRENCY = int(os.environ.get("BENCH_AUTH_CONCURRENCY", "16"))
@@ -228,15 +226,8 @@ async def _run(pg: LocalPostgres) -> None:
 
 
 def main() -> None:
-    root = Path(tempfile.mkdtemp(prefix="aivera-bench-auth-"))
-    os.chmod(root, 0o755)
-    pg = LocalPostgres(root / "data", free_port())
-    pg.start(fast=True)
-    try:
+    with temporary_cluster("aivera-bench-auth-") as pg:
         asyncio.run(_run(pg))
-    finally:
-        pg.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,9 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -37,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aivera.chat.v1 import chat_pb2, chat_pb2_grpc
-from services.common.devpg import LocalPostgres, free_port
+from services.common.devpg import LocalPostgres, free_port, temporary_cluster
 
 TOKENS = int(os.environ.get("BENCH_CHAT_TOKENS", "10000"))
 STREAMS = int(os.environ.get("BENCH_CHAT_STREAMS", "500"))
@@ -381,19 +379,12 @@ async def _local_figures() -> None:
 
 
 def main() -> None:
-    root = Path(tempfile.mkdtemp(prefix="aivera-bench-chat-"))
-    os.chmod(root, 0o755)
-    pg = LocalPostgres(root / "data", free_port())
-    pg.start(fast=True)
     print(
         f"chat: {os.cpu_count()} CPUs shared by Postgres, the service and the client; "
         f"BENCH_CHAT_STREAMS={STREAMS}, BENCH_CHAT_TOKENS={TOKENS}"
     )
-    try:
+    with temporary_cluster("aivera-bench-chat-") as pg:
         asyncio.run(_service_figures(pg))
-    finally:
-        pg.stop()
-        shutil.rmtree(root, ignore_errors=True)
     asyncio.run(_local_figures())
 
 
