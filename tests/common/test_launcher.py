@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -51,6 +52,33 @@ def _serving(port: int) -> bool:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as chan:
         resp = health_pb2_grpc.HealthStub(chan).Check(health_pb2.HealthCheckRequest(), timeout=5)
         return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def _grpc_web_status(port: int, method: str) -> str:
+    """grpc-status of an empty-request gRPC-web call (binary mode, trailers frame)."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/{method}",
+        data=b"\x00\x00\x00\x00\x00",
+        headers={"Content-Type": "application/grpc-web+proto", "X-Grpc-Web": "1"},
+        method="POST",
+    )
+    body = b""
+    for _ in range(50):
+        try:
+            with urllib.request.urlopen(request, timeout=5) as resp:
+                body = resp.read()
+            break
+        except OSError:
+            time.sleep(0.2)
+    while body:
+        flag, length = body[0], int.from_bytes(body[1:5], "big")
+        frame, body = body[5 : 5 + length], body[5 + length :]
+        if flag & 0x80:
+            trailers = dict(
+                line.split(":", 1) for line in frame.decode().strip().split("\r\n") if line
+            )
+            return trailers.get("grpc-status", "").strip()
+    return ""
 
 
 def _children_of(pid: int) -> list[int]:
@@ -107,6 +135,10 @@ def test_make_run_brings_up_the_mesh_and_stops_cleanly() -> None:
         for name, services in EXPECTED.items():
             assert _serving(ports[name]), name
             assert services <= _reflected(ports[name]), name
+        # ...and the local gRPC-web gateway serves it, as a browser would call it.
+        assert (
+            _grpc_web_status(int(env["GATEWAY_PORT"]), "aivera.auth.v1.AuthService/GetJwks") == "0"
+        )
         pg_pid_file = tmp_path / "data" / "postgres" / "postmaster.pid"
         assert pg_pid_file.exists()
         tree = _children_of(proc.pid)
