@@ -275,7 +275,7 @@ class AsyncClient:
                     ),
                 )
         except AuthRequired:
-            pass
+            pass  # the session had already ended on the server: forget it locally anyway
         finally:
             creds.end_session()
             self.session.save()
@@ -682,7 +682,7 @@ class AsyncClient:
                     if event.WhichOneof("event") == "final":
                         return
             except Unavailable:
-                pass
+                pass  # a dropped stream: reattach below from the last sequence seen
             failures += 1
             if failures > retries:
                 raise Unavailable(t("train.watch_gave_up"))

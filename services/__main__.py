@@ -95,7 +95,7 @@ def wait_serving(port: int, timeout: float) -> bool:
                 if resp.status == health_pb2.HealthCheckResponse.SERVING:
                     return True
             except grpc.RpcError:
-                pass
+                pass  # not listening yet: poll again
             time.sleep(0.3)
     return False
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 
 class PostgresNotFound(RuntimeError):
-    pass
+    """No PostgreSQL binaries on this machine."""
 
 
 def find_bindir() -> Path:

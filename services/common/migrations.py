@@ -33,7 +33,7 @@ class Migration:
 
 
 class MigrationError(RuntimeError):
-    pass
+    """A migration folder or an applied migration is not what it must be."""
 
 
 def load(directory: Path) -> list[Migration]:

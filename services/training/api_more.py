@@ -374,7 +374,7 @@ class CloneService:
         async def drain() -> None:  # ingestion goes on in RAG; a cancelled stream fails it
             try:
                 while await call.read() is not grpc.aio.EOF:
-                    pass
+                    continue  # progress events are not needed here, only the end
             except grpc.aio.AioRpcError as exc:
                 log.warning("knowledge ingest of %s ended: %s", request.file_id, exc.details())
 

@@ -369,7 +369,7 @@ def run_peft(s: Session) -> Result:
 
 
 class ModelLoadError(Exception):
-    pass
+    """The base model or its tokenizer could not be loaded (job error MODEL_LOAD_FAILED)."""
 
 
 EXECUTORS = {jobs_pb2.EXECUTOR_PEFT: run_peft, jobs_pb2.EXECUTOR_SIMULATE: run_simulate}

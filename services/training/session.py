@@ -19,7 +19,7 @@ class Stopped(Exception):
 
 
 class NumericalInstability(Exception):
-    pass
+    """The loss or the gradients became NaN/inf (job error NUMERICAL_INSTABILITY)."""
 
 
 @dataclass

@@ -74,7 +74,7 @@ def device_type(settings: TrainingSettings) -> str:
                     return f"nvidia-{known}"
             return "nvidia-gpu"
     except ImportError:
-        pass
+        return "cpu"  # no torch on this machine
     return "cpu"
 
 

@@ -288,15 +288,25 @@ async def test_urls_expire_and_are_bound_to_their_method(svc: Svc) -> None:
         assert not s3_url_valid("PUT", put.url, put_headers, now=now + 2)
         assert not s3_url_valid("GET", get.url.replace("s.txt", "x.txt"), {}, now=now)
         return
-    # Local backend: the storage service's HTTP port enforces all of it.
-    assert (await _get(get.url))[0] == 200
-    assert await _put(get.url, data, {}) == 403  # a GET URL does not allow PUT
-    assert (await _get(put.url))[0] == 403  # a PUT URL does not allow GET
-    tampered = get.url.replace("sig=", "sig=0")
+    # Local backend: the storage service's HTTP port enforces all of it. Method binding
+    # is checked with long-lived URLs, so a slow machine cannot expire them mid-check.
+    live_get = await svc.stub.CreateDownloadUrl(
+        storage_pb2.CreateDownloadUrlRequest(id=f.id, ttl_seconds=600), metadata=md
+    )
+    live_put = await svc.stub.CreateUploadUrl(
+        storage_pb2.CreateUploadUrlRequest(
+            bucket=DOCS, filename="m.txt", size_bytes=len(data), ttl_seconds=600
+        ),
+        metadata=md,
+    )
+    assert (await _get(live_get.url))[0] == 200
+    assert await _put(live_get.url, data, {}) == 403  # a GET URL does not allow PUT
+    assert (await _get(live_put.url))[0] == 403  # a PUT URL does not allow GET
+    tampered = live_get.url.replace("sig=", "sig=0")
     assert (await _get(tampered))[0] == 403
-    other = get.url.replace(f.id, put.file.id)
+    other = live_get.url.replace(f.id, live_put.file.id)
     assert (await _get(other))[0] == 403
-    async with aiohttp.ClientSession() as http, http.delete(get.url) as r:
+    async with aiohttp.ClientSession() as http, http.delete(live_get.url) as r:
         assert r.status == 405
     await asyncio.sleep(2.1)
     assert (await _get(get.url))[0] == 403

@@ -414,3 +414,59 @@ async def test_real_peft_job_through_the_worker(
     assert model.final_loss > 0 and model.HasField("final_eval_loss")
     sizes = {f.name: f.size_bytes for f in model.files}
     assert sizes["adapter_model.safetensors"] > 1000
+
+
+async def test_list_jobs_pages_filters_and_rejects_bad_input(
+    env: Env, ready: tuple[User, D.Dataset], worker: Worker
+) -> None:
+    u = User(env)
+    ds = await u.dataset(MEMO)
+    hp = J.Hyperparameters(max_steps=2, checkpoint_every_steps=1)
+    done = await u.job(ds.id, executor=SIM, hp=hp)
+    await u.wait_job(done.id, TERMINAL)
+    cancelled = await u.job(ds.id, executor=SIM, hp=J.Hyperparameters(max_steps=500))
+    await u.jobs.CancelJob(J.CancelJobRequest(id=cancelled.id), metadata=u.md)
+    third = await u.job(ds.id, executor=SIM, hp=hp)
+    await u.wait_job(third.id, TERMINAL)
+    # Newest first, two pages of two and one.
+    page = await u.jobs.ListJobs(J.ListJobsRequest(page_size=2), metadata=u.md)
+    assert [j.id for j in page.jobs] == [third.id, cancelled.id] and page.next_page_token
+    rest = await u.jobs.ListJobs(
+        J.ListJobsRequest(page_size=2, page_token=page.next_page_token), metadata=u.md
+    )
+    assert [j.id for j in rest.jobs] == [done.id] and not rest.next_page_token
+    only = await u.jobs.ListJobs(J.ListJobsRequest(status=J.JOB_STATUS_CANCELLED), metadata=u.md)
+    assert [j.id for j in only.jobs] == [cancelled.id]
+    for bad in (J.ListJobsRequest(page_size=-1), J.ListJobsRequest(page_token="not-a-token")):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await u.jobs.ListJobs(bad, metadata=u.md)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # Another user sees none of them.
+    other = User(env)
+    assert not (await other.jobs.ListJobs(J.ListJobsRequest(), metadata=other.md)).jobs
+
+
+async def test_notifications_bad_input_and_another_users_stream(
+    env: Env, ready: tuple[User, D.Dataset]
+) -> None:
+    u, other = User(env), User(env)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await u.notes.ListNotifications(
+            N.ListNotificationsRequest(page_token="not-a-token"), metadata=u.md
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # The other user's stream stays silent while u gets a notification.
+    theirs = other.notes.WatchNotifications(N.WatchNotificationsRequest(), metadata=other.md)
+    mine = u.notes.WatchNotifications(N.WatchNotificationsRequest(), metadata=u.md)
+    await asyncio.sleep(0.3)  # both streams subscribed
+    await u.dataset([chat("q", "a")])
+    ev = await asyncio.wait_for(mine.read(), 15)
+    assert ev.notification.kind == N.NOTIFICATION_KIND_DATASET_READY
+    with contextlib.suppress(asyncio.TimeoutError):
+        while True:
+            ev = await asyncio.wait_for(theirs.read(), 1.5)
+            assert not ev.HasField("notification"), "another user's notification leaked"
+    mine.cancel()
+    theirs.cancel()
+    listed = await other.notes.ListNotifications(N.ListNotificationsRequest(), metadata=other.md)
+    assert not listed.notifications

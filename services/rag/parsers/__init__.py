@@ -17,6 +17,7 @@ not Cyrillic Windows-1251 text) and known non-document types are unsupported.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Callable
@@ -117,11 +118,10 @@ def detect_format(data: bytes, filename: str = "", content_type: str = "") -> Do
         )
     stripped = data.lstrip()[:1]
     if stripped in (b"{", b"["):
-        try:
+        # Not valid JSON: fall through, it is text of some other kind.
+        with contextlib.suppress(ValueError, RecursionError):
             if looks_like_annotation(json.loads(data)):
                 return DocumentFormat.JSON_ANNOTATION
-        except (ValueError, RecursionError):
-            pass
     if by_name is not None:
         return by_name
     if _HTML_START.match(data[:4096]):
