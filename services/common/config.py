@@ -41,6 +41,14 @@ class CommonSettings(BaseSettings):
     jwt_audience: str = "aivera"
     # An unknown `kid` triggers a JWKS refetch at most this often (stops refetch floods).
     jwks_min_refresh_seconds: float = 2.0
+    # HMAC key of List page tokens; the same on every replica (services.common.pages).
+    page_token_key: SecretStr = SecretStr("")
+    # Deadlines of calls to other services (services.common.remote), by kind of call:
+    # a lookup (get a file's metadata, a key), work (a search, a small upload), and a
+    # transfer of a whole file (datasets, adapters, checkpoints).
+    rpc_lookup_deadline_seconds: float = 10.0
+    rpc_work_deadline_seconds: float = 60.0
+    rpc_transfer_deadline_seconds: float = 600.0
 
     def internal_token(self) -> str:
         return self.aivera_internal_token.get_secret_value()

@@ -39,6 +39,8 @@ _caller: ContextVar[Caller] = ContextVar("aivera_caller", default=ANONYMOUS)
 _request_id: ContextVar[str] = ContextVar("aivera_request_id", default="")
 _deadline: ContextVar[float | None] = ContextVar("aivera_deadline", default=None)
 _method: ContextVar[str] = ContextVar("aivera_method", default="")
+# The caller's `accept-language`, for the localized text of errors.
+_language: ContextVar[str] = ContextVar("aivera_language", default="")
 
 
 def current_caller() -> Caller:
@@ -61,6 +63,10 @@ def current_method() -> str:
     return _method.get()
 
 
+def language() -> str:
+    return _language.get()
+
+
 def deadline_remaining() -> float | None:
     """Seconds left of the incoming call's deadline, or None when it has none."""
     deadline = _deadline.get()
@@ -71,7 +77,14 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-def bind(*, caller: Caller, request_id: str, method: str, timeout: float | None) -> list[object]:
+def bind(
+    *,
+    caller: Caller,
+    request_id: str,
+    method: str,
+    timeout: float | None,
+    language: str = "",
+) -> list[object]:
     """Set the call context; returns tokens for `unbind`."""
     deadline = None if timeout is None else time.monotonic() + timeout
     return [
@@ -79,6 +92,7 @@ def bind(*, caller: Caller, request_id: str, method: str, timeout: float | None)
         (_request_id, _request_id.set(request_id)),
         (_method, _method.set(method)),
         (_deadline, _deadline.set(deadline)),
+        (_language, _language.set(language)),
     ]
 
 

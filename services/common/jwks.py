@@ -16,7 +16,7 @@ from typing import Any
 
 import jwt
 
-from services.common.errors import Unauthenticated
+from services.common.errors import Reason, Unauthenticated
 
 ALLOWED_ALGORITHMS = frozenset({"EdDSA", "ES256"})
 
@@ -83,17 +83,23 @@ class JwksVerifier:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
-            raise Unauthenticated("malformed access token") from None
+            raise Unauthenticated("malformed access token", reason=Reason.TOKEN_INVALID) from None
         alg, kid = header.get("alg"), header.get("kid")
         if alg not in ALLOWED_ALGORITHMS:
-            raise Unauthenticated("access token algorithm not accepted")
+            raise Unauthenticated(
+                "access token algorithm not accepted", reason=Reason.TOKEN_INVALID
+            )
         if not isinstance(kid, str) or not kid:
-            raise Unauthenticated("access token has no key id")
+            raise Unauthenticated("access token has no key id", reason=Reason.TOKEN_INVALID)
         key = await self._key_for(kid)
         if key is None:
-            raise Unauthenticated("access token signed by an unknown key")
+            raise Unauthenticated(
+                "access token signed by an unknown key", reason=Reason.TOKEN_INVALID
+            )
         if key.algorithm != alg:
-            raise Unauthenticated("access token algorithm does not match its key")
+            raise Unauthenticated(
+                "access token algorithm does not match its key", reason=Reason.TOKEN_INVALID
+            )
         try:
             claims = jwt.decode(
                 token,
@@ -104,12 +110,12 @@ class JwksVerifier:
                 options={"require": ["exp", "iat", "sub", "jti"]},
             )
         except jwt.ExpiredSignatureError:
-            raise Unauthenticated("access token expired") from None
+            raise Unauthenticated("access token expired", reason=Reason.TOKEN_EXPIRED) from None
         except jwt.PyJWTError:
-            raise Unauthenticated("invalid access token") from None
+            raise Unauthenticated("invalid access token", reason=Reason.TOKEN_INVALID) from None
         role = claims.get("role")
         if role not in ("user", "admin"):
-            raise Unauthenticated("invalid access token")
+            raise Unauthenticated("invalid access token", reason=Reason.TOKEN_INVALID)
         return AccessClaims(
             user_id=str(claims["sub"]),
             role=str(role),

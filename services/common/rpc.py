@@ -25,14 +25,18 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from services.common import context as ctx
+from services.common import messages
 from services.common.access import Access, MethodInfo, method_info
 from services.common.errors import (
     FailedPrecondition,
+    Internal,
     PermissionDenied,
+    Reason,
     ServiceError,
     Unauthenticated,
     Unavailable,
     Unimplemented,
+    reason_name,
 )
 from services.common.internal import (
     AUTHORIZATION_HEADER,
@@ -86,9 +90,13 @@ class RpcRuntime:
         internal = md.get(INTERNAL_TOKEN_HEADER)
         if internal is not None:
             if not internal_token_matches(internal, self._internal_token):
-                raise Unauthenticated("invalid internal service credential")
+                raise Unauthenticated(
+                    "invalid internal service credential", reason=Reason.BAD_SERVICE_CREDENTIAL
+                )
             if info.access is Access.ADMIN:
-                raise PermissionDenied("admin RPCs need an admin user's token")
+                raise PermissionDenied(
+                    "admin RPCs need an admin user's token", reason=Reason.ADMIN_REQUIRED
+                )
             on_behalf_of = md.get(ON_BEHALF_OF_HEADER) or None
             if info.access is Access.USER and on_behalf_of is None:
                 raise FailedPrecondition(
@@ -104,28 +112,42 @@ class RpcRuntime:
         header = md.get(AUTHORIZATION_HEADER)
         if not header:
             if info.access is Access.INTERNAL:
-                raise Unauthenticated("this RPC needs the internal service credential")
-            raise Unauthenticated("missing access token (authorization: Bearer <token>)")
+                raise Unauthenticated(
+                    "this RPC needs the internal service credential",
+                    reason=Reason.INTERNAL_ONLY,
+                )
+            raise Unauthenticated(
+                "missing access token (authorization: Bearer <token>)",
+                reason=Reason.TOKEN_MISSING,
+            )
         scheme, _, token = header.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            raise Unauthenticated("authorization must be 'Bearer <access token>'")
+            raise Unauthenticated(
+                "authorization must be 'Bearer <access token>'", reason=Reason.TOKEN_INVALID
+            )
         if self.verifier is None:
             raise Unavailable("token verification is not configured")
         claims = await self.verifier.verify(token)
         if info.access is Access.INTERNAL:
-            raise PermissionDenied("this RPC is internal to the mesh")
+            raise PermissionDenied("this RPC is internal to the mesh", reason=Reason.INTERNAL_ONLY)
         if info.access is Access.ADMIN and claims.role != ctx.ROLE_ADMIN:
-            raise PermissionDenied("this RPC needs the admin role")
+            raise PermissionDenied("this RPC needs the admin role", reason=Reason.ADMIN_REQUIRED)
         return ctx.Caller(user_id=claims.user_id, role=claims.role, token=token)
 
     # -- call lifecycle -----------------------------------------------------------------
     async def _begin(self, info: MethodInfo, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         md = _metadata(context)
         rid = md.get(REQUEST_ID_HEADER) or ctx.new_request_id()
-        ctx.bind(caller=ctx.ANONYMOUS, request_id=rid, method=info.path, timeout=_timeout(context))
+        ctx.bind(
+            caller=ctx.ANONYMOUS,
+            request_id=rid,
+            method=info.path,
+            timeout=_timeout(context),
+            language=md.get("accept-language", ""),
+        )
         if not self._ready():
-            raise Unavailable("service is starting; retry shortly")
+            raise Unavailable("service is starting; retry shortly", reason=Reason.SERVICE_STARTING)
         ctx.set_caller(await self.authorize(info, md))
 
     def _code_of(
@@ -145,13 +167,11 @@ class RpcRuntime:
         """Turn an exception into the call's status (by aborting); returns only for
         aborts already made and cancellations, which the caller re-raises."""
         if isinstance(exc, ServiceError):
-            await _abort(context, exc)
+            await _abort(context, info, exc)
         if isinstance(exc, (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit)):
             return
         log.exception("unhandled error in %s", info.path)
-        await context.abort(
-            grpc.StatusCode.INTERNAL, f"internal error (request id {ctx.request_id()})"
-        )
+        await _abort(context, info, Internal(f"internal error (request id {ctx.request_id()})"))
 
     def _finish(
         self,
@@ -225,17 +245,41 @@ class RpcRuntime:
         return handler
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: ServiceError) -> None:
-    if exc.field is None:
-        await context.abort(exc.code, exc.message)
+def error_domain(service: str) -> str:
+    """ErrorInfo.domain of a service: `aivera.chat.v1.ChatService` → `chat.aivera.dev`."""
+    parts = service.split(".")
+    name = parts[1] if len(parts) > 2 and parts[0] == "aivera" else service
+    return f"{name}.aivera.dev"
+
+
+def status_of(exc: ServiceError, service: str) -> status_pb2.Status:
+    """The google.rpc.Status of a domain error: ErrorInfo always, LocalizedMessage in the
+    caller's language, and BadRequest when a field is at fault."""
     status = status_pb2.Status(code=exc.code.value[0], message=exc.message)
-    detail = error_details_pb2.BadRequest(
-        field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=exc.message)
-        ]
+    info = error_details_pb2.ErrorInfo(
+        reason=reason_name(exc.reason), domain=error_domain(service), metadata=exc.metadata
     )
-    status.details.add().Pack(detail)
-    await context.abort_with_status(rpc_status.to_status(status))
+    status.details.add().Pack(info)
+    locale = messages.locale_of(ctx.language())
+    values = {**exc.metadata, "request_id": ctx.request_id()}
+    text = messages.localized(exc.reason, locale, **values)
+    status.details.add().Pack(error_details_pb2.LocalizedMessage(locale=locale, message=text))
+    if exc.field is not None:
+        detail = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=exc.field, description=exc.message
+                )
+            ]
+        )
+        status.details.add().Pack(detail)
+    return status
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext[Any, Any], info: MethodInfo, exc: ServiceError
+) -> None:
+    await context.abort_with_status(rpc_status.to_status(status_of(exc, info.service)))
 
 
 def _unimplemented(info: MethodInfo) -> Any:

@@ -26,12 +26,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from services.common import db, logs, migrations
+from services.common import db, logs, migrations, pages
 from services.common.channels import open_channel
 from services.common.config import CommonSettings
 from services.common.errors import Unavailable
 from services.common.http import start_http
 from services.common.jwks import JwksVerifier
+from services.common.remote import Deadlines, StorageClient
 from services.common.rpc import RpcRuntime, service_handler
 
 log = logging.getLogger("aivera.server")
@@ -79,6 +80,8 @@ class App:
         self._server: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
         self._stopped = False
+        pages.configure(settings.page_token_key.get_secret_value())
+        self.deadlines = Deadlines.from_settings(settings)
         verifier = spec.verifier(self) if spec.verifier else self._auth_verifier()
         self.runtime = RpcRuntime(
             verifier=verifier,
@@ -100,6 +103,10 @@ class App:
             chan = open_channel(target, internal_token=self.settings.internal_token())
             self._channels[target] = chan
         return chan
+
+    def storage(self) -> StorageClient:
+        """The storage service, for services that move files."""
+        return StorageClient(self.channel(self.settings.storage_addr), self.deadlines)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str = "") -> asyncio.Task[Any]:
         """Run a background task that is cancelled when the service stops."""

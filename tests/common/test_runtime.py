@@ -14,10 +14,8 @@ from typing import Any
 import grpc
 import jwt
 import pytest
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from grpc_status import rpc_status
 from pydantic import SecretStr
 
 from aivera.auth.v1 import auth_pb2, auth_pb2_grpc
@@ -26,6 +24,7 @@ from services.common import context
 from services.common.config import CommonSettings
 from services.common.errors import InvalidArgument, not_found
 from services.common.server import App, Servicers, ServiceSpec
+from tests.helpers.errors import bad_field, error_info, localized, reason
 from tests.helpers.services import bearer, channel, running
 from tests.helpers.tokens import Keyring, ed25519_key, es256_key
 
@@ -246,11 +245,21 @@ async def test_errors_map_to_codes_with_field_details_and_no_secrets(
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.SetProviderKey(auth_pb2.SetProviderKeyRequest(api_key="x"), metadata=md)
         assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-        status = rpc_status.from_call(info.value)  # type: ignore[arg-type]
-        assert status is not None
-        bad = error_details_pb2.BadRequest()
-        status.details[0].Unpack(bad)
-        assert bad.field_violations[0].field == "api_key"
+        assert bad_field(info.value) == "api_key"
+        # Every error carries the reason a program branches on, with the service as
+        # domain, and the user's text in Russian unless the caller asked for English.
+        info_detail = error_info(info.value)
+        assert (info_detail.reason, info_detail.domain) == ("INVALID_ARGUMENT", "auth.aivera.dev")
+        assert info_detail.metadata["field"] == "api_key"
+        assert localized(info.value).locale == "ru-RU"
+        assert "api_key" in localized(info.value).message
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.SetProviderKey(
+                auth_pb2.SetProviderKeyRequest(api_key="x"),
+                metadata=(*md, ("accept-language", "en-GB,en;q=0.9")),
+            )
+        assert localized(info.value).locale == "en-US"
+        assert localized(info.value).message.startswith("Invalid request")
 
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.SetProviderKey(
@@ -259,6 +268,8 @@ async def test_errors_map_to_codes_with_field_details_and_no_secrets(
         assert info.value.code() is grpc.StatusCode.INTERNAL
         assert "AIza" not in (info.value.details() or "")
         assert "request id" in (info.value.details() or "")
+        assert reason(info.value) == "INTERNAL"
+        assert "AIza" not in localized(info.value).message
 
         code = await code_of(
             stub.DeleteProviderKey(auth_pb2.DeleteProviderKeyRequest(), metadata=md)
