@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SERVICES = ("auth", "storage", "rag", "chat", "training")
+# A copy of services/common/ports.py (the client ships without the services);
+# tests/common/test_ports.py checks that the two agree.
 DEFAULT_PORTS = {"auth": 50051, "storage": 50052, "rag": 50053, "chat": 50054, "training": 50055}
 
 

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from gateway.routes import GRPC_PORTS
+from services.common.ports import GATEWAY_ADMIN, GATEWAY_PUBLIC
 
 # Origins a browser client is commonly served from in development.
 DEV_CORS_ORIGINS = (
@@ -45,9 +46,9 @@ def parse_origins(value: str | None) -> tuple[str, ...]:
 @dataclass(frozen=True, slots=True)
 class GatewaySettings:
     host: str = "0.0.0.0"
-    port: int = 8080
+    port: int = GATEWAY_PUBLIC
     admin_host: str = "127.0.0.1"
-    admin_port: int = 8081
+    admin_port: int = GATEWAY_ADMIN
     upstreams: dict[str, str] = field(default_factory=default_upstreams)
     cors_origins: tuple[str, ...] = DEV_CORS_ORIGINS
     max_request_bytes: int = MAX_MESSAGE_BYTES
@@ -62,9 +63,9 @@ class GatewaySettings:
         }
         return cls(
             host=env.get("GATEWAY_HOST", "0.0.0.0"),
-            port=int(env.get("GATEWAY_PORT", "8080")),
+            port=int(env.get("GATEWAY_PORT", str(GATEWAY_PUBLIC))),
             admin_host=env.get("GATEWAY_ADMIN_HOST", "127.0.0.1"),
-            admin_port=int(env.get("GATEWAY_ADMIN_PORT", "8081")),
+            admin_port=int(env.get("GATEWAY_ADMIN_PORT", str(GATEWAY_ADMIN))),
             upstreams=upstreams,
             cors_origins=parse_origins(env.get("GATEWAY_CORS_ORIGINS")),
             max_request_bytes=int(env.get("GATEWAY_MAX_REQUEST_BYTES", str(MAX_MESSAGE_BYTES))),

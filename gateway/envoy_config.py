@@ -43,10 +43,11 @@ from gateway import cors
 from gateway.routes import GRPC_PORTS, HTTP_PORTS, upstream_of
 from services.common.access import Access, MethodInfo, method_table, routable_services
 from services.common.internal import HEADERS_STRIPPED_AT_EDGE
+from services.common.ports import GATEWAY_ADMIN, GATEWAY_PUBLIC
 
 ENVOY_YAML = Path(__file__).with_name("envoy.yaml")
-PUBLIC_PORT = 8080
-ADMIN_PORT = 8081
+PUBLIC_PORT = GATEWAY_PUBLIC
+ADMIN_PORT = GATEWAY_ADMIN
 PROBES_PORT = 9902
 ENVOY_ADMIN_PORT = 9901
 DEFAULT_CORS_ORIGINS = (

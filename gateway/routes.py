@@ -20,10 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.common.access import Access, MethodInfo, method_table, routable_services
+from services.common.ports import SERVICES
 
 # The upstream services, their gRPC and HTTP ports (fixed for the platform).
-GRPC_PORTS = {"auth": 50051, "storage": 50052, "rag": 50053, "chat": 50054, "training": 50055}
-HTTP_PORTS = {"auth": 9091, "storage": 9092, "rag": 9093, "chat": 9094, "training": 9095}
+GRPC_PORTS = {name: p.grpc for name, p in SERVICES.items()}
+HTTP_PORTS = {name: p.http for name, p in SERVICES.items()}
 UPSTREAMS = tuple(GRPC_PORTS)
 
 

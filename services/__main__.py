@@ -26,19 +26,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common import ports
 from services.common.devpg import LocalPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("DATA_DIR", ROOT / ".data")).resolve()
 DEV_PG_PORT = int(os.environ.get("DEV_PG_PORT", "55432"))
 
-DEFAULT_PORTS = {
-    "auth": (50051, 9091),
-    "storage": (50052, 9092),
-    "rag": (50053, 9093),
-    "chat": (50054, 9094),
-    "training": (50055, 9095),
-}
+DEFAULT_PORTS = {name: (p.grpc, p.http) for name, p in ports.SERVICES.items()}
 
 
 def _port(var: str, default: int) -> int:
@@ -164,7 +159,10 @@ def main() -> int:
         for name, (_, port, http) in SERVICES.items():
             print(f"  {name:<9} grpc 127.0.0.1:{port}   http 127.0.0.1:{http}/metrics")
         if any(n == "gateway" for n, _ in children):
-            gw, gw_admin = env.get("GATEWAY_PORT", "8080"), env.get("GATEWAY_ADMIN_PORT", "8081")
+            gw, gw_admin = (
+                env.get("GATEWAY_PORT", str(ports.GATEWAY_PUBLIC)),
+                env.get("GATEWAY_ADMIN_PORT", str(ports.GATEWAY_ADMIN)),
+            )
             print(f"  gateway   gRPC-web http://127.0.0.1:{gw}  (admin 127.0.0.1:{gw_admin})")
         if pg is not None:
             print(f"  postgres  {pg.dsn('aivera')}")

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pydantic import SecretStr
 
 from services.common.config import CommonSettings
+from services.common.ports import SERVICES
 
 
 class AuthSettings(CommonSettings):
-    auth_port: int = 50051
-    auth_http_port: int = 9091
+    auth_port: int = SERVICES["auth"].grpc
+    auth_http_port: int = SERVICES["auth"].http
 
     # One or more PEM private keys (Ed25519 → EdDSA, P-256 → ES256), concatenated. The
     # first signs; the others only verify (the previous key, kept until its tokens expire).

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from services.common.config import CommonSettings
+from services.common.ports import SERVICES
 
 
 class ChatSettings(CommonSettings):
-    chat_port: int = 50054
-    chat_http_port: int = 9094
+    chat_port: int = SERVICES["chat"].grpc
+    chat_http_port: int = SERVICES["chat"].http
 
     # Gemini REST endpoint; unset for Google's. Tests point it at a loopback server.
     gemini_base_url: str | None = None

@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.ports import grpc_addr
+
 
 class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", case_sensitive=False)
@@ -31,11 +33,11 @@ class CommonSettings(BaseSettings):
     # How often dependencies are re-checked for the health status.
     health_check_interval_seconds: float = 5.0
     # Addresses of the other services (host:port).
-    auth_addr: str = "127.0.0.1:50051"
-    storage_addr: str = "127.0.0.1:50052"
-    rag_addr: str = "127.0.0.1:50053"
-    chat_addr: str = "127.0.0.1:50054"
-    training_addr: str = "127.0.0.1:50055"
+    auth_addr: str = grpc_addr("auth")
+    storage_addr: str = grpc_addr("storage")
+    rag_addr: str = grpc_addr("rag")
+    chat_addr: str = grpc_addr("chat")
+    training_addr: str = grpc_addr("training")
     # Access-token checks done by every service.
     jwt_issuer: str = "aivera-auth"
     jwt_audience: str = "aivera"

@@ -7,13 +7,14 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from services.common.config import CommonSettings
+from services.common.ports import SERVICES
 from services.rag.chunking import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE
 from services.rag.parsers.base import DEFAULT_DPI
 
 
 class RagSettings(CommonSettings):
-    rag_port: int = 50053
-    rag_http_port: int = 9093
+    rag_port: int = SERVICES["rag"].grpc
+    rag_http_port: int = SERVICES["rag"].http
 
     # Local state (the embedded Qdrant lives under DATA_DIR/qdrant unless QDRANT_PATH).
     data_dir: Path = Path(".data")

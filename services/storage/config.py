@@ -10,13 +10,14 @@ from typing import Literal
 from pydantic import SecretStr
 
 from services.common.config import CommonSettings
+from services.common.ports import SERVICES
 
 MiB = 1024 * 1024
 
 
 class StorageSettings(CommonSettings):
-    storage_port: int = 50052
-    storage_http_port: int = 9092
+    storage_port: int = SERVICES["storage"].grpc
+    storage_http_port: int = SERVICES["storage"].http
 
     # Where new files go: the local filesystem (embedded default) or S3.
     storage_backend: Literal["s3", "local"] = "local"

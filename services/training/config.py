@@ -18,6 +18,7 @@ from typing import Literal
 from pydantic import Field
 
 from services.common.config import CommonSettings
+from services.common.ports import SERVICES
 
 MiB = 1024 * 1024
 
@@ -34,8 +35,8 @@ def _all_executors() -> list[ExecutorName]:
 
 
 class TrainingSettings(CommonSettings):
-    training_port: int = 50055
-    training_http_port: int = 9095
+    training_port: int = SERVICES["training"].grpc
+    training_http_port: int = SERVICES["training"].http
 
     # Executor used when a job does not name one; `training_executors_enabled` lists those
     # a job may ask for (the default one is always enabled).
