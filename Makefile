@@ -10,7 +10,7 @@ PROTOS := $(shell find protos -name '*.proto' | sort)
 
 setup: $(VENV)/.installed $(BUF) protos
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt $(wildcard requirements/*.txt)
 	$(PY3) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q torch==2.13.0
