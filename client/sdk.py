@@ -43,7 +43,7 @@ from aivera.training.v1 import (
 from client.config import Endpoints, credentials_path, split_address
 from client.credentials import Credentials, CredentialStore
 from client.errors import AuthRequired, NotFound, Unavailable, from_rpc
-from client.messages import t
+from client.messages import lang, t
 from client.session import Session
 
 T = TypeVar("T")
@@ -731,8 +731,9 @@ class AsyncClient:
         return c
 
 
-def _request_id() -> tuple[tuple[str, str]]:
-    return (("x-request-id", uuid.uuid4().hex),)
+def _request_id() -> tuple[tuple[str, str], tuple[str, str]]:
+    """Metadata of every call: a request id, and the language errors should be told in."""
+    return (("x-request-id", uuid.uuid4().hex), ("accept-language", lang()))
 
 
 def _file_digest(path: Path) -> tuple[int, str]:

@@ -43,6 +43,10 @@ def make_client(server: str | None = None) -> AsyncClient:
 
 
 def describe(e: AiveraError) -> str:
+    if e.localized:
+        # The mesh's own text for the reason, in the user's language; the developer
+        # message follows when it says more (e.g. which field, which limit).
+        return e.localized if e.message in e.localized else f"{e.localized}\n  {e.message}"
     if isinstance(e, AuthRequired):
         return t("error.auth", detail=e.message)
     if isinstance(e, PermissionDenied):

@@ -19,7 +19,7 @@ import pytest
 from aivera.auth.v1 import auth_pb2
 from client import AsyncClient, AuthRequired, Client, CredentialStore, Endpoints
 from client.config import credentials_path
-from client.errors import EXIT_AUTH, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USAGE
+from client.errors import EXIT_AUTH, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USAGE, PermissionDenied
 from client.messages import MESSAGES
 from tests.client.conftest import ACCESS_TTL, Auth, Cli
 
@@ -254,7 +254,23 @@ async def test_admin_commands_need_the_admin_role(auth: Auth, cli: Cli) -> None:
     assert (await cli("login", input=static)).exit_code == 0
     r = await cli("admin", "user", "list")
     assert r.exit_code == EXIT_AUTH
-    assert "Недостаточно прав" in r.output
+    # The CLI prints the mesh's text for the reason, in the user's language.
+    assert "Нужны права администратора" in r.output
+    r = await cli("admin", "user", "list", AIVERA_LANG="en")
+    assert r.exit_code == EXIT_AUTH and "This needs the admin role" in r.output
+
+
+async def test_sdk_errors_carry_the_reason_and_the_localized_text(
+    auth: Auth, tmp_path: Path
+) -> None:
+    _, static = await auth.new_user()
+    async with sdk(auth, tmp_path / "cfg") as c:
+        await c.login(static)
+        with pytest.raises(PermissionDenied) as info:
+            await c.list_users()
+    assert info.value.reason == "ADMIN_REQUIRED"
+    assert info.value.localized == "Нужны права администратора."
+    assert "admin role" in info.value.message  # the developer message stays English
 
 
 async def test_provider_key_commands(auth: Auth, cli: Cli) -> None:
