@@ -1,4 +1,4 @@
-"""asyncpg pool for one service's schema."""
+"""asyncpg pool for one service's schema, and what counts as "the database is down"."""
 
 from __future__ import annotations
 
@@ -28,3 +28,21 @@ async def create_pool(dsn: str, *, schema: str, service: str, min_size: int, max
         init=_init_connection,
         server_settings={"search_path": schema, "application_name": f"aivera-{service}"},
     )
+
+
+# Failures that mean the database cannot be reached right now (refused or reset
+# connections, a server shutting down or starting up, a connection lost mid-query) —
+# as opposed to a query the database refused.
+_UNREACHABLE: tuple[type[BaseException], ...] = (
+    ConnectionError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+)
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """True when `exc` says the database is down, not that a query was wrong."""
+    return isinstance(exc, _UNREACHABLE)

@@ -25,7 +25,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from services.common import context as ctx
-from services.common import messages
+from services.common import db, messages
 from services.common.access import Access, MethodInfo, method_info
 from services.common.errors import (
     FailedPrecondition,
@@ -153,6 +153,8 @@ class RpcRuntime:
     def _code_of(
         self, exc: BaseException, context: grpc.aio.ServicerContext[Any, Any]
     ) -> grpc.StatusCode:
+        if db.is_unreachable(exc):
+            return grpc.StatusCode.UNAVAILABLE
         if isinstance(exc, ServiceError):
             return exc.code
         if isinstance(exc, grpc.aio.AbortError):  # the handler called context.abort itself
@@ -166,6 +168,12 @@ class RpcRuntime:
     ) -> None:
         """Turn an exception into the call's status (by aborting); returns only for
         aborts already made and cancellations, which the caller re-raises."""
+        if db.is_unreachable(exc):
+            # A database outage is retryable, never INTERNAL: clients back off and retry.
+            log.warning("database unreachable in %s: %s", info.path, type(exc).__name__)
+            exc = Unavailable(
+                "the database is unavailable; retry shortly", reason=Reason.DATABASE_UNAVAILABLE
+            )
         if isinstance(exc, ServiceError):
             await _abort(context, info, exc)
         if isinstance(exc, (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit)):
