@@ -8,10 +8,10 @@ from services.common import ports
 
 
 def test_client_ports_match_the_mesh_table() -> None:
-    assert client_config.DEFAULT_PORTS == {n: p.grpc for n, p in ports.SERVICES.items()}
+    assert {n: p.grpc for n, p in ports.SERVICES.items()} == client_config.DEFAULT_PORTS
     assert set(client_config.SERVICES) == set(ports.SERVICES)
 
 
 def test_gateway_upstreams_come_from_the_table() -> None:
-    assert routes.GRPC_PORTS == {n: p.grpc for n, p in ports.SERVICES.items()}
-    assert routes.HTTP_PORTS == {n: p.http for n, p in ports.SERVICES.items()}
+    assert {n: p.grpc for n, p in ports.SERVICES.items()} == routes.GRPC_PORTS
+    assert {n: p.http for n, p in ports.SERVICES.items()} == routes.HTTP_PORTS
