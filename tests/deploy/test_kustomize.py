@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from gateway.envoy_config import ENVOY_YAML
+from services.common import ports
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -22,9 +23,9 @@ README = ROOT / "deploy" / "README.md"
 # Oldest Kubernetes the manifests target (grpc probes, sleep pre-stop hooks, matchLabelKeys).
 KUBERNETES_VERSION = "1.32"
 BUILDS = ("dev", "prod", "prod+keda")
-SERVICES = {"auth": 50051, "storage": 50052, "rag": 50053, "chat": 50054, "training": 50055}
+SERVICES = {name: p.grpc for name, p in ports.SERVICES.items()}
 SECRETS = {
-    "aivera-common": {"DATABASE_URL", "AIVERA_INTERNAL_TOKEN"},
+    "aivera-common": {"DATABASE_URL", "AIVERA_INTERNAL_TOKEN", "PAGE_TOKEN_KEY"},
     "aivera-auth": {
         "JWT_PRIVATE_KEYS",
         "MASTER_ENCRYPTION_KEY",
