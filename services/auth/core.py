@@ -1,8 +1,14 @@
 """The auth service's domain logic: sessions, users, provider keys.
 
-Handlers (servicer.py) validate requests and convert protos; this module decides. Every
-secret that passes through here (static token, refresh token, access token, provider
-key) is hashed, signed or encrypted and never logged: log lines carry ids only.
+Handlers (servicer.py) validate requests and convert protos; `Auth` decides, and reads
+and writes only through its `store.Store` (built with the service's `App` in
+`server.Wiring.build`). Every failure a program may branch on carries its contract
+reason: BAD_STATIC_TOKEN, BAD_REFRESH_TOKEN, TOO_MANY_FAILURES (sign-in rate limit),
+ADMIN_REQUIRED, ALREADY_EXISTS (username taken, from the store), PROVIDER_KEY_MISSING.
+ListUsers pages with the mesh's signed keyset page tokens (`services.common.pages`).
+
+Every secret that passes through here (static token, refresh token, access token,
+provider key) is hashed, signed or encrypted and never logged: log lines carry ids only.
 """
 
 from __future__ import annotations
@@ -11,21 +17,23 @@ import datetime as dt
 import logging
 import re
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from services.auth import store, tokens
+from services.auth import tokens
 from services.auth.config import AuthSettings
 from services.auth.crypto import DecryptError, Sealed, SecretBox
 from services.auth.keys import Keyring
 from services.auth.ratelimit import FailureLimiter, client_of, parse_networks
+from services.auth.store import ProviderKeyRow, Store, UserRow
+from services.common import pages
 from services.common.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    Reason,
     ResourceExhausted,
     Unauthenticated,
+    not_found,
 )
 from services.common.logs import fields
 
@@ -39,6 +47,7 @@ PROVIDER_KEY_SHAPES = {"gemini": GEMINI_KEY}
 BAD_STATIC_TOKEN = "static token is not valid"
 BAD_REFRESH_TOKEN = "refresh token is not valid"
 TOO_MANY_FAILURES = "too many failed sign-ins from this address; retry later"
+ADMIN_REQUIRED = "this RPC needs the admin role"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +55,7 @@ class Session:
     access_token: str
     refresh_token: str
     expires_in: int
-    user: store.UserRow
+    user: UserRow
     refresh_expires_at: dt.datetime
 
 
@@ -55,13 +64,13 @@ class Auth:
         self,
         settings: AuthSettings,
         *,
-        pool: Callable[[], Any],
+        store: Store,
         keyring: Keyring,
         box: SecretBox,
         hasher: tokens.TokenHasher,
     ) -> None:
         self.settings = settings
-        self._pool = pool
+        self.store = store
         self.keyring = keyring
         self.box = box
         self.hasher = hasher
@@ -74,11 +83,7 @@ class Auth:
         """The rate-limit key of a call (see ratelimit.client_of)."""
         return client_of(peer, forwarded_for, self.trusted_proxies)
 
-    @property
-    def pool(self) -> Any:
-        return self._pool()
-
-    def _access_token(self, user: store.UserRow) -> str:
+    def _access_token(self, user: UserRow) -> str:
         return self.keyring.sign(
             user_id=str(user.id), role=user.role, ttl=self.settings.access_token_ttl_seconds
         )
@@ -86,12 +91,11 @@ class Auth:
     # -- sessions ---------------------------------------------------------------------
     async def exchange(self, static_token: str, *, client: str) -> Session:
         if self.limiter.blocked(client):
-            raise ResourceExhausted(TOO_MANY_FAILURES)
-        issued: store.Issued | None = None
+            raise ResourceExhausted(TOO_MANY_FAILURES, reason=Reason.TOO_MANY_FAILURES)
+        issued = None
         refresh = tokens.new_refresh_token()
         if tokens.plausible(static_token, tokens.STATIC_PREFIX):
-            issued = await store.exchange(
-                self.pool,
+            issued = await self.store.exchange(
                 static_hash=self.hasher.hash(static_token),
                 session_id=uuid.uuid4(),
                 token_id=uuid.uuid4(),
@@ -101,7 +105,7 @@ class Auth:
         if issued is None:
             self.limiter.record_failure(client)
             log.info("static token exchange refused", extra=fields(client=client))
-            raise Unauthenticated(BAD_STATIC_TOKEN)
+            raise Unauthenticated(BAD_STATIC_TOKEN, reason=Reason.BAD_STATIC_TOKEN)
         log.info("session started", extra=fields(subject=str(issued.user.id)))
         return Session(
             access_token=self._access_token(issued.user),
@@ -113,26 +117,25 @@ class Auth:
 
     async def refresh(self, refresh_token: str) -> Session:
         if not tokens.plausible(refresh_token, tokens.REFRESH_PREFIX):
-            raise Unauthenticated(BAD_REFRESH_TOKEN)
+            raise Unauthenticated(BAD_REFRESH_TOKEN, reason=Reason.BAD_REFRESH_TOKEN)
         old_hash = self.hasher.hash(refresh_token)
         new = tokens.new_refresh_token()
-        issued = await store.rotate_refresh(
-            self.pool,
+        issued = await self.store.rotate_refresh(
             old_hash=old_hash,
             token_id=uuid.uuid4(),
             new_hash=self.hasher.hash(new),
             refresh_ttl=self.settings.refresh_token_ttl_seconds,
         )
         if issued is None:
-            revoked = await store.revoke_on_reuse(
-                self.pool, token_hash=old_hash, grace=self.settings.refresh_reuse_grace_seconds
+            revoked = await self.store.revoke_on_reuse(
+                token_hash=old_hash, grace=self.settings.refresh_reuse_grace_seconds
             )
             if revoked is not None:
                 log.warning(
                     "retired refresh token presented again: session revoked",
-                    extra=fields(session_id=str(revoked["id"]), subject=str(revoked["user_id"])),
+                    extra=fields(session_id=str(revoked.session_id), subject=str(revoked.user_id)),
                 )
-            raise Unauthenticated(BAD_REFRESH_TOKEN)
+            raise Unauthenticated(BAD_REFRESH_TOKEN, reason=Reason.BAD_REFRESH_TOKEN)
         return Session(
             access_token=self._access_token(issued.user),
             refresh_token=new,
@@ -143,7 +146,7 @@ class Auth:
 
     async def logout(self, user_id: uuid.UUID, refresh_token: str, all_sessions: bool) -> None:
         if all_sessions:
-            n = await store.revoke_user_sessions(self.pool, user_id, "logout (all sessions)")
+            n = await self.store.revoke_user_sessions(user_id, "logout (all sessions)")
             log.info("signed out of all sessions", extra=fields(sessions=n))
             return
         if not refresh_token:
@@ -151,71 +154,77 @@ class Auth:
                 "refresh_token is required unless all_sessions is set", field="refresh_token"
             )
         found = tokens.plausible(refresh_token, tokens.REFRESH_PREFIX) and (
-            await store.revoke_session_of(
-                self.pool, token_hash=self.hasher.hash(refresh_token), user_id=user_id
+            await self.store.revoke_session_of(
+                token_hash=self.hasher.hash(refresh_token), user_id=user_id
             )
         )
         if not found:  # unknown, or another user's: the same answer
-            raise NotFound("session not found")
+            raise NotFound("session not found", metadata={"resource": "session"})
         log.info("signed out")
 
     # -- users ------------------------------------------------------------------------
-    async def current_user(self, user_id: uuid.UUID) -> store.UserRow:
-        user = await store.get_user(self.pool, user_id)
+    async def current_user(self, user_id: uuid.UUID) -> UserRow:
+        user = await self.store.get_user(user_id)
         if user is None:
-            raise NotFound("user not found")
+            raise NotFound("user not found", metadata={"resource": "user"})
         return user
 
     async def require_admin(self, user_id: str | None) -> None:
         """Admin RPCs re-check the database: a demoted or disabled admin's access token
         (valid up to its TTL) no longer administers."""
+        denied = PermissionDenied(ADMIN_REQUIRED, reason=Reason.ADMIN_REQUIRED)
         if user_id is None:
-            raise PermissionDenied("this RPC needs the admin role")
+            raise denied
         try:
             uid = uuid.UUID(user_id)
         except ValueError:
-            raise PermissionDenied("this RPC needs the admin role") from None
-        if not await store.is_active_admin(self.pool, uid):
-            raise PermissionDenied("this RPC needs the admin role")
+            raise denied from None
+        if not await self.store.is_active_admin(uid):
+            raise denied
 
-    async def create_user(self, username: str, role: str) -> tuple[store.UserRow, str]:
+    async def list_users(self, page: pages.PageRequest) -> tuple[list[UserRow], str]:
+        """One page of users, oldest first, and the next page token."""
+        rows = await self.store.list_users(page)
+        return pages.take(rows, page, key=lambda u: u.page_key)
+
+    async def create_user(self, username: str, role: str) -> tuple[UserRow, str]:
         if not USERNAME.match(username):
             raise InvalidArgument(
                 "username must be 3-64 characters of latin letters, digits, '.', '_' and '-'",
                 field="username",
             )
         token = tokens.new_static_token()
-        user = await store.create_user(
-            self.pool, username=username, role=role, token_hash=self.hasher.hash(token)
+        user = await self.store.create_user(
+            username=username, role=role, token_hash=self.hasher.hash(token)
         )
         log.info("user created", extra=fields(subject=str(user.id), role=role))
         return user, token
 
     async def update_user(
         self, actor: str | None, user_id: uuid.UUID, *, role: str | None, status: str | None
-    ) -> store.UserRow:
+    ) -> UserRow:
         if actor == str(user_id) and (status == "disabled" or role == "user"):
             raise InvalidArgument("an admin cannot disable or demote themselves", field="user.id")
-        user = await store.update_user(self.pool, user_id, role=role, status=status)
+        user = await self.store.update_user(user_id, role=role, status=status)
         if user is None:
-            raise NotFound(f"user {str(user_id)!r} not found")
+            raise not_found("user", str(user_id))
         log.info(
             "user updated", extra=fields(subject=str(user_id), role=user.role, status=user.status)
         )
         return user
 
-    async def rotate_static_token(self, user_id: uuid.UUID) -> tuple[store.UserRow, str]:
+    async def rotate_static_token(self, user_id: uuid.UUID) -> tuple[UserRow, str]:
         token = tokens.new_static_token()
-        user = await store.set_static_token(self.pool, user_id, self.hasher.hash(token))
+        user = await self.store.set_static_token(user_id, self.hasher.hash(token))
         if user is None:
-            raise NotFound(f"user {str(user_id)!r} not found")
+            raise not_found("user", str(user_id))
         log.info("static token rotated", extra=fields(subject=str(user_id)))
         return user, token
 
     async def revoke_sessions(self, user_id: uuid.UUID) -> int:
-        if await store.get_user(self.pool, user_id) is None:
-            raise NotFound(f"user {str(user_id)!r} not found")
-        n = await store.revoke_user_sessions(self.pool, user_id, "revoked by an admin")
+        if await self.store.get_user(user_id) is None:
+            raise not_found("user", str(user_id))
+        n = await self.store.revoke_user_sessions(user_id, "revoked by an admin")
         log.info("sessions revoked", extra=fields(subject=str(user_id), sessions=n))
         return n
 
@@ -230,7 +239,7 @@ class Auth:
                 tokens.STATIC_PREFIX,
             )
             return
-        outcome = await store.bootstrap_admin(self.pool, self.hasher.hash(token))
+        outcome = await self.store.bootstrap_admin(self.hasher.hash(token))
         if outcome == "created":
             log.info("bootstrap admin user 'admin' created")
         elif outcome == "name-taken":
@@ -249,11 +258,10 @@ class Auth:
 
     async def set_provider_key(
         self, user_id: uuid.UUID, provider: str, api_key: str
-    ) -> store.ProviderKeyRow:
+    ) -> ProviderKeyRow:
         self._check_shape(provider, api_key)
         sealed = self.box.seal(api_key, user_id=str(user_id), provider=provider)
-        row = await store.put_provider_key(
-            self.pool,
+        row = await self.store.put_provider_key(
             user_id=user_id,
             provider=provider,
             version=sealed.version,
@@ -263,20 +271,18 @@ class Auth:
         log.info("provider key set", extra=fields(provider=provider))
         return row
 
-    async def provider_key_status(
-        self, user_id: uuid.UUID, provider: str
-    ) -> store.ProviderKeyRow | None:
-        return await store.get_provider_key(self.pool, user_id, provider)
+    async def provider_key_status(self, user_id: uuid.UUID, provider: str) -> ProviderKeyRow | None:
+        return await self.store.get_provider_key(user_id, provider)
 
     async def delete_provider_key(self, user_id: uuid.UUID, provider: str) -> None:
-        if not await store.delete_provider_key(self.pool, user_id, provider):
-            raise NotFound(f"no {provider} key is set")
+        if not await self.store.delete_provider_key(user_id, provider):
+            raise _key_missing(f"no {provider} key is set", provider)
         log.info("provider key deleted", extra=fields(provider=provider))
 
     async def provider_key_plaintext(self, user_id: uuid.UUID, provider: str) -> str:
-        row = await store.get_provider_key(self.pool, user_id, provider)
+        row = await self.store.get_provider_key(user_id, provider)
         if row is None:
-            raise NotFound(f"user has no {provider} key")
+            raise _key_missing(f"user has no {provider} key", provider)
         try:
             return self.box.open(
                 Sealed(row.key_version, row.ciphertext), user_id=str(user_id), provider=provider
@@ -286,7 +292,14 @@ class Auth:
                 "stored provider key does not decrypt",
                 extra=fields(subject=str(user_id), provider=provider, version=row.key_version),
             )
-            raise NotFound(f"user has no usable {provider} key; set it again") from None
+            raise _key_missing(
+                f"user has no usable {provider} key; set it again", provider
+            ) from None
+
+
+def _key_missing(message: str, provider: str) -> NotFound:
+    """No (usable) provider key stored: NOT_FOUND, reason PROVIDER_KEY_MISSING."""
+    return NotFound(message, reason=Reason.PROVIDER_KEY_MISSING, metadata={"provider": provider})
 
 
 @dataclass
@@ -296,10 +309,10 @@ class RotationReport:
     failed: int = 0
 
 
-async def rotate_master_key(pool: Any, box: SecretBox) -> RotationReport:
+async def rotate_master_key(store: Store, box: SecretBox) -> RotationReport:
     """Re-encrypt every provider key not under the current master-key version."""
     report = RotationReport()
-    for row in await store.provider_keys_not_at(pool, box.current_version):
+    for row in await store.provider_keys_not_at(box.current_version):
         uid = str(row.user_id)
         try:
             plain = box.open(
@@ -313,9 +326,7 @@ async def rotate_master_key(pool: Any, box: SecretBox) -> RotationReport:
             )
             continue
         sealed = box.seal(plain, user_id=uid, provider=row.provider)
-        if await store.replace_ciphertext(
-            pool, row, version=sealed.version, ciphertext=sealed.blob
-        ):
+        if await store.replace_ciphertext(row, version=sealed.version, ciphertext=sealed.blob):
             report.reencrypted += 1
         else:
             report.skipped_changed += 1

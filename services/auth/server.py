@@ -1,18 +1,32 @@
-"""Wiring of the auth service: keys, servicers, schema, migrations, JWKS over HTTP, the
-bootstrap admin, and the `rotate-master-key` command."""
+"""Wiring of the auth service: keys, the domain, servicers, JWKS over HTTP, the bootstrap
+admin, the refresh-token purge, and the `rotate-master-key` command.
+
+The wiring pattern (the same in every service; storage's server.py follows it too):
+
+- `make_spec(settings)` returns `Wiring(settings).spec()`. `Wiring` is one object per
+  service process; its methods *are* the spec's hooks (`build`, `on_ready`, `on_stop`,
+  `http_routes`, `verifier`), so they share state through `self`, never through
+  module-level dicts or closures patched later.
+- `__init__` builds what needs no `App` and must fail fast on bad configuration (here
+  the signing keys, the master key and the token hasher: `make_spec` raises, the
+  service refuses to start).
+- `build(app)` builds the stores and domain objects from the `App`, once, and returns
+  the servicers. A store gets the `App` itself (`Store(app)`) and reads `app.pool` when
+  a query runs: the pool connects after `build`, during start-up.
+- `on_ready`/`on_stop`/`http_routes` use what `build` made (`self.auth`); tests and
+  tools that need the domain use `Wiring(settings)` directly and read the same
+  attributes.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
 from aivera.auth.v1 import auth_pb2
-from services.auth import store
 from services.auth.config import AuthSettings
 from services.auth.core import Auth, rotate_master_key
 from services.auth.crypto import SecretBox
@@ -22,42 +36,57 @@ from services.auth.servicer import (
     AuthInternalServiceServicer,
     AuthServiceServicer,
 )
+from services.auth.store import Store
 from services.auth.tokens import TokenHasher
 from services.common import db, logs, migrations
+from services.common.db import Connected
+from services.common.jwks import JwksVerifier
 from services.common.server import App, Servicers, ServiceSpec
 
 log = logging.getLogger("aivera.auth")
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+SCHEMA = "auth"
 PURGE_INTERVAL_SECONDS = 3600.0
 PURGE_KEEP_SECONDS = 7 * 24 * 3600.0  # expired refresh tokens kept a week, then deleted
 
 
-def make_auth(settings: AuthSettings, pool: Callable[[], Any]) -> Auth:
-    """The domain object; raises (the service refuses to start) on unusable keys, or on
-    missing ones outside dev/test."""
-    keyring = Keyring.from_env(
-        settings.jwt_private_keys.get_secret_value(),
-        env=settings.aivera_env,
-        issuer=settings.jwt_issuer,
-        audience=settings.jwt_audience,
-    )
-    box = SecretBox.from_env(
-        settings.master_encryption_key.get_secret_value(), env=settings.aivera_env
-    )
-    hasher = TokenHasher(settings.token_hash_key.get_secret_value())
-    if not settings.token_hash_key.get_secret_value() and settings.aivera_env == "prod":
-        log.warning("TOKEN_HASH_KEY is not set: token hashes use the built-in key (no pepper)")
-    return Auth(settings, pool=pool, keyring=keyring, box=box, hasher=hasher)
+class Wiring:
+    """The auth service's parts and the spec hooks that build and run them."""
 
+    def __init__(self, settings: AuthSettings) -> None:
+        self.settings = settings
+        # Secrets first: unusable keys (or missing ones outside dev/test) raise here.
+        self.keyring = Keyring.from_env(
+            settings.jwt_private_keys.get_secret_value(),
+            env=settings.aivera_env,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+        )
+        self.box = SecretBox.from_env(
+            settings.master_encryption_key.get_secret_value(), env=settings.aivera_env
+        )
+        self.hasher = TokenHasher(settings.token_hash_key.get_secret_value())
+        if not settings.token_hash_key.get_secret_value() and settings.aivera_env == "prod":
+            log.warning("TOKEN_HASH_KEY is not set: token hashes use the built-in key (no pepper)")
+        self._auth: Auth | None = None
 
-def make_spec(settings: AuthSettings) -> ServiceSpec:
-    app_holder: dict[str, App] = {}
-    auth = make_auth(settings, lambda: app_holder["app"].pool)
-    keyring = auth.keyring
+    @property
+    def auth(self) -> Auth:
+        """The domain, once `build` ran."""
+        if self._auth is None:
+            raise RuntimeError("the auth service is not built yet")
+        return self._auth
 
-    async def build(app: App) -> Servicers:
-        app_holder["app"] = app
+    # -- spec hooks ---------------------------------------------------------------------
+    async def build(self, app: App) -> Servicers:
+        self._auth = auth = Auth(
+            self.settings,
+            store=Store(app),
+            keyring=self.keyring,
+            box=self.box,
+            hasher=self.hasher,
+        )
         services = auth_pb2.DESCRIPTOR.services_by_name
         return [
             (services["AuthService"], AuthServiceServicer(auth)),
@@ -65,43 +94,50 @@ def make_spec(settings: AuthSettings) -> ServiceSpec:
             (services["AuthInternalService"], AuthInternalServiceServicer(auth)),
         ]
 
-    async def on_ready(app: App) -> None:
-        app_holder["app"] = app
-        await auth.bootstrap_admin()
-        app.spawn(_purge_loop(auth), name="auth-purge")
+    async def on_ready(self, app: App) -> None:
+        await self.auth.bootstrap_admin()
+        app.spawn(self._purge_loop(), name="auth-purge")
 
-    def http_routes(app: App, web_app: web.Application) -> None:
-        async def jwks(_: web.Request) -> web.Response:
-            return web.json_response(
-                {"keys": keyring.jwks()}, headers={"Cache-Control": "public, max-age=300"}
-            )
+    def http_routes(self, app: App, web_app: web.Application) -> None:
+        web_app.router.add_get("/.well-known/jwks.json", self._jwks)
 
-        web_app.router.add_get("/.well-known/jwks.json", jwks)
+    def verifier(self, app: App) -> JwksVerifier:
+        """Auth verifies access tokens with its own keys (other services fetch the JWKS)."""
+        return self.keyring.verifier(min_refresh_seconds=self.settings.jwks_min_refresh_seconds)
 
-    return ServiceSpec(
-        name="auth",
-        port=settings.auth_port,
-        http_port=settings.auth_http_port,
-        build=build,
-        schema="auth",
-        migrations=MIGRATIONS,
-        on_ready=on_ready,
-        http_routes=http_routes,
-        verifier=lambda app: keyring.verifier(
-            min_refresh_seconds=settings.jwks_min_refresh_seconds
-        ),
-    )
+    def spec(self) -> ServiceSpec:
+        return ServiceSpec(
+            name="auth",
+            port=self.settings.auth_port,
+            http_port=self.settings.auth_http_port,
+            build=self.build,
+            schema=SCHEMA,
+            migrations=MIGRATIONS,
+            on_ready=self.on_ready,
+            http_routes=self.http_routes,
+            verifier=self.verifier,
+        )
+
+    # -- behind the hooks ---------------------------------------------------------------
+    async def _jwks(self, _: web.Request) -> web.Response:
+        return web.json_response(
+            {"keys": self.keyring.jwks()}, headers={"Cache-Control": "public, max-age=300"}
+        )
+
+    async def _purge_loop(self) -> None:
+        while True:
+            try:
+                n = await self.auth.store.purge_expired(keep_seconds=PURGE_KEEP_SECONDS)
+                if n:
+                    log.info("purged %d expired refresh tokens", n)
+            except Exception as exc:  # the next round retries
+                log.warning("refresh-token purge failed: %s", type(exc).__name__)
+            await asyncio.sleep(PURGE_INTERVAL_SECONDS)
 
 
-async def _purge_loop(auth: Auth) -> None:
-    while True:
-        try:
-            n = await store.purge_expired(auth.pool, keep_seconds=PURGE_KEEP_SECONDS)
-            if n:
-                log.info("purged %d expired refresh tokens", n)
-        except Exception as exc:  # the next round retries
-            log.warning("refresh-token purge failed: %s", type(exc).__name__)
-        await asyncio.sleep(PURGE_INTERVAL_SECONDS)
+def make_spec(settings: AuthSettings) -> ServiceSpec:
+    """The auth service's spec; raises on unusable keys (the service refuses to start)."""
+    return Wiring(settings).spec()
 
 
 async def rotate_master_key_command(settings: AuthSettings) -> None:
@@ -112,12 +148,12 @@ async def rotate_master_key_command(settings: AuthSettings) -> None:
     box = SecretBox.from_env(
         settings.master_encryption_key.get_secret_value(), env=settings.aivera_env
     )
-    await migrations.migrate(settings.dsn(), "auth", MIGRATIONS)
+    await migrations.migrate(settings.dsn(), SCHEMA, MIGRATIONS)
     pool = await db.create_pool(
-        settings.dsn(), schema="auth", service="auth", min_size=1, max_size=2
+        settings.dsn(), schema=SCHEMA, service="auth", min_size=1, max_size=2
     )
     try:
-        report = await rotate_master_key(pool, box)
+        report = await rotate_master_key(Store(Connected(pool)), box)
     finally:
         await pool.close()
     log.info(

@@ -1,35 +1,41 @@
 """gRPC handlers of aivera.auth.v1: request checks and proto conversion around core.Auth.
 
-Access levels (public / user / admin / internal) are enforced by the runtime wrapper from
-the proto options before a handler runs.
+Handlers are thin: parse the request (enums through the tables below, never bare
+numbers; ListUsers' page through `pages.request`), call `Auth`, convert the typed rows to
+protos. They hold no SQL and catch no database error: `Auth` and its store raise domain
+errors with contract reasons, and the RPC wrapper turns those into statuses. Access
+levels (public / user / admin / internal) are enforced by the wrapper from the proto
+options before a handler runs.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from typing import Any
 
 from google.protobuf import empty_pb2
 
 from aivera.auth.v1 import auth_pb2
-from services.auth import store
 from services.auth.core import Auth, Session
+from services.auth.store import ProviderKeyRow, UserRow
 from services.common import context, pages
 from services.common.errors import InvalidArgument
 from services.common.protoutil import mask_paths, parse_uuid, timestamp
 
-ROLES: dict[int, str] = {auth_pb2.ROLE_USER: "user", auth_pb2.ROLE_ADMIN: "admin"}
-ROLE_PB: dict[str, Any] = {v: k for k, v in ROLES.items()}
-STATUSES: dict[int, str] = {
+ROLES: dict[auth_pb2.Role.ValueType, str] = {
+    auth_pb2.ROLE_USER: "user",
+    auth_pb2.ROLE_ADMIN: "admin",
+}
+ROLE_PB: dict[str, auth_pb2.Role.ValueType] = {v: k for k, v in ROLES.items()}
+STATUSES: dict[auth_pb2.UserStatus.ValueType, str] = {
     auth_pb2.USER_STATUS_ACTIVE: "active",
     auth_pb2.USER_STATUS_DISABLED: "disabled",
 }
-STATUS_PB: dict[str, Any] = {v: k for k, v in STATUSES.items()}
-PROVIDERS: dict[int, str] = {auth_pb2.PROVIDER_GEMINI: "gemini"}
+STATUS_PB: dict[str, auth_pb2.UserStatus.ValueType] = {v: k for k, v in STATUSES.items()}
+PROVIDERS: dict[auth_pb2.Provider.ValueType, str] = {auth_pb2.PROVIDER_GEMINI: "gemini"}
 
 
-def user_pb(user: store.UserRow) -> auth_pb2.User:
+def user_pb(user: UserRow) -> auth_pb2.User:
     return auth_pb2.User(
         id=str(user.id),
         username=user.username,
@@ -40,7 +46,7 @@ def user_pb(user: store.UserRow) -> auth_pb2.User:
     )
 
 
-def provider_of(value: int, field: str = "provider") -> str:
+def provider_of(value: auth_pb2.Provider.ValueType, field: str = "provider") -> str:
     name = PROVIDERS.get(value)
     if name is None:
         raise InvalidArgument("provider must be PROVIDER_GEMINI", field=field)
@@ -122,11 +128,13 @@ def jwks_pb(keys: list[dict[str, str]]) -> auth_pb2.Jwks:
     return auth_pb2.Jwks(keys=[auth_pb2.Jwk(**k) for k in keys])
 
 
-def _status_pb(provider: int, row: store.ProviderKeyRow | None) -> auth_pb2.ProviderKeyStatus:
+def _status_pb(
+    provider: auth_pb2.Provider.ValueType, row: ProviderKeyRow | None
+) -> auth_pb2.ProviderKeyStatus:
     if row is None:
-        return auth_pb2.ProviderKeyStatus(provider=provider, is_set=False)  # type: ignore[arg-type]
+        return auth_pb2.ProviderKeyStatus(provider=provider, is_set=False)
     return auth_pb2.ProviderKeyStatus(
-        provider=provider,  # type: ignore[arg-type]
+        provider=provider,
         is_set=True,
         last4=row.last4,
         update_time=timestamp(row.updated_at),
@@ -156,21 +164,8 @@ class AuthAdminServiceServicer:
         self, request: auth_pb2.ListUsersRequest, ctx: Any
     ) -> auth_pb2.ListUsersResponse:
         await self._admin()
-        size = pages.page_size(request.page_size)
-        position = pages.decode_token(request.page_token)
-        after: tuple[dt.datetime, uuid.UUID] | None = None
-        if position is not None:
-            try:
-                after = (dt.datetime.fromisoformat(position["c"]), uuid.UUID(position["i"]))
-            except (KeyError, TypeError, ValueError):
-                raise InvalidArgument("page_token is not valid", field="page_token") from None
-        rows = await store.list_users(self.auth.pool, after=after, limit=size + 1)
-        more = len(rows) > size
-        rows = rows[:size]
-        token = ""
-        if more:
-            last = rows[-1]
-            token = pages.encode_token({"c": last.created_at.isoformat(), "i": str(last.id)})
+        page = pages.request(request.page_size, request.page_token)
+        rows, token = await self.auth.list_users(page)
         return auth_pb2.ListUsersResponse(users=[user_pb(r) for r in rows], next_page_token=token)
 
     async def UpdateUser(self, request: auth_pb2.UpdateUserRequest, ctx: Any) -> auth_pb2.User:

@@ -1,5 +1,11 @@
 """Every SQL statement of the auth service (tables in migrations/, schema `auth`).
 
+`Store` is built once in `server.Wiring.build` from the service's `App` and reads
+`app.pool` at call time (the pool connects after the servicers are built; one-shot
+commands pass `Connected(pool)`). It returns frozen dataclass rows and raises domain
+errors (`AlreadyExists` for a taken username): nothing above this module sees SQL or an
+asyncpg exception.
+
 Token operations are single statements (data-modifying CTEs): one round trip each, and
 the row lock taken by `UPDATE ... WHERE used_at IS NULL` is what makes concurrent
 refreshes of one token serialise with exactly one winner.
@@ -10,11 +16,13 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
-from services.common.errors import AlreadyExists
+from services.common.db import Database
+from services.common.errors import AlreadyExists, Reason
+from services.common.pages import PageRequest
 
 _USER_COLS = "id, username, role, status, created_at, last_seen_at"
 
@@ -39,6 +47,11 @@ class UserRow:
             last_seen_at=row["last_seen_at"],
         )
 
+    @property
+    def page_key(self) -> tuple[dt.datetime, uuid.UUID]:
+        """The unique keyset ListUsers pages by (oldest first)."""
+        return (self.created_at, self.id)
+
 
 @dataclass(frozen=True, slots=True)
 class Issued:
@@ -46,6 +59,14 @@ class Issued:
 
     user: UserRow
     refresh_expires_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RevokedSession:
+    """A session revoked because one of its retired refresh tokens came back."""
+
+    session_id: uuid.UUID
+    user_id: uuid.UUID
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,233 +79,7 @@ class ProviderKeyRow:
     updated_at: dt.datetime
 
 
-# -- users ------------------------------------------------------------------------------
-async def create_user(pool: Any, *, username: str, role: str, token_hash: bytes) -> UserRow:
-    try:
-        row = await pool.fetchrow(
-            f"""INSERT INTO users (id, username, role, static_token_hash)
-                VALUES ($1, $2, $3, $4) RETURNING {_USER_COLS}""",
-            uuid.uuid4(),
-            username,
-            role,
-            token_hash,
-        )
-    except asyncpg.UniqueViolationError as exc:
-        if exc.constraint_name == "users_username_key":
-            raise AlreadyExists(f"username {username!r} is taken", field="username") from None
-        raise
-    return UserRow.of(row)
-
-
-async def get_user(pool: Any, user_id: uuid.UUID) -> UserRow | None:
-    row = await pool.fetchrow(f"SELECT {_USER_COLS} FROM users WHERE id = $1", user_id)
-    return None if row is None else UserRow.of(row)
-
-
-async def is_active_admin(pool: Any, user_id: uuid.UUID) -> bool:
-    found = await pool.fetchval(
-        "SELECT true FROM users WHERE id = $1 AND role = 'admin' AND status = 'active'", user_id
-    )
-    return bool(found)
-
-
-async def list_users(
-    pool: Any, *, after: tuple[dt.datetime, uuid.UUID] | None, limit: int
-) -> list[UserRow]:
-    if after is None:
-        rows = await pool.fetch(
-            f"SELECT {_USER_COLS} FROM users ORDER BY created_at, id LIMIT $1", limit
-        )
-    else:
-        rows = await pool.fetch(
-            f"""SELECT {_USER_COLS} FROM users WHERE (created_at, id) > ($1, $2)
-                ORDER BY created_at, id LIMIT $3""",
-            after[0],
-            after[1],
-            limit,
-        )
-    return [UserRow.of(r) for r in rows]
-
-
-async def update_user(
-    pool: Any, user_id: uuid.UUID, *, role: str | None, status: str | None
-) -> UserRow | None:
-    """Disabling also revokes every session, in the same transaction."""
-    async with pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(
-            f"""UPDATE users SET role = coalesce($2, role), status = coalesce($3, status)
-                WHERE id = $1 RETURNING {_USER_COLS}""",
-            user_id,
-            role,
-            status,
-        )
-        if row is None:
-            return None
-        if status == "disabled":
-            await _revoke_user_sessions(conn, user_id, "user disabled")
-    return UserRow.of(row)
-
-
-async def set_static_token(pool: Any, user_id: uuid.UUID, token_hash: bytes) -> UserRow | None:
-    row = await pool.fetchrow(
-        f"UPDATE users SET static_token_hash = $2 WHERE id = $1 RETURNING {_USER_COLS}",
-        user_id,
-        token_hash,
-    )
-    return None if row is None else UserRow.of(row)
-
-
-async def bootstrap_admin(pool: Any, token_hash: bytes) -> str:
-    """Create user `admin` with the given token hash unless an admin exists.
-    Returns "created", "exists" or "name-taken"."""
-    async with pool.acquire() as conn, conn.transaction():
-        # Replicas starting together: one creates, the others then see the admin.
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('aivera.auth.bootstrap'))")
-        if await conn.fetchval("SELECT true FROM users WHERE role = 'admin' LIMIT 1"):
-            return "exists"
-        if await conn.fetchval("SELECT true FROM users WHERE lower(username) = 'admin'"):
-            return "name-taken"
-        await conn.execute(
-            """INSERT INTO users (id, username, role, static_token_hash)
-               VALUES ($1, 'admin', 'admin', $2)""",
-            uuid.uuid4(),
-            token_hash,
-        )
-        return "created"
-
-
-# -- sessions and refresh tokens --------------------------------------------------------
-async def exchange(
-    pool: Any,
-    *,
-    static_hash: bytes,
-    session_id: uuid.UUID,
-    token_id: uuid.UUID,
-    refresh_hash: bytes,
-    refresh_ttl: float,
-) -> Issued | None:
-    """A new session for the active user holding the static token; None otherwise."""
-    row = await pool.fetchrow(
-        f"""WITH u AS (
-                UPDATE users SET last_seen_at = now()
-                WHERE static_token_hash = $1 AND status = 'active'
-                RETURNING {_USER_COLS}),
-            s AS (
-                INSERT INTO sessions (id, user_id) SELECT $2, id FROM u RETURNING id, user_id),
-            t AS (
-                INSERT INTO refresh_tokens (id, session_id, user_id, token_hash, expires_at)
-                SELECT $3, s.id, s.user_id, $4, now() + make_interval(secs => $5) FROM s
-                RETURNING expires_at)
-            SELECT u.*, t.expires_at AS refresh_expires_at FROM u, t""",
-        static_hash,
-        session_id,
-        token_id,
-        refresh_hash,
-        float(refresh_ttl),
-    )
-    if row is None:
-        return None
-    return Issued(user=UserRow.of(row), refresh_expires_at=row["refresh_expires_at"])
-
-
-async def rotate_refresh(
-    pool: Any,
-    *,
-    old_hash: bytes,
-    token_id: uuid.UUID,
-    new_hash: bytes,
-    refresh_ttl: float,
-) -> Issued | None:
-    """Retire a live refresh token and issue its successor in the same session.
-
-    None when the token is unknown, expired, already retired, its session revoked or
-    its user disabled. Of concurrent calls with one token exactly one gets a row: the
-    others wait on the row lock, then see `used_at` set and match nothing."""
-    row = await pool.fetchrow(
-        f"""WITH old AS (
-                UPDATE refresh_tokens t SET used_at = now()
-                FROM sessions s, users u
-                WHERE t.token_hash = $1 AND t.used_at IS NULL AND t.expires_at > now()
-                  AND s.id = t.session_id AND s.revoked_at IS NULL
-                  AND u.id = t.user_id AND u.status = 'active'
-                RETURNING t.session_id, t.user_id),
-            n AS (
-                INSERT INTO refresh_tokens (id, session_id, user_id, token_hash, expires_at)
-                SELECT $2, session_id, user_id, $3, now() + make_interval(secs => $4) FROM old
-                RETURNING user_id, expires_at),
-            u AS (
-                UPDATE users SET last_seen_at = now() FROM n WHERE users.id = n.user_id
-                RETURNING {", ".join("users." + c for c in _USER_COLS.split(", "))})
-            SELECT u.*, n.expires_at AS refresh_expires_at FROM u, n""",
-        old_hash,
-        token_id,
-        new_hash,
-        float(refresh_ttl),
-    )
-    if row is None:
-        return None
-    return Issued(user=UserRow.of(row), refresh_expires_at=row["refresh_expires_at"])
-
-
-async def revoke_on_reuse(pool: Any, *, token_hash: bytes, grace: float) -> Any | None:
-    """If the token was retired more than `grace` seconds ago and its session is still
-    live, revoke the session (reuse detection). Returns (session_id, user_id) if so."""
-    return await pool.fetchrow(
-        """UPDATE sessions s SET revoked_at = now(), revoke_reason = 'refresh token reuse'
-           FROM refresh_tokens t
-           WHERE t.token_hash = $1 AND s.id = t.session_id AND s.revoked_at IS NULL
-             AND t.used_at IS NOT NULL AND t.used_at < now() - make_interval(secs => $2)
-           RETURNING s.id, s.user_id""",
-        token_hash,
-        float(grace),
-    )
-
-
-async def revoke_session_of(pool: Any, *, token_hash: bytes, user_id: uuid.UUID) -> bool:
-    """Revoke the session of one of the user's refresh tokens (idempotent). False when
-    the token is not the user's."""
-    row = await pool.fetchrow(
-        """UPDATE sessions s SET revoked_at = coalesce(s.revoked_at, now()),
-                                 revoke_reason = coalesce(s.revoke_reason, 'logout')
-           FROM refresh_tokens t
-           WHERE t.token_hash = $1 AND t.user_id = $2 AND s.id = t.session_id
-           RETURNING s.id""",
-        token_hash,
-        user_id,
-    )
-    return row is not None
-
-
-async def _revoke_user_sessions(conn: Any, user_id: uuid.UUID, reason: str) -> int:
-    result: str = await conn.execute(
-        """UPDATE sessions SET revoked_at = now(), revoke_reason = $2
-           WHERE user_id = $1 AND revoked_at IS NULL""",
-        user_id,
-        reason,
-    )
-    return int(result.split()[-1])
-
-
-async def revoke_user_sessions(pool: Any, user_id: uuid.UUID, reason: str) -> int:
-    return await _revoke_user_sessions(pool, user_id, reason)
-
-
-async def purge_expired(pool: Any, *, keep_seconds: float) -> int:
-    """Delete refresh tokens expired more than `keep_seconds` ago, and sessions left
-    without tokens. Keeps the table small; reuse detection only needs live sessions."""
-    result: str = await pool.execute(
-        "DELETE FROM refresh_tokens WHERE expires_at < now() - make_interval(secs => $1)",
-        float(keep_seconds),
-    )
-    await pool.execute(
-        """DELETE FROM sessions s WHERE s.created_at < now() - make_interval(secs => $1)
-           AND NOT EXISTS (SELECT 1 FROM refresh_tokens t WHERE t.session_id = s.id)""",
-        float(keep_seconds),
-    )
-    return int(result.split()[-1])
-
-
-# -- provider keys ----------------------------------------------------------------------
+BootstrapOutcome = Literal["created", "exists", "name-taken"]
 _PK_COLS = "user_id, provider, key_version, ciphertext, last4, updated_at"
 
 
@@ -299,63 +94,294 @@ def _pk(row: Any) -> ProviderKeyRow:
     )
 
 
-async def put_provider_key(
-    pool: Any, *, user_id: uuid.UUID, provider: str, version: str, ciphertext: bytes, last4: str
-) -> ProviderKeyRow:
-    row = await pool.fetchrow(
-        f"""INSERT INTO provider_keys (user_id, provider, key_version, ciphertext, last4)
-            VALUES ($1, $2, $3, $4, $5)
-            ON CONFLICT (user_id, provider) DO UPDATE
-              SET key_version = EXCLUDED.key_version, ciphertext = EXCLUDED.ciphertext,
-                  last4 = EXCLUDED.last4, updated_at = now()
-            RETURNING {_PK_COLS}""",
+def _count(result: str) -> int:
+    """The row count of an asyncpg status string ('UPDATE 3')."""
+    return int(result.split()[-1])
+
+
+async def _revoke_user_sessions(conn: Any, user_id: uuid.UUID, reason: str) -> int:
+    result: str = await conn.execute(
+        """UPDATE sessions SET revoked_at = now(), revoke_reason = $2
+           WHERE user_id = $1 AND revoked_at IS NULL""",
         user_id,
-        provider,
-        version,
-        ciphertext,
-        last4,
+        reason,
     )
-    return _pk(row)
+    return _count(result)
 
 
-async def get_provider_key(pool: Any, user_id: uuid.UUID, provider: str) -> ProviderKeyRow | None:
-    row = await pool.fetchrow(
-        f"SELECT {_PK_COLS} FROM provider_keys WHERE user_id = $1 AND provider = $2",
-        user_id,
-        provider,
-    )
-    return None if row is None else _pk(row)
+class Store:
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
+    @property
+    def pool(self) -> Any:
+        return self._db.pool
 
-async def delete_provider_key(pool: Any, user_id: uuid.UUID, provider: str) -> bool:
-    result: str = await pool.execute(
-        "DELETE FROM provider_keys WHERE user_id = $1 AND provider = $2", user_id, provider
-    )
-    return result.endswith(" 1")
+    # -- users --------------------------------------------------------------------------
+    async def create_user(self, *, username: str, role: str, token_hash: bytes) -> UserRow:
+        try:
+            row = await self.pool.fetchrow(
+                f"""INSERT INTO users (id, username, role, static_token_hash)
+                    VALUES ($1, $2, $3, $4) RETURNING {_USER_COLS}""",
+                uuid.uuid4(),
+                username,
+                role,
+                token_hash,
+            )
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name == "users_username_key":
+                raise AlreadyExists(
+                    f"username {username!r} is taken",
+                    field="username",
+                    reason=Reason.ALREADY_EXISTS,
+                    metadata={"resource": "user"},
+                ) from None
+            raise
+        return UserRow.of(row)
 
+    async def get_user(self, user_id: uuid.UUID) -> UserRow | None:
+        row = await self.pool.fetchrow(f"SELECT {_USER_COLS} FROM users WHERE id = $1", user_id)
+        return None if row is None else UserRow.of(row)
 
-async def provider_keys_not_at(pool: Any, version: str) -> list[ProviderKeyRow]:
-    rows = await pool.fetch(
-        f"""SELECT {_PK_COLS} FROM provider_keys WHERE key_version <> $1
-            ORDER BY user_id, provider""",
-        version,
-    )
-    return [_pk(r) for r in rows]
+    async def is_active_admin(self, user_id: uuid.UUID) -> bool:
+        found = await self.pool.fetchval(
+            "SELECT true FROM users WHERE id = $1 AND role = 'admin' AND status = 'active'",
+            user_id,
+        )
+        return bool(found)
 
+    async def list_users(self, page: PageRequest) -> list[UserRow]:
+        """`page.limit` users after `page.after`, oldest first by (created_at, id)."""
+        if page.after is None:
+            rows = await self.pool.fetch(
+                f"SELECT {_USER_COLS} FROM users ORDER BY created_at, id LIMIT $1", page.limit
+            )
+        else:
+            created_at, user_id = page.after
+            rows = await self.pool.fetch(
+                f"""SELECT {_USER_COLS} FROM users WHERE (created_at, id) > ($1, $2)
+                    ORDER BY created_at, id LIMIT $3""",
+                created_at,
+                user_id,
+                page.limit,
+            )
+        return [UserRow.of(r) for r in rows]
 
-async def replace_ciphertext(
-    pool: Any, old: ProviderKeyRow, *, version: str, ciphertext: bytes
-) -> bool:
-    """Swap in a re-encrypted ciphertext unless the row changed meanwhile (a concurrent
-    SetProviderKey already wrote under the current version)."""
-    result: str = await pool.execute(
-        """UPDATE provider_keys SET key_version = $3, ciphertext = $4
-           WHERE user_id = $1 AND provider = $2 AND key_version = $5 AND ciphertext = $6""",
-        old.user_id,
-        old.provider,
-        version,
-        ciphertext,
-        old.key_version,
-        old.ciphertext,
-    )
-    return result.endswith(" 1")
+    async def update_user(
+        self, user_id: uuid.UUID, *, role: str | None, status: str | None
+    ) -> UserRow | None:
+        """Disabling also revokes every session, in the same transaction."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"""UPDATE users SET role = coalesce($2, role), status = coalesce($3, status)
+                    WHERE id = $1 RETURNING {_USER_COLS}""",
+                user_id,
+                role,
+                status,
+            )
+            if row is None:
+                return None
+            if status == "disabled":
+                await _revoke_user_sessions(conn, user_id, "user disabled")
+        return UserRow.of(row)
+
+    async def set_static_token(self, user_id: uuid.UUID, token_hash: bytes) -> UserRow | None:
+        row = await self.pool.fetchrow(
+            f"UPDATE users SET static_token_hash = $2 WHERE id = $1 RETURNING {_USER_COLS}",
+            user_id,
+            token_hash,
+        )
+        return None if row is None else UserRow.of(row)
+
+    async def bootstrap_admin(self, token_hash: bytes) -> BootstrapOutcome:
+        """Create user `admin` with the given token hash unless an admin exists."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            # Replicas starting together: one creates, the others then see the admin.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('aivera.auth.bootstrap'))")
+            if await conn.fetchval("SELECT true FROM users WHERE role = 'admin' LIMIT 1"):
+                return "exists"
+            if await conn.fetchval("SELECT true FROM users WHERE lower(username) = 'admin'"):
+                return "name-taken"
+            await conn.execute(
+                """INSERT INTO users (id, username, role, static_token_hash)
+                   VALUES ($1, 'admin', 'admin', $2)""",
+                uuid.uuid4(),
+                token_hash,
+            )
+            return "created"
+
+    # -- sessions and refresh tokens ----------------------------------------------------
+    async def exchange(
+        self,
+        *,
+        static_hash: bytes,
+        session_id: uuid.UUID,
+        token_id: uuid.UUID,
+        refresh_hash: bytes,
+        refresh_ttl: float,
+    ) -> Issued | None:
+        """A new session for the active user holding the static token; None otherwise."""
+        row = await self.pool.fetchrow(
+            f"""WITH u AS (
+                    UPDATE users SET last_seen_at = now()
+                    WHERE static_token_hash = $1 AND status = 'active'
+                    RETURNING {_USER_COLS}),
+                s AS (
+                    INSERT INTO sessions (id, user_id) SELECT $2, id FROM u
+                    RETURNING id, user_id),
+                t AS (
+                    INSERT INTO refresh_tokens (id, session_id, user_id, token_hash, expires_at)
+                    SELECT $3, s.id, s.user_id, $4, now() + make_interval(secs => $5) FROM s
+                    RETURNING expires_at)
+                SELECT u.*, t.expires_at AS refresh_expires_at FROM u, t""",
+            static_hash,
+            session_id,
+            token_id,
+            refresh_hash,
+            float(refresh_ttl),
+        )
+        if row is None:
+            return None
+        return Issued(user=UserRow.of(row), refresh_expires_at=row["refresh_expires_at"])
+
+    async def rotate_refresh(
+        self,
+        *,
+        old_hash: bytes,
+        token_id: uuid.UUID,
+        new_hash: bytes,
+        refresh_ttl: float,
+    ) -> Issued | None:
+        """Retire a live refresh token and issue its successor in the same session.
+
+        None when the token is unknown, expired, already retired, its session revoked or
+        its user disabled. Of concurrent calls with one token exactly one gets a row: the
+        others wait on the row lock, then see `used_at` set and match nothing."""
+        row = await self.pool.fetchrow(
+            f"""WITH old AS (
+                    UPDATE refresh_tokens t SET used_at = now()
+                    FROM sessions s, users u
+                    WHERE t.token_hash = $1 AND t.used_at IS NULL AND t.expires_at > now()
+                      AND s.id = t.session_id AND s.revoked_at IS NULL
+                      AND u.id = t.user_id AND u.status = 'active'
+                    RETURNING t.session_id, t.user_id),
+                n AS (
+                    INSERT INTO refresh_tokens (id, session_id, user_id, token_hash, expires_at)
+                    SELECT $2, session_id, user_id, $3, now() + make_interval(secs => $4)
+                    FROM old
+                    RETURNING user_id, expires_at),
+                u AS (
+                    UPDATE users SET last_seen_at = now() FROM n WHERE users.id = n.user_id
+                    RETURNING {", ".join("users." + c for c in _USER_COLS.split(", "))})
+                SELECT u.*, n.expires_at AS refresh_expires_at FROM u, n""",
+            old_hash,
+            token_id,
+            new_hash,
+            float(refresh_ttl),
+        )
+        if row is None:
+            return None
+        return Issued(user=UserRow.of(row), refresh_expires_at=row["refresh_expires_at"])
+
+    async def revoke_on_reuse(self, *, token_hash: bytes, grace: float) -> RevokedSession | None:
+        """If the token was retired more than `grace` seconds ago and its session is still
+        live, revoke the session (reuse detection) and return it."""
+        row = await self.pool.fetchrow(
+            """UPDATE sessions s SET revoked_at = now(), revoke_reason = 'refresh token reuse'
+               FROM refresh_tokens t
+               WHERE t.token_hash = $1 AND s.id = t.session_id AND s.revoked_at IS NULL
+                 AND t.used_at IS NOT NULL AND t.used_at < now() - make_interval(secs => $2)
+               RETURNING s.id, s.user_id""",
+            token_hash,
+            float(grace),
+        )
+        return None if row is None else RevokedSession(row["id"], row["user_id"])
+
+    async def revoke_session_of(self, *, token_hash: bytes, user_id: uuid.UUID) -> bool:
+        """Revoke the session of one of the user's refresh tokens (idempotent). False when
+        the token is not the user's."""
+        row = await self.pool.fetchrow(
+            """UPDATE sessions s SET revoked_at = coalesce(s.revoked_at, now()),
+                                     revoke_reason = coalesce(s.revoke_reason, 'logout')
+               FROM refresh_tokens t
+               WHERE t.token_hash = $1 AND t.user_id = $2 AND s.id = t.session_id
+               RETURNING s.id""",
+            token_hash,
+            user_id,
+        )
+        return row is not None
+
+    async def revoke_user_sessions(self, user_id: uuid.UUID, reason: str) -> int:
+        return await _revoke_user_sessions(self.pool, user_id, reason)
+
+    async def purge_expired(self, *, keep_seconds: float) -> int:
+        """Delete refresh tokens expired more than `keep_seconds` ago, and sessions left
+        without tokens. Keeps the table small; reuse detection only needs live sessions."""
+        result: str = await self.pool.execute(
+            "DELETE FROM refresh_tokens WHERE expires_at < now() - make_interval(secs => $1)",
+            float(keep_seconds),
+        )
+        await self.pool.execute(
+            """DELETE FROM sessions s WHERE s.created_at < now() - make_interval(secs => $1)
+               AND NOT EXISTS (SELECT 1 FROM refresh_tokens t WHERE t.session_id = s.id)""",
+            float(keep_seconds),
+        )
+        return _count(result)
+
+    # -- provider keys ------------------------------------------------------------------
+    async def put_provider_key(
+        self, *, user_id: uuid.UUID, provider: str, version: str, ciphertext: bytes, last4: str
+    ) -> ProviderKeyRow:
+        row = await self.pool.fetchrow(
+            f"""INSERT INTO provider_keys (user_id, provider, key_version, ciphertext, last4)
+                VALUES ($1, $2, $3, $4, $5)
+                ON CONFLICT (user_id, provider) DO UPDATE
+                  SET key_version = EXCLUDED.key_version, ciphertext = EXCLUDED.ciphertext,
+                      last4 = EXCLUDED.last4, updated_at = now()
+                RETURNING {_PK_COLS}""",
+            user_id,
+            provider,
+            version,
+            ciphertext,
+            last4,
+        )
+        return _pk(row)
+
+    async def get_provider_key(self, user_id: uuid.UUID, provider: str) -> ProviderKeyRow | None:
+        row = await self.pool.fetchrow(
+            f"SELECT {_PK_COLS} FROM provider_keys WHERE user_id = $1 AND provider = $2",
+            user_id,
+            provider,
+        )
+        return None if row is None else _pk(row)
+
+    async def delete_provider_key(self, user_id: uuid.UUID, provider: str) -> bool:
+        result: str = await self.pool.execute(
+            "DELETE FROM provider_keys WHERE user_id = $1 AND provider = $2", user_id, provider
+        )
+        return _count(result) == 1
+
+    async def provider_keys_not_at(self, version: str) -> list[ProviderKeyRow]:
+        rows = await self.pool.fetch(
+            f"""SELECT {_PK_COLS} FROM provider_keys WHERE key_version <> $1
+                ORDER BY user_id, provider""",
+            version,
+        )
+        return [_pk(r) for r in rows]
+
+    async def replace_ciphertext(
+        self, old: ProviderKeyRow, *, version: str, ciphertext: bytes
+    ) -> bool:
+        """Swap in a re-encrypted ciphertext unless the row changed meanwhile (a concurrent
+        SetProviderKey already wrote under the current version)."""
+        result: str = await self.pool.execute(
+            """UPDATE provider_keys SET key_version = $3, ciphertext = $4
+               WHERE user_id = $1 AND provider = $2 AND key_version = $5 AND ciphertext = $6""",
+            old.user_id,
+            old.provider,
+            version,
+            ciphertext,
+            old.key_version,
+            old.ciphertext,
+        )
+        return _count(result) == 1

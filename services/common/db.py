@@ -3,9 +3,25 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import asyncpg
+
+
+class Database(Protocol):
+    """Where a store finds its pool when a query runs: the service's `App` (its pool
+    connects during start-up, after the stores are built)."""
+
+    @property
+    def pool(self) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """A `Database` for one-shot commands and workers that opened a pool themselves."""
+
+    pool: Any
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

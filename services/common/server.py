@@ -49,7 +49,9 @@ class ServiceSpec:
     name: str  # "auth"
     port: int
     http_port: int
-    # Builds the servicers. They may keep `app` and use `app.pool` at call time.
+    # Builds the stores, the domain and the servicers from the App, once (see the wiring
+    # pattern in services/auth/server.py). Stores keep the App as their `db.Database`
+    # and read `app.pool` when a query runs: the pool connects after build.
     build: Callable[[App], Awaitable[Servicers]]
     schema: str | None = None  # Postgres schema; None for a service without a database
     migrations: Path | None = None

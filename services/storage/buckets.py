@@ -1,4 +1,9 @@
-"""Buckets: their names, size limits and allowed content types; label rules."""
+"""Buckets: their names, size limits and allowed content types; label rules.
+
+Over a bucket's limit is RESOURCE_EXHAUSTED with reason FILE_TOO_LARGE (metadata `bucket`,
+`limit_bytes`); content of a type the bucket does not accept is INVALID_ARGUMENT with
+reason UNSUPPORTED_FORMAT (metadata `bucket`, `content_type`).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aivera.storage.v1 import storage_pb2
-from services.common.errors import InvalidArgument, ResourceExhausted
+from services.common.errors import InvalidArgument, Reason, ResourceExhausted
 from services.storage import sniff
 from services.storage.config import StorageSettings
 
@@ -15,7 +20,7 @@ from services.storage.config import StorageSettings
 @dataclass(frozen=True, slots=True)
 class BucketRule:
     name: str  # "documents"
-    proto: int  # storage_pb2.Bucket value
+    proto: storage_pb2.Bucket.ValueType
     max_bytes: int
     allowed: frozenset[str]  # content types
 
@@ -23,23 +28,32 @@ class BucketRule:
         if size < 0:
             raise InvalidArgument(f"{field} must not be negative", field=field)
         if size > self.max_bytes:
-            raise ResourceExhausted(
-                f"{size} bytes is over the {self.name} bucket's limit of {self.max_bytes} bytes"
-            )
+            raise too_large(self, f"{size} bytes is over the {self.name} bucket's limit")
 
     def check_type(self, content_type: str | None) -> str:
         if content_type is None or content_type not in self.allowed:
             what = content_type or "an unrecognised type"
             allowed = ", ".join(sorted(self.allowed))
             raise InvalidArgument(
-                f"the content is {what}; the {self.name} bucket accepts {allowed}"
+                f"the content is {what}; the {self.name} bucket accepts {allowed}",
+                reason=Reason.UNSUPPORTED_FORMAT,
+                metadata={"bucket": self.name, "content_type": content_type or ""},
             )
         return content_type
 
 
+def too_large(rule: BucketRule, message: str) -> ResourceExhausted:
+    """A file over its bucket's limit (declared, or received so far)."""
+    return ResourceExhausted(
+        f"{message} of {rule.max_bytes} bytes",
+        reason=Reason.FILE_TOO_LARGE,
+        metadata={"bucket": rule.name, "limit_bytes": str(rule.max_bytes)},
+    )
+
+
 _IMAGES = frozenset({sniff.PNG, sniff.JPEG, sniff.WEBP})
 
-_TYPES: dict[int, tuple[str, frozenset[str]]] = {
+_TYPES: dict[storage_pb2.Bucket.ValueType, tuple[str, frozenset[str]]] = {
     storage_pb2.BUCKET_DOCUMENTS: (
         "documents",
         frozenset({sniff.PDF, sniff.MARKDOWN, sniff.HTML, sniff.JSON, sniff.TEXT}),
@@ -68,7 +82,9 @@ class Buckets:
         }
         self._by_name = {r.name: r for r in self._by_proto.values()}
 
-    def from_proto(self, value: int, *, field: str = "bucket") -> BucketRule:
+    def from_proto(
+        self, value: storage_pb2.Bucket.ValueType, *, field: str = "bucket"
+    ) -> BucketRule:
         if value == storage_pb2.BUCKET_UNSPECIFIED:
             raise InvalidArgument(f"{field} is required", field=field)
         rule = self._by_proto.get(value)

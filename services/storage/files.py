@@ -1,7 +1,16 @@
-"""The storage domain: uploads, downloads, signed URLs, deletion and purge.
+"""The storage domain: uploads, downloads, signed URLs, listing, deletion and purge.
 
 Handlers in servicer.py validate nothing themselves and convert rows to protos; the
-rules live here and in buckets.py / sniff.py / names.py.
+rules live here and in buckets.py / sniff.py / names.py. `Files` is built once in
+`server.Wiring.build` with its `Store` (from the service's `App`) and its backends, and
+reads and writes rows only through the store.
+
+Failures carry the contract's reasons so programs can branch: FILE_TOO_LARGE (over the
+bucket's limit, declared or received), UNSUPPORTED_FORMAT (the sniffed type is not one
+the bucket accepts), CHECKSUM_MISMATCH (bytes differ from the declared size or sha256),
+FILE_NOT_READY (not uploaded yet, or deleted), DEPENDENCY_UNAVAILABLE (object storage
+down), NOT_FOUND for a missing or another user's file, INVALID_PAGE_TOKEN for a
+ListFiles token issued for another caller or other filters (`services.common.pages`).
 """
 
 from __future__ import annotations
@@ -9,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import json
 import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +32,7 @@ from services.common import pages
 from services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
-    ResourceExhausted,
+    Reason,
     Unavailable,
     not_found,
 )
@@ -30,7 +40,13 @@ from services.common.protoutil import parse_uuid
 from services.storage.backends.aio import run_io
 from services.storage.backends.base import CHUNK, Backend, BackendUnavailable, Writer
 from services.storage.backends.local import LocalBackend
-from services.storage.buckets import BucketRule, Buckets, check_labels, check_sha256
+from services.storage.buckets import (
+    BucketRule,
+    Buckets,
+    check_labels,
+    check_sha256,
+    too_large,
+)
 from services.storage.config import StorageSettings
 from services.storage.fallback import FallbackWriter, sync_to_s3
 from services.storage.names import sanitize
@@ -69,6 +85,15 @@ def url_ttl(value: int, *, field: str = "ttl_seconds") -> int:
     return value or DEFAULT_URL_TTL
 
 
+def _require_ready(row: FileRow, id: str) -> None:
+    if row.status != "ready":
+        raise FailedPrecondition(
+            f"file {id!r} is {row.status}, not ready",
+            reason=Reason.FILE_NOT_READY,
+            metadata={"status": row.status},
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class SignedUrl:
     url: str
@@ -88,26 +113,26 @@ class Files:
     def __init__(
         self,
         settings: StorageSettings,
-        store: Callable[[], Store],
+        store: Store,
         local: LocalBackend,
         s3: S3Backend | None,
     ) -> None:
         self.settings = settings
         self.buckets = Buckets(settings)
-        self._store = store
+        self.store = store
         self.local = local
         self.s3 = s3
         self.primary: Backend = s3 if settings.storage_backend == "s3" and s3 else local
-
-    @property
-    def store(self) -> Store:
-        return self._store()
 
     def backend(self, kind: str) -> Backend:
         if kind == "local":
             return self.local
         if self.s3 is None:
-            raise Unavailable("this file lives in object storage, which is not configured")
+            raise Unavailable(
+                "this file lives in object storage, which is not configured",
+                reason=Reason.DEPENDENCY_UNAVAILABLE,
+                metadata={"dependency": "object storage"},
+            )
         return self.s3
 
     async def _owned(self, user_id: str, id: str, *, field: str = "id") -> FileRow:
@@ -176,14 +201,12 @@ class Files:
                     )
                 total += len(chunk)
                 if total > rule.max_bytes:
-                    raise ResourceExhausted(
-                        f"the upload passed the {rule.name} bucket's limit of "
-                        f"{rule.max_bytes} bytes"
-                    )
+                    raise too_large(rule, f"the upload passed the {rule.name} bucket's limit")
                 if total > size:
                     raise InvalidArgument(
                         f"received more than the {size} bytes declared in header.size_bytes",
                         field="header.size_bytes",
+                        reason=Reason.CHECKSUM_MISMATCH,
                     )
                 sniffer.feed(chunk)
                 # One chunk in flight: hashing (which releases the GIL) and the write
@@ -198,11 +221,14 @@ class Files:
                 raise InvalidArgument(
                     f"received {total} bytes but header.size_bytes is {size}",
                     field="header.size_bytes",
+                    reason=Reason.CHECKSUM_MISMATCH,
                 )
             digest = hasher.hexdigest()
             if declared_sha and declared_sha != digest:
                 raise InvalidArgument(
-                    "the content's sha256 differs from header.sha256", field="header.sha256"
+                    "the content's sha256 differs from header.sha256",
+                    field="header.sha256",
+                    reason=Reason.CHECKSUM_MISMATCH,
                 )
             content_type = rule.check_type(sniffer.result(name))
             await writer.commit()
@@ -216,7 +242,9 @@ class Files:
                 backend=writer.kind,
             )
             if row is None:
-                raise FailedPrecondition("the file was deleted while it was uploading")
+                raise FailedPrecondition(
+                    "the file was deleted while it was uploading", reason=Reason.FILE_NOT_READY
+                )
             return row
         except BaseException:
             if pending is not None:  # not cancelled: a half-done open or write would leak
@@ -250,8 +278,7 @@ class Files:
         if length < 0:
             raise InvalidArgument("length must not be negative", field="length")
         row = await self._owned(user_id, id)
-        if row.status != "ready":
-            raise FailedPrecondition(f"file {id!r} is {row.status}, not ready")
+        _require_ready(row, id)
         if offset > row.size_bytes:
             raise InvalidArgument(
                 f"offset {offset} is past the end of the file ({row.size_bytes} bytes)",
@@ -270,32 +297,26 @@ class Files:
             yield chunk
 
     async def list(
-        self, user_id: str, *, page_size: int, page_token: str, bucket: int, labels: dict[str, str]
+        self,
+        user_id: str,
+        *,
+        page_size: int,
+        page_token: str,
+        bucket: storage_pb2.Bucket.ValueType,
+        labels: dict[str, str],
     ) -> tuple[list[FileRow], str]:
-        size = pages.page_size(page_size)
-        position = pages.decode_token(page_token)
-        after: tuple[dt.datetime, uuid.UUID] | None = None
-        if position is not None:
-            try:
-                after = (dt.datetime.fromisoformat(position["t"]), uuid.UUID(position["i"]))
-            except (KeyError, TypeError, ValueError):
-                raise InvalidArgument("page_token is not valid", field="page_token") from None
+        """One page of the user's files, newest first, and the next page token. The
+        token is valid only for the same caller, bucket and labels."""
         bucket_name = None
-        if bucket:
+        if bucket != storage_pb2.BUCKET_UNSPECIFIED:
             bucket_name = self.buckets.from_proto(bucket).name
-        rows = await self.store.list_files(
-            user_id,
-            limit=size + 1,
-            bucket=bucket_name,
-            labels=check_labels(labels),
-            after=after,
+        labels = check_labels(labels)
+        label_filter = json.dumps(labels, sort_keys=True, separators=(",", ":"))
+        page = pages.request(
+            page_size, page_token, filter=f"bucket={bucket_name or ''}|labels={label_filter}"
         )
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            last = rows[-1]
-            token = pages.encode_token({"t": last.created_at.isoformat(), "i": str(last.id)})
-        return rows, token
+        rows = await self.store.list_files(user_id, page, bucket=bucket_name, labels=labels)
+        return pages.take(rows, page, key=lambda r: r.page_key)
 
     async def delete(self, user_id: str, id: str) -> None:
         file_id = parse_uuid(id, field="id")
@@ -315,7 +336,7 @@ class Files:
         self,
         user_id: str,
         *,
-        bucket: int,
+        bucket: storage_pb2.Bucket.ValueType,
         filename: str,
         size: int,
         sha256: str,
@@ -354,16 +375,19 @@ class Files:
         if row.status == "ready":
             return row
         if row.status == "deleted":
-            raise FailedPrecondition(f"file {id!r} is deleted")
+            raise FailedPrecondition(f"file {id!r} is deleted", reason=Reason.FILE_NOT_READY)
         backend = self.backend(row.backend)
         stored = await backend.size(row.storage_path)
         if stored is None:
-            raise FailedPrecondition(f"nothing has been uploaded to file {id!r} yet")
+            raise FailedPrecondition(
+                f"nothing has been uploaded to file {id!r} yet", reason=Reason.FILE_NOT_READY
+            )
         rule = self.buckets.by_name(row.bucket)
         try:
             if stored != row.size_bytes:
                 raise InvalidArgument(
-                    f"the uploaded object has {stored} bytes; {row.size_bytes} were declared"
+                    f"the uploaded object has {stored} bytes; {row.size_bytes} were declared",
+                    reason=Reason.CHECKSUM_MISMATCH,
                 )
             hasher = hashlib.sha256()
             sniffer = Sniffer()
@@ -374,7 +398,9 @@ class Files:
             for field, expected in (("sha256", given_sha), ("declared sha256", row.sha256)):
                 if expected and expected != digest:
                     raise InvalidArgument(
-                        f"the uploaded object's sha256 differs from the {field}", field="sha256"
+                        f"the uploaded object's sha256 differs from the {field}",
+                        field="sha256",
+                        reason=Reason.CHECKSUM_MISMATCH,
                     )
             content_type = rule.check_type(sniffer.result(row.filename))
         except InvalidArgument:
@@ -389,14 +415,13 @@ class Files:
             backend=row.backend,
         )
         if ready is None:
-            raise FailedPrecondition(f"file {id!r} is deleted")
+            raise FailedPrecondition(f"file {id!r} is deleted", reason=Reason.FILE_NOT_READY)
         return ready
 
     async def create_download_url(self, user_id: str, id: str, ttl_seconds: int) -> SignedUrl:
         ttl = url_ttl(ttl_seconds)
         row = await self._owned(user_id, id)
-        if row.status != "ready":
-            raise FailedPrecondition(f"file {id!r} is {row.status}, not ready")
+        _require_ready(row, id)
         expires_at = int(time.time()) + ttl
         signed = await self.backend(row.backend).presign(
             row.storage_path, "GET", str(row.id), expires_at, 0

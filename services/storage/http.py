@@ -21,13 +21,15 @@ from services.storage.signing import UrlSigner
 from services.storage.store import FileRow
 
 
-def routes(files: Callable[[], Files], signer: UrlSigner) -> Callable[[web.Application], None]:
+def routes(files: Files, signer: UrlSigner) -> Callable[[web.Application], None]:
+    """The signed-URL routes over the built domain (`server.Wiring.http_routes`)."""
+
     async def _authorised(request: web.Request, method: str) -> FileRow:
         try:
             file_id = uuid.UUID(request.match_info["id"])
         except ValueError:
             raise web.HTTPForbidden(text="invalid or expired signature") from None
-        row = await files().store.get_any_user(file_id)
+        row = await files.store.get_any_user(file_id)
         exp = request.query.get("exp", "")
         sig = request.query.get("sig", "")
         size = row.size_bytes if (row is not None and method == "PUT") else 0
@@ -39,7 +41,7 @@ def routes(files: Callable[[], Files], signer: UrlSigner) -> Callable[[web.Appli
         row = await _authorised(request, "GET")
         if row.status != "ready" or row.backend != "local":
             raise web.HTTPNotFound(text="file is not available")
-        local = files().local
+        local = files.local
         response = web.StreamResponse(
             headers={
                 "Content-Type": row.content_type or "application/octet-stream",
@@ -64,7 +66,7 @@ def routes(files: Callable[[], Files], signer: UrlSigner) -> Callable[[web.Appli
             raise web.HTTPBadRequest(
                 text=f"content-length must be the declared size, {row.size_bytes}"
             )
-        writer = await files().local.open_writer(row.storage_path, row.size_bytes)
+        writer = await files.local.open_writer(row.storage_path, row.size_bytes)
         total = 0
         try:
             async for chunk in request.content.iter_chunked(CHUNK):

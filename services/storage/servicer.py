@@ -1,4 +1,10 @@
-"""Handlers of aivera.storage.v1.StorageService: call the domain, build the protos."""
+"""Handlers of aivera.storage.v1.StorageService: call the domain, build the protos.
+
+Handlers are thin: the caller's id from the call context, the request's fields to
+`files.Files` (which validates, pages and raises domain errors with contract reasons),
+typed `FileRow`s back to protos through the enum tables below. No SQL and no database
+or backend exception is handled here; the RPC wrapper maps domain errors to statuses.
+"""
 
 from __future__ import annotations
 
@@ -13,19 +19,22 @@ from services.common.protoutil import timestamp
 from services.storage.files import Files
 from services.storage.store import FileRow
 
-_BUCKETS = {
+_BUCKETS: dict[str, storage_pb2.Bucket.ValueType] = {
     "documents": storage_pb2.BUCKET_DOCUMENTS,
     "images": storage_pb2.BUCKET_IMAGES,
     "datasets": storage_pb2.BUCKET_DATASETS,
     "models": storage_pb2.BUCKET_MODELS,
     "training-images": storage_pb2.BUCKET_TRAINING_IMAGES,
 }
-_STATUS = {
+_STATUS: dict[str, storage_pb2.FileStatus.ValueType] = {
     "uploading": storage_pb2.FILE_STATUS_UPLOADING,
     "ready": storage_pb2.FILE_STATUS_READY,
     "deleted": storage_pb2.FILE_STATUS_DELETED,
 }
-_BACKEND = {"s3": storage_pb2.BACKEND_S3, "local": storage_pb2.BACKEND_LOCAL}
+_BACKEND: dict[str, storage_pb2.Backend.ValueType] = {
+    "s3": storage_pb2.BACKEND_S3,
+    "local": storage_pb2.BACKEND_LOCAL,
+}
 
 
 def file_proto(row: FileRow) -> storage_pb2.File:

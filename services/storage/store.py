@@ -1,4 +1,12 @@
-"""All SQL of the storage service. Every query on a user's file names the owner."""
+"""All SQL of the storage service. Every query on a user's file names the owner.
+
+`Store` is built once in `server.Wiring.build` from the service's `App` and reads
+`app.pool` at call time (the pool connects after the servicers are built; the `sync`
+command passes `Connected(pool)`). It returns `FileRow`s (frozen dataclasses); nothing
+above this module sees SQL or an asyncpg exception. ListFiles is a keyset page over
+`(created_at, id)`, newest first, so files added while a client pages never shift or
+repeat what it sees.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,9 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass
 from typing import Any
+
+from services.common.db import Database
+from services.common.pages import PageRequest
 
 _COLUMNS = (
     "id, user_id, bucket, storage_path, filename, content_type, size_bytes, sha256, "
@@ -31,6 +42,11 @@ class FileRow:
     deleted_at: dt.datetime | None
     upload_expires_at: dt.datetime | None
 
+    @property
+    def page_key(self) -> tuple[dt.datetime, uuid.UUID]:
+        """The unique keyset ListFiles pages by (newest first)."""
+        return (self.created_at, self.id)
+
 
 def _row(record: Any) -> FileRow:
     return FileRow(**dict(record))
@@ -41,8 +57,12 @@ def _opt(record: Any) -> FileRow | None:
 
 
 class Store:
-    def __init__(self, pool: Any) -> None:
-        self.pool = pool
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    @property
+    def pool(self) -> Any:
+        return self._db.pool
 
     async def insert_uploading(
         self,
@@ -131,13 +151,14 @@ class Store:
     async def list_files(
         self,
         user_id: str,
+        page: PageRequest,
         *,
-        limit: int,
         bucket: str | None,
         labels: dict[str, str],
-        after: tuple[dt.datetime, uuid.UUID] | None,
     ) -> list[FileRow]:
-        args: list[Any] = [user_id, limit]
+        """`page.limit` of the user's files (not deleted) after `page.after`, newest
+        first by (created_at, id)."""
+        args: list[Any] = [user_id, page.limit]
         where = ["user_id = $1", "status <> 'deleted'"]
         if bucket is not None:
             args.append(bucket)
@@ -145,8 +166,9 @@ class Store:
         if labels:
             args.append(labels)
             where.append(f"labels @> ${len(args)}::jsonb")
-        if after is not None:
-            args.extend(after)
+        if page.after is not None:
+            created_at, file_id = page.after
+            args.extend((created_at, file_id))
             where.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
         records = await self.pool.fetch(
             f"""SELECT {_COLUMNS} FROM files WHERE {" AND ".join(where)}

@@ -11,6 +11,7 @@ from google.protobuf import field_mask_pb2
 
 from aivera.auth.v1 import auth_pb2
 from tests.auth.conftest import Client, code_of, error_of
+from tests.helpers.errors import bad_field, reason
 from tests.helpers.services import bearer
 
 ME = auth_pb2.GetCurrentUserRequest()
@@ -234,3 +235,53 @@ async def test_disabled_admin_cannot_administer(client: Client) -> None:
         )
     )
     assert code is grpc.StatusCode.PERMISSION_DENIED
+
+
+async def _list_all(client: Client, md: Any) -> list[str]:
+    listed = await client.admin.ListUsers(auth_pb2.ListUsersRequest(page_size=1000), metadata=md)
+    assert not listed.next_page_token
+    return [u.id for u in listed.users]
+
+
+async def test_list_users_pages_stay_stable_under_inserts(client: Client) -> None:
+    md = bearer(await client.admin_token())
+    for _ in range(3):
+        await client.new_user()
+    before = await _list_all(client, md)
+    seen: list[str] = []
+    added: list[str] = []
+    token = ""
+    while True:
+        page = await client.admin.ListUsers(
+            auth_pb2.ListUsersRequest(page_size=2, page_token=token), metadata=md
+        )
+        seen += [u.id for u in page.users]
+        token = page.next_page_token
+        if not token:
+            break
+        if len(added) < 4:  # users created between pages land after the cursor
+            added += [(await client.new_user())[0].id for _ in range(2)]
+    assert len(seen) == len(set(seen)), "a user was listed twice"
+    assert seen == before + added  # nobody skipped, nobody repeated, oldest first
+    assert seen == await _list_all(client, md)
+
+
+async def test_list_users_page_token_is_bound_to_the_admin(client: Client) -> None:
+    md = bearer(await client.admin_token())
+    await client.new_user()
+    first = await client.admin.ListUsers(auth_pb2.ListUsersRequest(page_size=1), metadata=md)
+    token = first.next_page_token
+    assert token
+    # The same admin may continue.
+    await client.admin.ListUsers(
+        auth_pb2.ListUsersRequest(page_size=1, page_token=token), metadata=md
+    )
+    # Edited tokens, and tokens of another admin, are INVALID_PAGE_TOKEN.
+    flipped = token[:-2] + ("A" if token[-2] != "A" else "B") + token[-1]
+    _admin2, static2, _ = await client.new_user(role=auth_pb2.ROLE_ADMIN)
+    md2 = bearer((await client.exchange(static2)).access_token)
+    for bad, who in ((flipped, md), (token + "x", md), ("", md2)):
+        request = auth_pb2.ListUsersRequest(page_size=1, page_token=bad or token)
+        err = await error_of(client.admin.ListUsers(request, metadata=who))
+        assert err.code() is grpc.StatusCode.INVALID_ARGUMENT, bad
+        assert reason(err) == "INVALID_PAGE_TOKEN" and bad_field(err) == "page_token", bad

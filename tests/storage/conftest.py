@@ -20,7 +20,7 @@ from services.common.devpg import free_port
 from services.common.server import App
 from services.storage.config import MiB, StorageSettings
 from services.storage.files import Files
-from services.storage.server import make_spec
+from services.storage.server import Wiring
 from tests.helpers.services import bearer, channel, running
 from tests.helpers.tokens import Keyring
 
@@ -151,14 +151,13 @@ async def svc(
             data_dir=Path(tmp),
             s3_url=moto.url,
         )
-        spec = make_spec(settings)
-        async with running(spec, settings, verifier=keyring.verifier()) as app:
+        wiring = Wiring(settings)
+        async with running(wiring.spec(), settings, verifier=keyring.verifier()) as app:
             async with channel(app) as ch:
-                assert spec.files is not None
                 yield Svc(
                     backend,
                     app,
-                    spec.files,
+                    wiring.files,
                     storage_pb2_grpc.StorageServiceStub(ch),
                     keyring,
                     Path(tmp),

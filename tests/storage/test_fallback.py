@@ -15,7 +15,8 @@ import pytest
 
 from aivera.storage.v1 import storage_pb2, storage_pb2_grpc
 from services.storage.config import MiB
-from services.storage.server import make_spec, sync_command
+from services.storage.server import Wiring, make_spec, sync_command
+from tests.helpers.errors import error_info
 from tests.helpers.services import bearer, channel, running
 from tests.helpers.tokens import Keyring
 from tests.storage.conftest import (
@@ -64,10 +65,10 @@ async def test_s3_down_with_fallback_then_sync(own_moto: Moto, database_url: str
             storage_fallback_local=True,
             storage_auto_sync=False,
         )
-        spec = make_spec(settings)
-        async with running(spec, settings, verifier=keyring.verifier()) as app:
-            files = spec.files
-            assert files is not None and files.s3 is not None
+        wiring = Wiring(settings)
+        async with running(wiring.spec(), settings, verifier=keyring.verifier()) as app:
+            files = wiring.files
+            assert files.s3 is not None
             async with channel(app) as ch:
                 stub = storage_pb2_grpc.StorageServiceStub(ch)
                 up = await stub.Upload(requests(small, filename="a.md"), metadata=md)
@@ -129,17 +130,22 @@ async def test_s3_down_without_fallback_is_unavailable(database_url: str) -> Non
             async with channel(app) as ch:
                 stub = storage_pb2_grpc.StorageServiceStub(ch)
                 m.stop()
-                code = await code_of(stub.Upload(requests(b"hello", filename="a.txt"), metadata=md))
-                assert code is grpc.StatusCode.UNAVAILABLE
-                code = await code_of(
-                    stub.CreateUploadUrl(
+                calls = {
+                    "Upload": stub.Upload(requests(b"hello", filename="a.txt"), metadata=md),
+                    "CreateUploadUrl": stub.CreateUploadUrl(
                         storage_pb2.CreateUploadUrlRequest(
                             bucket=DOCS, filename="a.md", size_bytes=1
                         ),
                         metadata=md,
-                    )
-                )
-                assert code is grpc.StatusCode.UNAVAILABLE
+                    ),
+                }
+                for name, call in calls.items():
+                    with pytest.raises(grpc.aio.AioRpcError) as info:
+                        await call
+                    assert info.value.code() is grpc.StatusCode.UNAVAILABLE, name
+                    got = error_info(info.value)
+                    assert got.reason == "DEPENDENCY_UNAVAILABLE", name
+                    assert got.metadata["dependency"] == "object storage", name
                 listed = await stub.ListFiles(storage_pb2.ListFilesRequest(), metadata=md)
                 assert list(listed.files) == []
                 assert not any(

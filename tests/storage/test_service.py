@@ -7,6 +7,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -15,6 +16,7 @@ from grpc_status import rpc_status
 
 from aivera.storage.v1 import storage_pb2, storage_pb2_grpc
 from services.storage.config import MiB
+from tests.helpers.errors import error_info, reason
 from tests.storage.conftest import (
     PART,
     PDF,
@@ -140,47 +142,79 @@ async def test_upload_rejections_leave_nothing(svc: Svc) -> None:
     header = next(requests(text, filename="n.txt"))
     chunk = storage_pb2.UploadRequest(chunk=text)
     INVALID, EXHAUSTED = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED
-    cases: dict[str, tuple[list[storage_pb2.UploadRequest], grpc.StatusCode, str]] = {
-        "empty stream": ([], INVALID, "header"),
-        "chunk first": ([chunk], INVALID, "header"),
-        "repeated header": ([header, chunk, header], INVALID, "header"),
+    BAD, MISMATCH, FORMAT, TOO_LARGE = (
+        "INVALID_ARGUMENT",
+        "CHECKSUM_MISMATCH",
+        "UNSUPPORTED_FORMAT",
+        "FILE_TOO_LARGE",
+    )
+    cases: dict[str, tuple[list[storage_pb2.UploadRequest], grpc.StatusCode, str, str]] = {
+        "empty stream": ([], INVALID, "header", BAD),
+        "chunk first": ([chunk], INVALID, "header", BAD),
+        "repeated header": ([header, chunk, header], INVALID, "header", BAD),
         "no bucket": (
             list(requests(text, bucket=storage_pb2.BUCKET_UNSPECIFIED)),
             INVALID,
             "header.bucket",
+            BAD,
         ),
-        "bad filename": (list(requests(text, filename="../..")), INVALID, "header.filename"),
-        "bad label": (list(requests(text, labels={"Bad Key": "v"})), INVALID, "header.labels"),
-        "bad sha": (list(requests(text, sha256="abc")), INVALID, "header.sha256"),
-        "negative size": (list(requests(text, size=-1)), INVALID, "header.size_bytes"),
+        "bad filename": (list(requests(text, filename="../..")), INVALID, "header.filename", BAD),
+        "bad label": (
+            list(requests(text, labels={"Bad Key": "v"})),
+            INVALID,
+            "header.labels",
+            BAD,
+        ),
+        "bad sha": (list(requests(text, sha256="abc")), INVALID, "header.sha256", BAD),
+        "negative size": (list(requests(text, size=-1)), INVALID, "header.size_bytes", BAD),
         "chunk over 1 MiB": (
             list(requests(b"a" * (MiB + 1), chunk=MiB + 1, filename="a.txt")),
             INVALID,
             "chunk",
+            BAD,
         ),
-        "empty chunk": ([header, storage_pb2.UploadRequest(chunk=b"")], INVALID, "chunk"),
-        "fewer bytes": (list(requests(text, size=len(text) + 1)), INVALID, "header.size_bytes"),
-        "more bytes": (list(requests(text, size=len(text) - 1)), INVALID, "header.size_bytes"),
-        "sha mismatch": (list(requests(text, sha256=sha(b"other"))), INVALID, "header.sha256"),
+        "empty chunk": ([header, storage_pb2.UploadRequest(chunk=b"")], INVALID, "chunk", BAD),
+        "fewer bytes": (
+            list(requests(text, size=len(text) + 1)),
+            INVALID,
+            "header.size_bytes",
+            MISMATCH,
+        ),
+        "more bytes": (
+            list(requests(text, size=len(text) - 1)),
+            INVALID,
+            "header.size_bytes",
+            MISMATCH,
+        ),
+        "sha mismatch": (
+            list(requests(text, sha256=sha(b"other"))),
+            INVALID,
+            "header.sha256",
+            MISMATCH,
+        ),
         "type not allowed": (
             list(requests(PNG, bucket=storage_pb2.BUCKET_DATASETS, filename="x.json")),
             INVALID,
             "",
+            FORMAT,
         ),
         "text posing as png": (
             list(requests(b"hello", bucket=storage_pb2.BUCKET_IMAGES, filename="x.png")),
             INVALID,
             "",
+            FORMAT,
         ),
         "binary posing as text": (
             list(requests(b"\x00\x01\x02\x03", filename="x.txt")),
             INVALID,
             "",
+            FORMAT,
         ),
         "declared over limit": (
             list(requests(PNG, bucket=storage_pb2.BUCKET_IMAGES, size=2 * MiB + 1)),
             EXHAUSTED,
             "",
+            TOO_LARGE,
         ),
         "received over limit": (
             list(
@@ -193,12 +227,14 @@ async def test_upload_rejections_leave_nothing(svc: Svc) -> None:
             ),
             EXHAUSTED,
             "",
+            TOO_LARGE,
         ),
     }
-    for name, (reqs, code, field) in cases.items():
+    for name, (reqs, code, field, why) in cases.items():
         err = await _upload_error(svc, u, reqs)
         assert err.code() is code, (name, err.details())
         assert _field(err) == field, name
+        assert reason(err) == why, name
     listed = await svc.stub.ListFiles(storage_pb2.ListFilesRequest(), metadata=svc.md(u))
     assert list(listed.files) == []
     assert await svc.objects(u) == []
@@ -223,6 +259,10 @@ async def test_over_limit_stops_reading_at_once(svc: Svc) -> None:
 
     err = await _upload_error(svc, u, stream())
     assert err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert reason(err) == "FILE_TOO_LARGE"
+    info = error_info(err)
+    assert info.domain == "storage.aivera.dev"
+    assert info.metadata["bucket"] == "images" and info.metadata["limit_bytes"] == str(2 * MiB)
     assert sent < 40, sent
     assert await svc.objects(u) == []
 
@@ -303,6 +343,86 @@ async def test_list_files(svc: Svc) -> None:
     assert len(big.files) == 5 and not big.next_page_token
 
 
+async def _pages(
+    svc: Svc, md: tuple[tuple[str, str], ...], between: Any = None, **filters: Any
+) -> list[str]:
+    """Every file id ListFiles returns, page by page (size 2); `between` runs after
+    each page but the last."""
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await svc.stub.ListFiles(
+            storage_pb2.ListFilesRequest(page_size=2, page_token=token, **filters), metadata=md
+        )
+        seen += [f.id for f in page.files]
+        token = page.next_page_token
+        if not token:
+            return seen
+        if between is not None:
+            await between()
+
+
+async def test_list_files_pages_stay_stable_under_inserts(svc: Svc) -> None:
+    u = user()
+    md = svc.md(u)
+    ids = [(await upload(svc, u, b"v%d" % i, filename=f"v{i}.txt")).id for i in range(5)]
+    added: list[str] = []
+
+    async def add_two() -> None:
+        for _ in range(2):
+            added.append((await upload(svc, u, b"new", filename="new.txt")).id)
+
+    seen = await _pages(svc, md, between=add_two)
+    assert len(seen) == len(set(seen)), "a file was listed twice"
+    assert seen == ids[::-1]  # newest first; files added meanwhile sit before the cursor
+    assert len(added) == 4
+    listed = await svc.stub.ListFiles(storage_pb2.ListFilesRequest(), metadata=md)
+    assert [f.id for f in listed.files] == [*added[::-1], *ids[::-1]]
+
+
+async def test_list_files_page_token_is_bound_to_caller_and_filters(svc: Svc) -> None:
+    u, other = user(), user()
+    md = svc.md(u)
+    for i in range(3):
+        await upload(svc, u, b"d%d" % i, filename=f"d{i}.txt", labels={"kb": "1"})
+    await upload(svc, other, b"x", filename="x.txt", labels={"kb": "1"})
+
+    async def first(**filters: Any) -> str:
+        page = await svc.stub.ListFiles(
+            storage_pb2.ListFilesRequest(page_size=1, **filters), metadata=md
+        )
+        assert page.next_page_token
+        return str(page.next_page_token)
+
+    plain, docs, labelled = await first(), await first(bucket=DOCS), await first(labels={"kb": "1"})
+    # Each token continues the list it came from.
+    for token, filters in (
+        (plain, {}),
+        (docs, {"bucket": DOCS}),
+        (labelled, {"labels": {"kb": "1"}}),
+    ):
+        page = await svc.stub.ListFiles(
+            storage_pb2.ListFilesRequest(page_size=1, page_token=token, **filters), metadata=md
+        )
+        assert len(page.files) == 1
+    misuse: list[tuple[str, str, dict[str, Any], tuple[tuple[str, str], ...]]] = [
+        ("no bucket -> documents", plain, {"bucket": DOCS}, md),
+        ("documents -> no bucket", docs, {}, md),
+        ("documents -> images", docs, {"bucket": storage_pb2.BUCKET_IMAGES}, md),
+        ("labels -> none", labelled, {}, md),
+        ("labels -> other labels", labelled, {"labels": {"kb": "2"}}, md),
+        ("another user", plain, {}, svc.md(other)),
+        ("another user, internal", plain, {}, svc.internal_md(other)),
+        ("edited", plain[:-3] + ("AAA" if plain[-3:] != "AAA" else "BBB"), {}, md),
+    ]
+    for name, token, filters, who in misuse:
+        request = storage_pb2.ListFilesRequest(page_size=1, page_token=token, **filters)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await svc.stub.ListFiles(request, metadata=who)
+        assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT, name
+        assert reason(info.value) == "INVALID_PAGE_TOKEN", name
+
+
 async def test_delete_then_purge(svc: Svc) -> None:
     u = user()
     md = svc.md(u)
@@ -313,10 +433,15 @@ async def test_delete_then_purge(svc: Svc) -> None:
     await svc.stub.DeleteFile(storage_pb2.DeleteFileRequest(id=f.id), metadata=md)  # again: ok
     again = await svc.stub.GetFile(storage_pb2.GetFileRequest(id=f.id), metadata=md)
     assert again.delete_time == got.delete_time
-    assert await code_of(download(svc, u, f.id)) is grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await download(svc, u, f.id)
+    assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert reason(info.value) == "FILE_NOT_READY"
     url_req = storage_pb2.CreateDownloadUrlRequest(id=f.id)
-    code = await code_of(svc.stub.CreateDownloadUrl(url_req, metadata=md))
-    assert code is grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await svc.stub.CreateDownloadUrl(url_req, metadata=md)
+    assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert reason(info.value) == "FILE_NOT_READY"
     assert len(await svc.objects(u)) == 1  # soft: the bytes stay until the purge
     # An upload URL that expired without being used is purged as well.
     stale = await svc.stub.CreateUploadUrl(
@@ -359,7 +484,12 @@ async def test_other_users_file_is_not_found_everywhere(svc: Svc) -> None:
         ),
     }
     for name, call in calls.items():
-        assert await code_of(call) is grpc.StatusCode.NOT_FOUND, name
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        assert info.value.code() is grpc.StatusCode.NOT_FOUND, name
+        # The same answer as for a file that does not exist: nothing tells it apart.
+        assert reason(info.value) == "NOT_FOUND", name
+        assert error_info(info.value).metadata == {"resource": "file"}, name
     listed = await svc.stub.ListFiles(storage_pb2.ListFilesRequest(), metadata=mb)
     assert list(listed.files) == []
     # A's file is untouched, and a service acting for A with the internal credential sees it.

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import time
 import uuid
+from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import aiohttp
@@ -18,6 +19,7 @@ import grpc
 import pytest
 
 from aivera.storage.v1 import storage_pb2
+from tests.helpers.errors import reason
 from tests.storage.conftest import PDF, PNG, Svc, code_of, download, sha
 
 DOCS = storage_pb2.BUCKET_DOCUMENTS
@@ -96,10 +98,8 @@ async def test_upload_url_round_trip(svc: Svc) -> None:
     assert created.headers["content-length"] == str(len(data))
     assert "storage" not in created.url.split("?")[0].split("/")[-1]  # the id, not a path
     complete = storage_pb2.CompleteUploadRequest(id=f.id)
-    assert (
-        await code_of(svc.stub.CompleteUpload(complete, metadata=md))
-        is grpc.StatusCode.FAILED_PRECONDITION
-    )  # nothing uploaded yet
+    err = await _error_of(svc.stub.CompleteUpload(complete, metadata=md))  # nothing uploaded yet
+    assert (err.code(), reason(err)) == (grpc.StatusCode.FAILED_PRECONDITION, "FILE_NOT_READY")
     assert await _put(created.url, data, dict(created.headers)) == 200
     ready = await svc.stub.CompleteUpload(complete, metadata=md)
     assert ready.status == storage_pb2.FILE_STATUS_READY
@@ -115,6 +115,12 @@ async def test_upload_url_round_trip(svc: Svc) -> None:
         assert await _put(created.url, data, dict(created.headers)) == 409
 
 
+async def _error_of(call: Any) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    return info.value
+
+
 async def test_complete_upload_rejects_bad_content_and_allows_retry(svc: Svc) -> None:
     u = str(uuid.uuid4())
     md = svc.md(u)
@@ -127,10 +133,13 @@ async def test_complete_upload_rejects_bad_content_and_allows_retry(svc: Svc) ->
     complete = storage_pb2.CompleteUploadRequest(id=created.file.id)
     wrong_type = (PNG * 100)[: len(good)]
     wrong_sha = storage_pb2.CompleteUploadRequest(id=created.file.id, sha256=sha(b"other"))
-    for content, request in ((wrong_type, complete), (good, wrong_sha)):
+    for content, request, why in (
+        (wrong_type, complete, "UNSUPPORTED_FORMAT"),
+        (good, wrong_sha, "CHECKSUM_MISMATCH"),
+    ):
         assert await _put(created.url, content, headers) == 200
-        code = await code_of(svc.stub.CompleteUpload(request, metadata=md))
-        assert code is grpc.StatusCode.INVALID_ARGUMENT
+        err = await _error_of(svc.stub.CompleteUpload(request, metadata=md))
+        assert (err.code(), reason(err)) == (grpc.StatusCode.INVALID_ARGUMENT, why)
         got = await svc.stub.GetFile(storage_pb2.GetFileRequest(id=created.file.id), metadata=md)
         assert got.status == storage_pb2.FILE_STATUS_UPLOADING
         assert await svc.objects(u) == []  # the bad object was removed
@@ -138,8 +147,9 @@ async def test_complete_upload_rejects_bad_content_and_allows_retry(svc: Svc) ->
         assert await _put(created.url, good + b"x", {}) == 400
     else:  # S3 stores it; CompleteUpload refuses it
         assert await _put(created.url, good + b"x", {}) == 200
-        code = await code_of(svc.stub.CompleteUpload(complete, metadata=md))
-        assert code is grpc.StatusCode.INVALID_ARGUMENT
+        err = await _error_of(svc.stub.CompleteUpload(complete, metadata=md))
+        invalid = grpc.StatusCode.INVALID_ARGUMENT
+        assert (err.code(), reason(err)) == (invalid, "CHECKSUM_MISMATCH")
     assert await _put(created.url, good, headers) == 200
     ready = await svc.stub.CompleteUpload(
         storage_pb2.CompleteUploadRequest(id=created.file.id, sha256=sha(good)), metadata=md
@@ -152,10 +162,10 @@ async def test_complete_upload_rejects_bad_content_and_allows_retry(svc: Svc) ->
         metadata=md,
     )
     await svc.stub.DeleteFile(storage_pb2.DeleteFileRequest(id=other.file.id), metadata=md)
-    code = await code_of(
+    err = await _error_of(
         svc.stub.CompleteUpload(storage_pb2.CompleteUploadRequest(id=other.file.id), metadata=md)
     )
-    assert code is grpc.StatusCode.FAILED_PRECONDITION
+    assert (err.code(), reason(err)) == (grpc.StatusCode.FAILED_PRECONDITION, "FILE_NOT_READY")
 
 
 async def test_create_upload_url_rejections(svc: Svc) -> None:
@@ -196,7 +206,10 @@ async def test_create_upload_url_rejections(svc: Svc) -> None:
         ),
     ]
     for request, code in cases:
-        assert await code_of(svc.stub.CreateUploadUrl(request, metadata=md)) is code, request
+        err = await _error_of(svc.stub.CreateUploadUrl(request, metadata=md))
+        assert err.code() is code, request
+        if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+            assert reason(err) == "FILE_TOO_LARGE"
 
 
 async def test_download_url(svc: Svc) -> None:

@@ -1,12 +1,16 @@
-"""What a backend offers the service. Keys are `{bucket}/{user_id}/{file_id}/{filename}`."""
+"""What a backend offers the service. Keys are `{bucket}/{user_id}/{file_id}/{filename}`.
+
+A backend that cannot be reached raises `BackendUnavailable`: UNAVAILABLE with reason
+DEPENDENCY_UNAVAILABLE (metadata `dependency: object storage`), retryable.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from services.common.errors import Unavailable
+from services.common.errors import Reason, Unavailable
 
 Kind = Literal["s3", "local"]
 CHUNK = 1024 * 1024  # the most bytes in one gRPC message
@@ -14,6 +18,17 @@ CHUNK = 1024 * 1024  # the most bytes in one gRPC message
 
 class BackendUnavailable(Unavailable):
     """The backend cannot be reached (connection refused, timeout, 5xx)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: int = Reason.DEPENDENCY_UNAVAILABLE,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(
+            message, reason=reason, metadata={"dependency": "object storage", **(metadata or {})}
+        )
 
 
 @dataclass
