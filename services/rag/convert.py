@@ -1,11 +1,17 @@
-"""Domain objects ↔ aivera.rag.v1 / aivera.common.v1 messages (pure, no I/O)."""
+"""Domain objects and store rows ↔ aivera.rag.v1 / aivera.common.v1 messages (pure, no
+I/O): knowledge bases, documents, pages, blocks with their boxes, and search hits with
+their blocks and page image."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from aivera.common.v1 import common_pb2
 from aivera.rag.v1 import rag_pb2
+from services.common.protoutil import timestamp
 from services.rag.index import Hit, SearchMode
 from services.rag.model import Block, BlockKind, Box, DocumentFormat
+from services.rag.store import DocumentRow, KnowledgeBaseRow, PageRow
 
 FORMAT_TO_PROTO: dict[DocumentFormat, rag_pb2.DocumentFormat.ValueType] = {
     DocumentFormat.PDF: rag_pb2.DOCUMENT_FORMAT_PDF,
@@ -21,6 +27,12 @@ KIND_TO_PROTO: dict[BlockKind, rag_pb2.BlockKind.ValueType] = {
     BlockKind.HEADING: rag_pb2.BLOCK_KIND_HEADING,
     BlockKind.TABLE: rag_pb2.BLOCK_KIND_TABLE,
     BlockKind.IMAGE: rag_pb2.BLOCK_KIND_IMAGE,
+}
+
+STATUS_TO_PROTO: dict[str, rag_pb2.DocumentStatus.ValueType] = {
+    "processing": rag_pb2.DOCUMENT_STATUS_PROCESSING,
+    "ready": rag_pb2.DOCUMENT_STATUS_READY,
+    "failed": rag_pb2.DOCUMENT_STATUS_FAILED,
 }
 
 MODE_FROM_PROTO: dict[rag_pb2.SearchMode.ValueType, SearchMode] = {
@@ -68,7 +80,55 @@ def block_to_proto(block: Block) -> rag_pb2.Block:
     return msg
 
 
-def hit_to_proto(hit: Hit) -> rag_pb2.SearchHit:
+def kb_to_proto(row: KnowledgeBaseRow) -> rag_pb2.KnowledgeBase:
+    return rag_pb2.KnowledgeBase(
+        id=str(row.id),
+        name=row.name,
+        description=row.description,
+        clone_id=row.clone_id,
+        chat_id=row.chat_id,
+        document_count=row.document_count,
+        chunk_count=row.chunk_count,
+        create_time=timestamp(row.created_at),
+        update_time=timestamp(row.updated_at),
+    )
+
+
+def document_to_proto(row: DocumentRow) -> rag_pb2.Document:
+    fmt = (
+        FORMAT_TO_PROTO[DocumentFormat(row.format)]
+        if row.format
+        else rag_pb2.DOCUMENT_FORMAT_UNSPECIFIED
+    )
+    return rag_pb2.Document(
+        id=str(row.id),
+        knowledge_base_id=str(row.knowledge_base_id),
+        file_id=row.file_id,
+        filename=row.filename,
+        format=fmt,
+        status=STATUS_TO_PROTO[row.status],
+        error=row.error,
+        page_count=row.page_count,
+        block_count=row.block_count,
+        chunk_count=row.chunk_count,
+        create_time=timestamp(row.created_at),
+        update_time=timestamp(row.updated_at),
+    )
+
+
+def page_to_proto(page: PageRow) -> rag_pb2.Page:
+    return rag_pb2.Page(
+        number=page.number,
+        image_file_id=page.image_file_id,
+        width_px=page.width_px,
+        height_px=page.height_px,
+    )
+
+
+def hit_to_proto(
+    hit: Hit, blocks: Iterable[Block] = (), page: PageRow | None = None
+) -> rag_pb2.SearchHit:
+    """A search hit with its blocks (reading order) and its page (number, image)."""
     msg = rag_pb2.SearchHit(
         chunk_id=hit.chunk_id,
         text=hit.text,
@@ -78,7 +138,10 @@ def hit_to_proto(hit: Hit) -> rag_pb2.SearchHit:
         filename=hit.filename,
         page=hit.page,
         block_ids=list(hit.block_ids),
+        blocks=[block_to_proto(b) for b in blocks],
     )
     if hit.box is not None:
         msg.box.CopyFrom(box_to_proto(hit.box, hit.page))
+    if page is not None:
+        msg.page_image.CopyFrom(page_to_proto(page))
     return msg

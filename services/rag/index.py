@@ -41,7 +41,7 @@ from typing import Any
 from qdrant_client import AsyncQdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from services.common.errors import Unavailable
+from services.common.errors import Reason, Unavailable
 from services.rag.chunking import Chunk
 from services.rag.model import Box
 from services.rag.sparse import SparseVector
@@ -148,7 +148,14 @@ class Hit:
 
 
 class IndexUnavailableError(Unavailable):
-    """Qdrant did not answer (UNAVAILABLE, retryable)."""
+    """Qdrant did not answer (UNAVAILABLE, reason DEPENDENCY_UNAVAILABLE, retryable)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(
+            message,
+            reason=Reason.DEPENDENCY_UNAVAILABLE,
+            metadata={"dependency": "vector index"},
+        )
 
 
 def _unavailable(exc: Exception) -> IndexUnavailableError:

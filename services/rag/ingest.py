@@ -1,23 +1,30 @@
-"""The ingest pipeline: storage file → parse → page images → chunks → vectors → index.
+"""The ingest pipeline (storage file → parse → page images → chunks → vectors → index)
+and the deletes that undo it.
 
-``Ingestor.ingest`` checks the request (knowledge base, storage file, format) before it
-changes anything, claims the document row of (knowledge base, file) for this ingest (a
-fresh ``ingest_token``; an ingest already running answers FAILED_PRECONDITION), then runs
-the stages in a task of its own and streams their events. The task is separate from the
-RPC so that DeleteDocument/DeleteKnowledgeBase can stop it (``stop``) and wait for its
-clean-up, and so that a client that goes away cancels it (the RPC wrapper closes the
+``Ingestor.ingest`` checks the request before it changes anything — the knowledge base
+is the caller's, the storage file is in the documents bucket and READY (else
+FAILED_PRECONDITION, reason FILE_NOT_READY), the format is supported (reason
+UNSUPPORTED_FORMAT) and within the limits (RESOURCE_EXHAUSTED) — then claims the
+document row of (knowledge base, file) for this ingest (a fresh ``ingest_token``; an
+ingest already running answers FAILED_PRECONDITION, reason DOCUMENT_NOT_READY), runs the
+stages in a task of its own and streams their events. The task is separate from the RPC
+so that ``delete_document``/``delete_knowledge_base`` can stop it (``stop``) and wait for
+its clean-up, and so that a client that goes away cancels it (the RPC wrapper closes the
 event generator, whose ``finally`` cancels the task and waits).
 
-CPU work (parsing, rendering, tokenising, embedding) runs in worker threads; the loop
-only moves bytes and events. Page images are rendered one page at a time (bounded memory)
-and uploaded to the storage `images` bucket as they come.
+Files move through the mesh's shared storage client (services.common.remote, the App's
+deadlines; storage's own errors are passed on, an outage is UNAVAILABLE with reason
+DEPENDENCY_UNAVAILABLE, as is an embedder or vector index that fails). CPU work (parsing,
+rendering, tokenising, embedding) runs in worker threads; the loop only moves bytes and
+events. Page images are rendered one page at a time (bounded memory) and uploaded to the
+storage `images` bucket as they come.
 
 Failure and cancellation: the document ends FAILED with the reason, without pages,
 blocks or chunks (its vectors are deleted), and the page images this ingest uploaded are
-deleted from storage (best effort). Success: pages and blocks are replaced and the
-document marked READY in one transaction that first checks the ingest still owns the
-row; if the document was deleted meanwhile (e.g. by another replica), the vectors just
-written are deleted again and the ingest answers ABORTED.
+deleted from storage (best effort, in the background). Success: pages and blocks are
+replaced and the document marked READY in one transaction that first checks the ingest
+still owns the row; if the document was deleted meanwhile (e.g. by another replica), the
+vectors just written are deleted again and the ingest answers ABORTED.
 """
 
 from __future__ import annotations
@@ -27,27 +34,25 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-import grpc
-
 from aivera.common.v1 import common_pb2
 from aivera.rag.v1 import rag_pb2
-from aivera.storage.v1 import storage_pb2, storage_pb2_grpc
+from aivera.storage.v1 import storage_pb2
 from services.common import context as ctx
 from services.common.errors import (
     Aborted,
     FailedPrecondition,
     InvalidArgument,
-    NotFound,
-    ResourceExhausted,
+    Reason,
     ServiceError,
     Unavailable,
-    not_found,
 )
+from services.common.remote import StorageClient
+from services.rag import convert
 from services.rag.chunking import Chunk
 from services.rag.embedder import Embedder
 from services.rag.index import ChunkIndex
@@ -60,86 +65,10 @@ from services.rag.vectorize import make_chunks, vectorize
 
 log = logging.getLogger("aivera.rag.ingest")
 
-_STORAGE = "aivera.storage.v1.StorageService"
-UPLOAD_CHUNK = 1024 * 1024  # storage's largest Upload chunk
 HEARTBEAT_SECONDS = 15.0
 
 Emit = Callable[[rag_pb2.IngestEvent], None]
 Spawn = Callable[[Coroutine[Any, Any, Any]], "asyncio.Task[Any]"]
-
-
-# --- storage over gRPC ----------------------------------------------------------------
-
-_STATUS_ERRORS: dict[grpc.StatusCode, type[ServiceError]] = {
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
-}
-
-
-def _storage_error(exc: grpc.aio.AioRpcError, what: str) -> ServiceError:
-    cls = _STATUS_ERRORS.get(exc.code())
-    if cls is None:  # UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, auth trouble, ...
-        return Unavailable(f"storage is unavailable ({what}: {exc.code().name}: {exc.details()})")
-    return cls(f"storage: {what}: {exc.details() or exc.code().name}")
-
-
-class StorageClient:
-    """The few storage RPCs the ingest needs; errors become service errors."""
-
-    def __init__(self, channel: grpc.aio.Channel, internal_token: str = "") -> None:
-        self.stub = storage_pb2_grpc.StorageServiceStub(channel)
-        self._internal_token = internal_token
-
-    async def get_file(self, file_id: str) -> storage_pb2.File:
-        try:
-            f: storage_pb2.File = await self.stub.GetFile(storage_pb2.GetFileRequest(id=file_id))
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
-                raise not_found("file", file_id) from None
-            raise _storage_error(exc, "get file") from None
-        return f
-
-    async def download(self, file_id: str) -> bytes:
-        parts: list[bytes] = []
-        try:
-            async for msg in self.stub.Download(storage_pb2.DownloadRequest(id=file_id)):
-                if msg.WhichOneof("payload") == "chunk":
-                    parts.append(msg.chunk)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                raise not_found("file", file_id) from None
-            raise _storage_error(exc, "download") from None
-        return b"".join(parts)
-
-    async def upload_image(self, filename: str, png: bytes, labels: dict[str, str]) -> str:
-        def requests() -> Iterator[storage_pb2.UploadRequest]:
-            yield storage_pb2.UploadRequest(
-                header=storage_pb2.UploadHeader(
-                    bucket=storage_pb2.BUCKET_IMAGES,
-                    filename=filename,
-                    size_bytes=len(png),
-                    labels=labels,
-                )
-            )
-            for start in range(0, len(png), UPLOAD_CHUNK):
-                yield storage_pb2.UploadRequest(chunk=png[start : start + UPLOAD_CHUNK])
-
-        try:
-            f: storage_pb2.File = await self.stub.Upload(requests())
-        except grpc.aio.AioRpcError as exc:
-            raise _storage_error(exc, "upload page image") from None
-        return f.id
-
-    async def delete_files(self, file_ids: list[str]) -> None:
-        """Best effort: failures are logged, not raised (used after the fact)."""
-        for file_id in file_ids:
-            try:
-                await self.stub.DeleteFile(storage_pb2.DeleteFileRequest(id=file_id))
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.NOT_FOUND:
-                    log.warning("could not delete page image %s: %s", file_id, exc.code().name)
 
 
 # --- the pipeline ---------------------------------------------------------------------
@@ -198,28 +127,29 @@ class _Run:
 
 
 class Ingestor:
+    """Runs ingests and owns what a document leaves outside the database (vectors, page
+    images), so deletes go through it too."""
+
     def __init__(
         self,
         *,
-        store: Callable[[], Store],
-        index: Callable[[], ChunkIndex],
-        embedder: Callable[[], Embedder],
-        storage: Callable[[], StorageClient],
+        store: Store,
+        index: ChunkIndex,
+        embedder: Embedder,
+        storage: StorageClient,
         spawn: Spawn,
         limits: Limits,
-        document_proto: Callable[[DocumentRow], rag_pb2.Document],
         internal: bool = False,
     ) -> None:
         # ``internal``: the internal service credential is configured, so background
         # storage calls can act for the user after the caller's token has expired.
         self._internal = internal
-        self._store = store
-        self._index = index
-        self._embedder = embedder
-        self._storage = storage
+        self.store = store
+        self.index = index
+        self.embedder = embedder
+        self.storage = storage
         self._spawn = spawn
         self.limits = limits
-        self._document_proto = document_proto
         self._running: dict[uuid.UUID, asyncio.Task[Any]] = {}
 
     # -- control ------------------------------------------------------------------------
@@ -241,28 +171,56 @@ class Ingestor:
             return
         if self._internal:
             with ctx.acting_for(user_id, request_id=ctx.request_id() or None):
-                self._spawn(self._storage().delete_files(list(file_ids)))
+                self._spawn(self._delete_files(list(file_ids)))
         else:
-            self._spawn(self._storage().delete_files(list(file_ids)))
+            self._spawn(self._delete_files(list(file_ids)))
+
+    async def _delete_files(self, file_ids: list[str]) -> None:
+        """Best effort: failures are logged, not raised (used after the fact)."""
+        for file_id in file_ids:
+            try:
+                await self.storage.delete_file(file_id)
+            except ServiceError as exc:
+                log.warning("could not delete page image %s: %s", file_id, exc.message)
+
+    async def delete_document(self, user_id: str, doc_id: uuid.UUID) -> None:
+        """Stop its ingest, delete its vectors, then its rows, then its page images.
+        Vectors first: once they are gone no search returns them, whatever happens to the
+        rows; a failure there leaves the rows, so a retry finishes the job."""
+        await self.store.get_document(user_id, doc_id)
+        await self.stop([doc_id])
+        images = await self.store.page_images(user_id, doc_id)
+        await self.index.delete_document(user_id=user_id, document_id=str(doc_id))
+        await self.store.delete_document(user_id, doc_id)
+        self.delete_images_later(user_id, images)
+
+    async def delete_knowledge_base(self, user_id: str, kb_id: uuid.UUID) -> None:
+        """The same for every document of a knowledge base, then the knowledge base."""
+        await self.store.get_kb(user_id, kb_id)
+        await self.stop(await self.store.kb_document_ids(user_id, kb_id))
+        images = await self.store.kb_page_images(user_id, kb_id)
+        await self.index.delete_knowledge_base(user_id=user_id, knowledge_base_id=str(kb_id))
+        await self.store.delete_kb(user_id, kb_id)
+        self.delete_images_later(user_id, images)
 
     # -- the RPC ------------------------------------------------------------------------
 
     async def ingest(
         self, user_id: str, params: IngestParams
     ) -> AsyncIterator[rag_pb2.IngestEvent]:
-        store = self._store()
-        kb = await store.get_kb(user_id, params.knowledge_base_id)
-        if kb is None:
-            raise not_found("knowledge base", str(params.knowledge_base_id))
-        storage = self._storage()
-        file = await storage.get_file(params.file_id)
+        await self.store.get_kb(user_id, params.knowledge_base_id)
+        file = await self.storage.get_file(params.file_id)
         if file.bucket != storage_pb2.BUCKET_DOCUMENTS:
             raise InvalidArgument(
                 f"file {params.file_id!r} is not in the documents bucket", field="file_id"
             )
         if file.status != storage_pb2.FILE_STATUS_READY:
-            raise FailedPrecondition(f"file {params.file_id!r} is not READY")
-        data = await storage.download(params.file_id)
+            raise FailedPrecondition(
+                f"file {params.file_id!r} is not READY",
+                reason=Reason.FILE_NOT_READY,
+                metadata={"file_id": params.file_id},
+            )
+        data = await self.storage.download(params.file_id)
         fmt = params.format
         if fmt is None:
             fmt = await asyncio.to_thread(detect_format, data, file.filename, file.content_type)
@@ -283,7 +241,9 @@ class Ingestor:
         elif params.format is DocumentFormat.PDF and not looks_like_pdf(data):
             raise FormatMismatchError("the file is not a PDF (no PDF header)")
         token = uuid.uuid4()
-        doc = await store.begin_ingest(
+        # NOT_FOUND if the knowledge base went meanwhile; FAILED_PRECONDITION
+        # (DOCUMENT_NOT_READY) while another ingest of the same file runs.
+        doc = await self.store.begin_ingest(
             user_id=user_id,
             kb_id=params.knowledge_base_id,
             file_id=params.file_id,
@@ -292,12 +252,6 @@ class Ingestor:
             token=token,
             stale_seconds=self.limits.stale_seconds,
         )
-        if doc is None:
-            if await store.get_kb(user_id, params.knowledge_base_id) is None:
-                raise not_found("knowledge base", str(params.knowledge_base_id))
-            raise FailedPrecondition(
-                f"an ingest of file {params.file_id!r} into this knowledge base is already running"
-            )
         run = _Run(user_id, doc, token)
         queue: asyncio.Queue[rag_pb2.IngestEvent | None] = asyncio.Queue()
         task = self._spawn(self._guarded(run, params, data, parsed, file, queue.put_nowait))
@@ -359,19 +313,19 @@ class Ingestor:
         while True:
             await asyncio.sleep(HEARTBEAT_SECONDS)
             try:
-                await self._store().heartbeat(run.doc.id, run.token)
+                await self.store.heartbeat(run.doc.id, run.token)
             except Exception as exc:
                 log.warning("heartbeat of ingest %s failed: %s", run.doc_id, exc)
 
     async def _cleanup(self, run: _Run, reason: str) -> None:
         """No chunks, no pages, status FAILED, this run's images gone (best effort)."""
         try:
-            await self._index().delete_document(user_id=run.user_id, document_id=run.doc_id)
+            await self.index.delete_document(user_id=run.user_id, document_id=run.doc_id)
         except Exception:
             log.exception("could not delete the chunks of failed document %s", run.doc_id)
         old: list[str] | None = None
         try:
-            old = await self._store().fail_ingest(doc_id=run.doc.id, token=run.token, error=reason)
+            old = await self.store.fail_ingest(doc_id=run.doc.id, token=run.token, error=reason)
         except Exception:
             log.exception("could not mark document %s FAILED", run.doc_id)
         self.delete_images_later(run.user_id, run.uploaded + (old or []))
@@ -391,7 +345,7 @@ class Ingestor:
         if not force and now - run.last_beat < HEARTBEAT_SECONDS:
             return
         run.last_beat = now
-        if not await self._store().heartbeat(run.doc.id, run.token):
+        if not await self.store.heartbeat(run.doc.id, run.token):
             raise Aborted("the ingest was stopped: its document was deleted or re-ingested")
 
     async def _stages(
@@ -426,7 +380,7 @@ class Ingestor:
 
         pages = await self._render_pages(run, parsed, data, params, file, emit)
 
-        embedder = self._embedder()
+        embedder = self.embedder
         emit(phase(doc_id, P.INGEST_STAGE_CHUNKING, 0, 0, "chunks"))
         chunks: list[Chunk] = await asyncio.to_thread(
             make_chunks,
@@ -451,10 +405,13 @@ class Ingestor:
                     emit(phase(doc_id, P.INGEST_STAGE_EMBEDDING, batch.done, total, "chunks"))
                     await self._beat(run)
             except (OSError, RuntimeError) as exc:
-                raise Unavailable(f"the embedder is unavailable: {type(exc).__name__}") from exc
+                raise Unavailable(
+                    f"the embedder is unavailable: {type(exc).__name__}",
+                    reason=Reason.DEPENDENCY_UNAVAILABLE,
+                    metadata={"dependency": "embedder"},
+                ) from exc
             emit(phase(doc_id, P.INGEST_STAGE_INDEXING, 0, total, "chunks"))
-        index = self._index()
-        await index.replace_document(
+        await self.index.replace_document(
             user_id=run.user_id,
             knowledge_base_id=str(run.doc.knowledge_base_id),
             document_id=doc_id,
@@ -466,7 +423,7 @@ class Ingestor:
         if total:
             emit(phase(doc_id, P.INGEST_STAGE_INDEXING, total, total, "chunks"))
 
-        finished = await self._store().finish_ingest(
+        finished = await self.store.finish_ingest(
             doc_id=run.doc.id,
             token=run.token,
             pages=pages,
@@ -481,7 +438,7 @@ class Ingestor:
         emit(
             rag_pb2.IngestEvent(
                 document_id=doc_id,
-                done=rag_pb2.IngestDone(document=self._document_proto(row)),
+                done=rag_pb2.IngestDone(document=convert.document_to_proto(row)),
             )
         )
 
@@ -505,7 +462,6 @@ class Ingestor:
             "document_id": doc_id,
             "kb_id": str(run.doc.knowledge_base_id),
         }
-        storage = self._storage()
         out: list[tuple[Page, str]] = []
         emit(phase(doc_id, rag_pb2.INGEST_STAGE_RENDERING_PAGES, 0, total, "pages"))
         renderer = await asyncio.to_thread(PdfRenderer, data)
@@ -514,7 +470,10 @@ class Ingestor:
                 image = await asyncio.to_thread(renderer.render, page.number, params.dpi)
                 assert image.png is not None
                 name = f"{stem[:180]}.page-{page.number:04d}.png"
-                file_id = await storage.upload_image(name, image.png, labels)
+                stored = await self.storage.upload(
+                    storage_pb2.BUCKET_IMAGES, name, image.png, labels
+                )
+                file_id = stored.id
                 run.uploaded.append(file_id)
                 out.append((Page(page.number, image.width_px, image.height_px), file_id))
                 emit(

@@ -6,8 +6,9 @@ pixel box in that image's pixels (right/bottom exclusive) with the image's size.
 Formats without layout (Markdown, HTML, plain text) put every block on page 1 with no box
 (``box is None``), as the contract says ("unset for formats without layout").
 
-The errors subclass the shared service errors, so the RPC wrapper maps them to status
-codes without the servicer repeating it.
+The errors subclass the shared service errors with the contract's reason a program
+branches on (UNSUPPORTED_FORMAT, RESOURCE_EXHAUSTED with the limit in the metadata), so
+the RPC wrapper maps them to status codes and ErrorInfo without the servicer repeating it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from services.common.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from services.common.errors import FailedPrecondition, InvalidArgument, Reason, ResourceExhausted
 
 
 class DocumentFormat(enum.StrEnum):
@@ -234,12 +235,19 @@ class ParsedDocument:
 
 
 class UnsupportedFormatError(InvalidArgument):
-    """The file is none of the supported formats (INVALID_ARGUMENT)."""
+    """The file is none of the supported formats (INVALID_ARGUMENT, UNSUPPORTED_FORMAT)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason=Reason.UNSUPPORTED_FORMAT)
 
 
 class FormatMismatchError(InvalidArgument):
     """A format was forced but the file is not of it, or is malformed for it
-    (e.g. a JSON annotation that breaks the schema) (INVALID_ARGUMENT)."""
+    (e.g. a JSON annotation that breaks the schema) (INVALID_ARGUMENT,
+    UNSUPPORTED_FORMAT: the file cannot be read as that format)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason=Reason.UNSUPPORTED_FORMAT)
 
 
 class EncryptedPdfError(FailedPrecondition):
@@ -251,4 +259,12 @@ class CorruptPdfError(FailedPrecondition):
 
 
 class DocumentTooLargeError(ResourceExhausted):
-    """The document exceeds the configured page or block limit (RESOURCE_EXHAUSTED)."""
+    """The document exceeds the configured page or block limit (RESOURCE_EXHAUSTED; the
+    metadata names the ``limit`` — "pages" or "blocks" — and its ``maximum``)."""
+
+    def __init__(self, message: str, *, limit: str, maximum: int) -> None:
+        super().__init__(
+            message,
+            reason=Reason.RESOURCE_EXHAUSTED,
+            metadata={"limit": limit, "maximum": str(maximum)},
+        )

@@ -1,15 +1,29 @@
-"""All SQL of the rag service. Every query on a user's data names the owner (user_id),
-so another user's knowledge base or document is simply not found."""
+"""All SQL of the rag service, returning typed rows and raising domain errors.
+
+Every query on a user's data names the owner (``user_id``), so another user's knowledge
+base or document is NOT_FOUND exactly like an unknown one. Lists are keyset pages
+(services.common.pages): a list query takes the previous page's last key (``after``) and
+a ``limit`` and orders by a unique key — knowledge bases and documents newest first by
+``(created_at, id)``, blocks in reading order by ``seq`` — so rows inserted while a client
+pages never shift or repeat what it sees. ``hit_context`` fetches the blocks and pages of
+a whole search response in one query.
+
+The pool comes from the App at call time (``Store(app)``), so the store is built with the
+service's other parts before the database is connected.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from services.common.errors import FailedPrecondition, Reason, not_found
 from services.rag.model import Block, BlockKind, Box, Page
+
+Keyset = tuple[Any, ...]
 
 _KB_COLUMNS = """k.id, k.user_id, k.name, k.description, k.clone_id, k.chat_id, k.created_at,
     k.updated_at,
@@ -21,6 +35,13 @@ _DOC_COLUMNS = (
     "id, user_id, knowledge_base_id, file_id, filename, format, status, error, page_count, "
     "block_count, chunk_count, ingest_token, created_at, updated_at"
 )
+
+
+class PoolSource(Protocol):
+    """Whatever holds the asyncpg pool (the App; it raises UNAVAILABLE until connected)."""
+
+    @property
+    def pool(self) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +90,33 @@ class BlockRow:
     block: Block
 
 
+@dataclass(frozen=True, slots=True)
+class HitKey:
+    """What a search hit needs from the database: its document, page and block ids."""
+
+    document_id: uuid.UUID
+    page: int
+    block_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HitContext:
+    """The pages and blocks of a set of search hits, by (document id, page number) and
+    (document id, block id); only the caller's documents are in it."""
+
+    pages: Mapping[tuple[uuid.UUID, int], PageRow]
+    blocks: Mapping[tuple[uuid.UUID, str], Block]
+
+    def page(self, key: HitKey) -> PageRow | None:
+        return self.pages.get((key.document_id, key.page))
+
+    def blocks_of(self, key: HitKey) -> list[Block]:
+        """The hit's blocks in the order of its block ids (reading order); ids that are
+        gone (the document was deleted or re-ingested meanwhile) are left out."""
+        found = (self.blocks.get((key.document_id, b)) for b in key.block_ids)
+        return [b for b in found if b is not None]
+
+
 def _kb(record: Any) -> KnowledgeBaseRow:
     return KnowledgeBaseRow(**dict(record))
 
@@ -77,39 +125,64 @@ def _doc(record: Any) -> DocumentRow:
     return DocumentRow(**dict(record))
 
 
+def _block(record: Any) -> Block:
+    box = record["box"]
+    return Block(
+        id=str(record["id"]),
+        page=int(record["page"]),
+        kind=BlockKind(record["kind"]),
+        text=str(record["text"]),
+        box=Box.from_dict(box) if isinstance(box, dict) else None,
+    )
+
+
+def _affected(status: Any) -> int:
+    """Rows affected, from asyncpg's command status ("DELETE 1")."""
+    return int(str(status).rsplit(" ", 1)[-1])
+
+
 class Store:
-    def __init__(self, pool: Any) -> None:
-        self.pool = pool
+    def __init__(self, db: PoolSource) -> None:
+        self._db = db
+
+    @property
+    def pool(self) -> Any:
+        return self._db.pool
 
     # --- knowledge bases ----------------------------------------------------------------
 
     async def create_kb(
         self, *, user_id: str, name: str, description: str, clone_id: str, chat_id: str
     ) -> KnowledgeBaseRow:
-        kb_id = uuid.uuid4()
-        await self.pool.execute(
-            """INSERT INTO knowledge_bases (id, user_id, name, description, clone_id, chat_id)
-               VALUES ($1, $2, $3, $4, $5, $6)""",
-            kb_id,
+        record = await self.pool.fetchrow(
+            f"""WITH k AS (
+                    INSERT INTO knowledge_bases (id, user_id, name, description, clone_id,
+                                                 chat_id)
+                    VALUES ($1, $2, $3, $4, $5, $6)
+                    RETURNING *)
+                SELECT {_KB_COLUMNS} FROM k""",
+            uuid.uuid4(),
             user_id,
             name,
             description,
             clone_id,
             chat_id,
         )
-        row = await self.get_kb(user_id, kb_id)
-        assert row is not None
-        return row
+        return _kb(record)
 
-    async def get_kb(self, user_id: str, kb_id: uuid.UUID) -> KnowledgeBaseRow | None:
+    async def get_kb(self, user_id: str, kb_id: uuid.UUID) -> KnowledgeBaseRow:
+        """The user's knowledge base; NOT_FOUND for an unknown or another user's one."""
         record = await self.pool.fetchrow(
             f"SELECT {_KB_COLUMNS} FROM knowledge_bases k WHERE k.user_id = $1 AND k.id = $2",
             user_id,
             kb_id,
         )
-        return None if record is None else _kb(record)
+        if record is None:
+            raise not_found("knowledge base", str(kb_id))
+        return _kb(record)
 
     async def owned_kbs(self, user_id: str, kb_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """Which of these knowledge bases are the user's."""
         rows = await self.pool.fetch(
             "SELECT id FROM knowledge_bases WHERE user_id = $1 AND id = ANY($2::uuid[])",
             user_id,
@@ -121,10 +194,10 @@ class Store:
         self,
         user_id: str,
         *,
-        limit: int,
-        after: tuple[dt.datetime, uuid.UUID] | None,
         clone_id: str,
         chat_id: str,
+        after: Keyset | None,
+        limit: int,
     ) -> list[KnowledgeBaseRow]:
         """Newest first; ``after`` is the (created_at, id) of the previous page's last."""
         rows = await self.pool.fetch(
@@ -161,31 +234,37 @@ class Store:
         )
         return [r["id"] for r in rows]
 
-    async def delete_kb(self, user_id: str, kb_id: uuid.UUID) -> bool:
-        """Deletes the knowledge base with its documents, pages and blocks."""
-        result = await self.pool.execute(
+    async def delete_kb(self, user_id: str, kb_id: uuid.UUID) -> None:
+        """Delete the knowledge base with its documents, pages and blocks; NOT_FOUND when
+        it is not (or no longer) the user's."""
+        status = await self.pool.execute(
             "DELETE FROM knowledge_bases WHERE user_id = $1 AND id = $2", user_id, kb_id
         )
-        return str(result).endswith(" 1")
+        if _affected(status) == 0:
+            raise not_found("knowledge base", str(kb_id))
 
     # --- documents ----------------------------------------------------------------------
 
-    async def get_document(self, user_id: str, doc_id: uuid.UUID) -> DocumentRow | None:
+    async def get_document(self, user_id: str, doc_id: uuid.UUID) -> DocumentRow:
+        """The user's document; NOT_FOUND for an unknown or another user's one."""
         record = await self.pool.fetchrow(
             f"SELECT {_DOC_COLUMNS} FROM documents WHERE user_id = $1 AND id = $2",
             user_id,
             doc_id,
         )
-        return None if record is None else _doc(record)
+        if record is None:
+            raise not_found("document", str(doc_id))
+        return _doc(record)
 
     async def list_documents(
         self,
         user_id: str,
         kb_id: uuid.UUID,
         *,
+        after: Keyset | None,
         limit: int,
-        after: tuple[dt.datetime, uuid.UUID] | None,
     ) -> list[DocumentRow]:
+        """Newest first; ``after`` is the (created_at, id) of the previous page's last."""
         rows = await self.pool.fetch(
             f"""SELECT {_DOC_COLUMNS} FROM documents
                 WHERE user_id = $1 AND knowledge_base_id = $2
@@ -210,50 +289,62 @@ class Store:
         format: str,
         token: uuid.UUID,
         stale_seconds: float,
-    ) -> DocumentRow | None:
+    ) -> DocumentRow:
         """Create the document of (kb, file) or claim the existing one for a new ingest
-        (status PROCESSING, this ``token``). None when an ingest of it is already running
-        (PROCESSING and heard from within ``stale_seconds``) or the knowledge base is not
-        the user's."""
-        record = await self.pool.fetchrow(
-            f"""INSERT INTO documents (id, user_id, knowledge_base_id, file_id, filename, format,
-                                       status, ingest_token)
-                SELECT $1, $2, k.id, $4, $5, $6, 'processing', $7
-                  FROM knowledge_bases k WHERE k.id = $3 AND k.user_id = $2
-                ON CONFLICT (knowledge_base_id, file_id) DO UPDATE
-                   SET status = 'processing', error = '', filename = EXCLUDED.filename,
-                       format = EXCLUDED.format, ingest_token = EXCLUDED.ingest_token,
-                       heartbeat_at = clock_timestamp(), updated_at = clock_timestamp()
-                 WHERE documents.user_id = $2
-                   AND (documents.status <> 'processing'
-                        OR documents.heartbeat_at < clock_timestamp() - make_interval(secs => $8))
-                RETURNING {_DOC_COLUMNS}""",
-            uuid.uuid4(),
-            user_id,
-            kb_id,
-            file_id,
-            filename,
-            format,
-            token,
-            stale_seconds,
-        )
-        if record is not None:
-            await self.touch_kb(kb_id)
-        return None if record is None else _doc(record)
-
-    async def touch_kb(self, kb_id: uuid.UUID) -> None:
-        await self.pool.execute(
-            "UPDATE knowledge_bases SET updated_at = clock_timestamp() WHERE id = $1", kb_id
-        )
+        (status PROCESSING, this ``token``). NOT_FOUND when the knowledge base is not the
+        user's; FAILED_PRECONDITION (DOCUMENT_NOT_READY) when an ingest of it is already
+        running (PROCESSING and heard from within ``stale_seconds``)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            record = await conn.fetchrow(
+                f"""INSERT INTO documents (id, user_id, knowledge_base_id, file_id, filename,
+                                           format, status, ingest_token)
+                    SELECT $1, $2, k.id, $4, $5, $6, 'processing', $7
+                      FROM knowledge_bases k WHERE k.id = $3 AND k.user_id = $2
+                    ON CONFLICT (knowledge_base_id, file_id) DO UPDATE
+                       SET status = 'processing', error = '', filename = EXCLUDED.filename,
+                           format = EXCLUDED.format, ingest_token = EXCLUDED.ingest_token,
+                           heartbeat_at = clock_timestamp(), updated_at = clock_timestamp()
+                     WHERE documents.user_id = $2
+                       AND (documents.status <> 'processing'
+                            OR documents.heartbeat_at
+                               < clock_timestamp() - make_interval(secs => $8))
+                    RETURNING {_DOC_COLUMNS}""",
+                uuid.uuid4(),
+                user_id,
+                kb_id,
+                file_id,
+                filename,
+                format,
+                token,
+                stale_seconds,
+            )
+            if record is None:
+                owned = await conn.fetchval(
+                    "SELECT true FROM knowledge_bases WHERE id = $1 AND user_id = $2",
+                    kb_id,
+                    user_id,
+                )
+                if not owned:
+                    raise not_found("knowledge base", str(kb_id))
+                raise FailedPrecondition(
+                    f"an ingest of file {file_id!r} into this knowledge base is already running",
+                    reason=Reason.DOCUMENT_NOT_READY,
+                    metadata={"file_id": file_id},
+                )
+            await conn.execute(
+                "UPDATE knowledge_bases SET updated_at = clock_timestamp() WHERE id = $1", kb_id
+            )
+        return _doc(record)
 
     async def heartbeat(self, doc_id: uuid.UUID, token: uuid.UUID) -> bool:
-        result = await self.pool.execute(
+        """Renew the ingest's claim; False when it lost the document."""
+        status = await self.pool.execute(
             """UPDATE documents SET heartbeat_at = clock_timestamp()
                WHERE id = $1 AND ingest_token = $2 AND status = 'processing'""",
             doc_id,
             token,
         )
-        return str(result).endswith(" 1")
+        return _affected(status) == 1
 
     async def page_images(self, user_id: str, doc_id: uuid.UUID) -> list[str]:
         rows = await self.pool.fetch(
@@ -359,11 +450,21 @@ class Store:
             )
         return [str(r["image_file_id"]) for r in old]
 
-    async def delete_document(self, user_id: str, doc_id: uuid.UUID) -> bool:
-        result = await self.pool.execute(
-            "DELETE FROM documents WHERE user_id = $1 AND id = $2", user_id, doc_id
-        )
-        return str(result).endswith(" 1")
+    async def delete_document(self, user_id: str, doc_id: uuid.UUID) -> None:
+        """Delete the document with its pages and blocks (its knowledge base counts as
+        updated); NOT_FOUND when it is not (or no longer) the user's."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            kb_id = await conn.fetchval(
+                """DELETE FROM documents WHERE user_id = $1 AND id = $2
+                   RETURNING knowledge_base_id""",
+                user_id,
+                doc_id,
+            )
+            if kb_id is None:
+                raise not_found("document", str(doc_id))
+            await conn.execute(
+                "UPDATE knowledge_bases SET updated_at = clock_timestamp() WHERE id = $1", kb_id
+            )
 
     # --- pages and blocks ---------------------------------------------------------------
 
@@ -378,8 +479,10 @@ class Store:
         return [PageRow(**dict(r)) for r in rows]
 
     async def blocks(
-        self, doc_id: uuid.UUID, first: int, last: int, *, after_seq: int, limit: int
+        self, doc_id: uuid.UUID, first: int, last: int, *, after: Keyset | None, limit: int
     ) -> list[BlockRow]:
+        """Blocks of pages first..last in reading order; ``after`` is the (seq,) of the
+        previous page's last block."""
         rows = await self.pool.fetch(
             """SELECT seq, id, page, kind, text, box FROM blocks
                WHERE document_id = $1 AND page BETWEEN $2 AND $3 AND seq > $4
@@ -387,21 +490,58 @@ class Store:
             doc_id,
             first,
             last,
-            after_seq,
+            after[0] if after else -1,
             limit,
         )
-        return [_block_row(r) for r in rows]
+        return [BlockRow(seq=int(r["seq"]), block=_block(r)) for r in rows]
 
-
-def _block_row(record: Any) -> BlockRow:
-    box = record["box"]
-    return BlockRow(
-        seq=int(record["seq"]),
-        block=Block(
-            id=str(record["id"]),
-            page=int(record["page"]),
-            kind=BlockKind(record["kind"]),
-            text=str(record["text"]),
-            box=Box.from_dict(box) if isinstance(box, dict) else None,
-        ),
-    )
+    async def hit_context(self, user_id: str, hits: Sequence[HitKey]) -> HitContext:
+        """The pages and blocks of every hit, in ONE query: a row per wanted (document,
+        page) of the user's documents, joined with its page and with the wanted blocks
+        on it (found through the (document_id, id) index)."""
+        if not hits:
+            return HitContext({}, {})
+        page_keys = list(dict.fromkeys((h.document_id, h.page) for h in hits))
+        block_keys = list(dict.fromkeys((h.document_id, b) for h in hits for b in h.block_ids))
+        rows = await self.pool.fetch(
+            """WITH wanted_pages AS (
+                   SELECT DISTINCT w.document_id, w.number
+                     FROM unnest($2::uuid[], $3::int[]) AS w(document_id, number)
+                     JOIN documents d ON d.id = w.document_id AND d.user_id = $1
+               ),
+               wanted_blocks AS (
+                   SELECT DISTINCT w.document_id, w.id
+                     FROM unnest($4::uuid[], $5::text[]) AS w(document_id, id)
+               )
+               SELECT wp.document_id, wp.number, p.image_file_id, p.width_px, p.height_px,
+                      b.seq, b.id, b.page, b.kind, b.text, b.box
+                 FROM wanted_pages wp
+                 LEFT JOIN pages p ON p.document_id = wp.document_id AND p.number = wp.number
+                 LEFT JOIN LATERAL (
+                     SELECT b.seq, b.id, b.page, b.kind, b.text, b.box
+                       FROM blocks b
+                      WHERE b.document_id = wp.document_id AND b.page = wp.number
+                        AND b.id = ANY (ARRAY(SELECT wb.id FROM wanted_blocks wb
+                                               WHERE wb.document_id = wp.document_id))
+                 ) b ON true
+                ORDER BY wp.document_id, wp.number, b.seq""",
+            user_id,
+            [d for d, _ in page_keys],
+            [n for _, n in page_keys],
+            [d for d, _ in block_keys],
+            [b for _, b in block_keys],
+        )
+        pages: dict[tuple[uuid.UUID, int], PageRow] = {}
+        blocks: dict[tuple[uuid.UUID, str], Block] = {}
+        for r in rows:
+            doc_id: uuid.UUID = r["document_id"]
+            if r["image_file_id"] is not None:
+                pages[(doc_id, int(r["number"]))] = PageRow(
+                    number=int(r["number"]),
+                    image_file_id=str(r["image_file_id"]),
+                    width_px=int(r["width_px"]),
+                    height_px=int(r["height_px"]),
+                )
+            if r["seq"] is not None:
+                blocks.setdefault((doc_id, str(r["id"])), _block(r))
+        return HitContext(pages, blocks)

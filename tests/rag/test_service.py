@@ -25,10 +25,14 @@ from aivera.storage.v1 import storage_pb2, storage_pb2_grpc
 from services.common.server import App
 from services.rag.config import RagSettings
 from services.rag.embedder import MiniLmEmbedder
-from services.rag.index import ChunkIndex
+from services.rag.index import ChunkIndex, SearchMode
+from services.rag.search import Searcher, SearchRequest
+from services.rag.server import RagSpec
 from services.rag.server import make_spec as rag_spec
+from services.rag.store import HitKey, Store
 from services.storage.config import StorageSettings
 from services.storage.server import make_spec as storage_spec
+from tests.helpers.errors import bad_field, error_info, localized, reason
 from tests.helpers.services import bearer, channel, running
 from tests.helpers.tokens import Keyring
 
@@ -51,10 +55,9 @@ class Env:
 
     @property
     def index(self) -> ChunkIndex:
-        state = getattr(self.rag_app.spec, "state", None)
-        assert state is not None and state.index is not None
-        index: ChunkIndex = state.index
-        return index
+        spec = self.rag_app.spec
+        assert isinstance(spec, RagSpec) and spec.rag is not None
+        return spec.rag.index
 
     async def upload(
         self,
@@ -356,12 +359,22 @@ ANNOTATION = {
         (
             "notes.md",
             "# Заголовок\n\nАбзац про насосы.\n\n| a | b |\n|---|---|\n| 1 | 2 |\n",
-            2,
+            P.DOCUMENT_FORMAT_MARKDOWN,
             "|",
         ),
-        ("page.html", "<html><body><h1>Отчёт</h1><p>Текст отчёта.</p></body></html>", 3, "Отчёт"),
-        ("blocks.json", json.dumps(ANNOTATION, ensure_ascii=False), 4, "ПВ-1"),
-        ("plain.txt", "Первый абзац.\n\nВторой абзац текста.", 5, "Второй"),
+        (
+            "page.html",
+            "<html><body><h1>Отчёт</h1><p>Текст отчёта.</p></body></html>",
+            P.DOCUMENT_FORMAT_HTML,
+            "Отчёт",
+        ),
+        (
+            "blocks.json",
+            json.dumps(ANNOTATION, ensure_ascii=False),
+            P.DOCUMENT_FORMAT_JSON_ANNOTATION,
+            "ПВ-1",
+        ),
+        ("plain.txt", "Первый абзац.\n\nВторой абзац текста.", P.DOCUMENT_FORMAT_TEXT, "Второй"),
     ],
     ids=["markdown", "html", "json_annotation", "text"],
 )
@@ -505,6 +518,8 @@ async def test_users_are_isolated(env: Env) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await env.search(bob, [kb_b, kb_a], "АР-12")
     assert kb_a in (info.value.details() or "")
+    assert reason(info.value) == "NOT_FOUND"
+    assert error_info(info.value).metadata["resource"] == "knowledge base"
     for kb_id, file_id in ((kb_a, file_b), (kb_b, file_a)):  # A's kb; A's file
         events, error = await env.ingest(bob, kb_id, file_id)
         assert error is not None and error.code() == grpc.StatusCode.NOT_FOUND and not events
@@ -521,16 +536,16 @@ async def test_corrupt_and_encrypted_pdfs(env: Env, cyrillic_font: Path, pdf_byt
         "corrupt": b"%PDF-1.7\n" + bytes(range(256)) * 20,
         "encrypted": make_pdf(cyrillic_font, encrypt=True),
     }
-    for reason, data in cases.items():
-        file_id = await env.upload(u, data, f"{reason}.pdf")
+    for kind, data in cases.items():
+        file_id = await env.upload(u, data, f"{kind}.pdf")
         events, error = await env.ingest(u, kb_id, file_id)
         assert error is not None and error.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert reason in (error.details() or "")
+        assert kind in (error.details() or "")
         assert all(e.WhichOneof("event") != "done" for e in events)
         doc_id = events[0].document_id
         detail = await env.rag.GetDocument(P.GetDocumentRequest(id=doc_id), metadata=env.md(u))
         assert detail.document.status == P.DOCUMENT_STATUS_FAILED
-        assert reason in detail.document.error and detail.document.chunk_count == 0
+        assert kind in detail.document.error and detail.document.chunk_count == 0
         assert not detail.pages and not detail.blocks
         assert await env.index.count(user_id=u, knowledge_base_ids=[kb_id]) == 0
     # A good document that later fails on re-ingest loses its chunks too: here the
@@ -637,9 +652,10 @@ async def test_cancelled_and_concurrent_ingests(env: Env, cyrillic_font: Path) -
     call = env.rag.IngestDocument(request, metadata=env.md(u))
     first = await call.read()
     doc_id = first.document_id
-    # The same (kb, file) while it runs: FAILED_PRECONDITION.
+    # The same (kb, file) while it runs: FAILED_PRECONDITION, the document is not ready.
     _, error = await env.ingest(u, kb_id, file_id)
     assert error is not None and error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert reason(error) == "DOCUMENT_NOT_READY"
     call.cancel()
 
     async def failed() -> bool:
@@ -663,3 +679,254 @@ async def test_cancelled_and_concurrent_ingests(env: Env, cyrillic_font: Path) -
     assert await env.index.count(user_id=u, knowledge_base_ids=[kb_id]) == 0
     hits = await env.search(u, [kb_id], "журнал испытаний")
     assert hits == []
+
+
+# --- search hits carry their blocks and page ----------------------------------------------
+
+
+class CountingPool:
+    """The App's pool, counting the queries made through it."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.queries: list[str] = []
+
+    @property
+    def pool(self) -> CountingPool:
+        return self
+
+    async def fetch(self, sql: str, *args: Any) -> Any:
+        self.queries.append(sql)
+        return await self.app.pool.fetch(sql, *args)
+
+
+async def test_search_hits_carry_blocks_and_page_image(env: Env, pdf_bytes: bytes) -> None:
+    u = user()
+    kb_id = await env.kb(u)
+    pdf_id = await env.upload(u, pdf_bytes, "план.pdf")
+    md_id = await env.upload(
+        u, "# Насосы\n\nНасосная станция оборудования.\n\nВторой абзац.".encode(), "n.md"
+    )
+    _, pdf_doc = await env.ingest_ok(u, kb_id, pdf_id)
+    _, md_doc = await env.ingest_ok(u, kb_id, md_id)
+    details = {
+        d.id: await env.rag.GetDocument(P.GetDocumentRequest(id=d.id), metadata=env.md(u))
+        for d in (pdf_doc, md_doc)
+    }
+
+    hits = await env.search(u, [kb_id], "оборудование насосной станции", top_k=20)
+    assert {h.document_id for h in hits} == {pdf_doc.id, md_doc.id}
+    for hit in hits:
+        detail = details[hit.document_id]
+        by_id = {b.id: b for b in detail.blocks}
+        # The blocks themselves, in the hit's (reading) order, exactly as GetDocument has them.
+        assert [b.id for b in hit.blocks] == list(hit.block_ids) and hit.blocks
+        assert list(hit.blocks) == [by_id[i] for i in hit.block_ids]
+        assert all(b.page == hit.page for b in hit.blocks)
+        page = detail.pages[hit.page - 1]
+        assert hit.page_image == page and hit.page_image.number == hit.page
+        if hit.document_id == pdf_doc.id:
+            assert hit.page_image.image_file_id and hit.page_image.width_px > 0
+            for block in hit.blocks:  # normalised and pixel boxes on the page image
+                assert block.HasField("box") and block.box.HasField("pixels")
+                assert (block.box.page_width, block.box.page_height) == (
+                    page.width_px,
+                    page.height_px,
+                )
+        else:
+            assert hit.page_image == P.Page(number=1)  # Markdown: no image, no size
+            assert not any(b.HasField("box") for b in hit.blocks)
+    pdf_hits = [h for h in hits if h.document_id == pdf_doc.id]
+    assert {h.page for h in pdf_hits} == {1, 2}
+
+    # One query for all hits' blocks and pages, however many hits and documents.
+    spec = env.rag_app.spec
+    assert isinstance(spec, RagSpec) and spec.rag is not None
+    counting = CountingPool(env.rag_app)
+    searcher = Searcher(store=Store(counting), index=spec.rag.index, embedder=spec.rag.embedder)
+    found = await searcher.search(
+        u,
+        SearchRequest(
+            knowledge_bases=[(kb_id, uuid.UUID(kb_id))],
+            query="оборудование насосной станции",
+            top_k=20,
+            mode=SearchMode.HYBRID,
+        ),
+    )
+    assert len(found) == len(hits) >= 3
+    assert [f.hit.chunk_id for f in found] == [h.chunk_id for h in hits]
+    assert len(counting.queries) == 2  # the knowledge bases' owner, then every hit's context
+    assert "unnest" in counting.queries[1]
+    # Another user's search context is empty even for the same document ids.
+    other = await Store(env.rag_app).hit_context(
+        user(), [HitKey(uuid.UUID(h.document_id), h.page, tuple(h.block_ids)) for h in hits]
+    )
+    assert not other.pages and not other.blocks
+
+
+# --- error reasons ------------------------------------------------------------------------
+
+
+async def test_error_reasons(env: Env, cyrillic_font: Path) -> None:
+    alice, bob = user(), user()
+    kb_a = await env.kb(alice)
+    # Another user's knowledge base: NOT_FOUND with its reason and a localized message.
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await env.rag.GetKnowledgeBase(P.GetKnowledgeBaseRequest(id=kb_a), metadata=env.md(bob))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert reason(info.value) == "NOT_FOUND"
+    assert error_info(info.value).domain
+    assert localized(info.value).message
+
+    # Over the page limit (20 in this module): RESOURCE_EXHAUSTED naming the limit.
+    big = await env.upload(alice, make_pdf(cyrillic_font, pages=21), "big.pdf")
+    _, error = await env.ingest(alice, kb_a, big)
+    assert error is not None and error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert reason(error) == "RESOURCE_EXHAUSTED"
+    assert dict(error_info(error).metadata) == {"limit": "pages", "maximum": "20"}
+
+    # A file that is not what it is named: INVALID_ARGUMENT, UNSUPPORTED_FORMAT.
+    not_annotation = await env.upload(alice, b'{"rows": [1, 2, 3]}', "data.json")
+    _, error = await env.ingest(alice, kb_a, not_annotation)
+    assert error is not None and error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason(error) == "UNSUPPORTED_FORMAT"
+    docs = await env.rag.ListDocuments(
+        P.ListDocumentsRequest(knowledge_base_id=kb_a), metadata=env.md(alice)
+    )
+    # The PDF failed in its run (PDFs parse as its first stage); the JSON file was refused
+    # before anything changed.
+    assert [(d.file_id, d.status) for d in docs.documents] == [(big, P.DOCUMENT_STATUS_FAILED)]
+
+
+# --- page tokens --------------------------------------------------------------------------
+
+
+async def test_page_tokens_are_scoped_and_checked(env: Env) -> None:
+    u = user()
+    md = env.md(u)
+    kb_1, kb_2 = await env.kb(u, "one"), await env.kb(u, "two")
+    for kb_id in (kb_1, kb_2):
+        for n in range(2):
+            text = f"Документ {n}.\n\nВторой абзац.\n\nТретий абзац."
+            f = await env.upload(u, text.encode(), f"d{n}.txt")
+            await env.ingest_ok(u, kb_id, f)
+    first = await env.rag.ListDocuments(
+        P.ListDocumentsRequest(knowledge_base_id=kb_1, page_size=1), metadata=md
+    )
+    assert first.next_page_token
+    # The token of kb_1's list, reused for kb_2: refused, not silently applied.
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await env.rag.ListDocuments(
+            P.ListDocumentsRequest(
+                knowledge_base_id=kb_2, page_size=1, page_token=first.next_page_token
+            ),
+            metadata=md,
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (reason(info.value), bad_field(info.value)) == ("INVALID_PAGE_TOKEN", "page_token")
+    # ... by another user, or by another List RPC: refused too.
+    foreign = [
+        env.rag.ListDocuments(
+            P.ListDocumentsRequest(knowledge_base_id=kb_1, page_token=first.next_page_token),
+            metadata=env.md(user()),
+        ),
+        env.rag.ListKnowledgeBases(
+            P.ListKnowledgeBasesRequest(page_token=first.next_page_token), metadata=md
+        ),
+        env.rag.ListKnowledgeBases(P.ListKnowledgeBasesRequest(page_token="garbage!"), metadata=md),
+    ]
+    for call in foreign:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert reason(info.value) == "INVALID_PAGE_TOKEN"
+    # Its own continuation still works.
+    rest = await env.rag.ListDocuments(
+        P.ListDocumentsRequest(knowledge_base_id=kb_1, page_token=first.next_page_token),
+        metadata=md,
+    )
+    assert len(rest.documents) == 1 and not rest.next_page_token
+    assert rest.documents[0].id != first.documents[0].id
+
+    # ListKnowledgeBases: a token is bound to its clone/chat filter.
+    bound = [await env.kb(u, f"c{n}", clone_id="clone-x") for n in range(2)]
+    page = await env.rag.ListKnowledgeBases(
+        P.ListKnowledgeBasesRequest(clone_id="clone-x", page_size=1), metadata=md
+    )
+    assert [k.id for k in page.knowledge_bases] == [bound[1]]
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await env.rag.ListKnowledgeBases(
+            P.ListKnowledgeBasesRequest(clone_id="clone-y", page_token=page.next_page_token),
+            metadata=md,
+        )
+    assert reason(info.value) == "INVALID_PAGE_TOKEN"
+
+    # GetDocument's block pages: bound to the document and the page range.
+    doc_id = first.documents[0].id
+    other_doc = rest.documents[0].id
+    blocks = await env.rag.GetDocument(
+        P.GetDocumentRequest(id=doc_id, block_page_size=1, first_page=1, last_page=1),
+        metadata=md,
+    )
+    token = blocks.next_block_page_token
+    assert len(blocks.blocks) == 1 and token
+    for bad in (
+        P.GetDocumentRequest(id=doc_id, block_page_size=1, block_page_token=token),  # range
+        P.GetDocumentRequest(
+            id=other_doc, block_page_size=1, first_page=1, last_page=1, block_page_token=token
+        ),
+        P.GetDocumentRequest(id=doc_id, block_page_token="nonsense"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await env.rag.GetDocument(bad, metadata=md)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (reason(info.value), bad_field(info.value)) == (
+            "INVALID_PAGE_TOKEN",
+            "block_page_token",
+        )
+
+
+async def test_paging_is_stable_under_inserts(env: Env) -> None:
+    u = user()
+    md = env.md(u)
+    before = [await env.kb(u, f"kb{i}") for i in range(5)]
+    seen: list[str] = []
+    page = await env.rag.ListKnowledgeBases(P.ListKnowledgeBasesRequest(page_size=2), metadata=md)
+    seen += [k.id for k in page.knowledge_bases]
+    token = page.next_page_token
+    added: list[str] = []
+    while token:
+        # New knowledge bases arrive between pages: they neither shift nor repeat the rest.
+        added.append(await env.kb(u, f"new{len(added)}"))
+        page = await env.rag.ListKnowledgeBases(
+            P.ListKnowledgeBasesRequest(page_size=2, page_token=token), metadata=md
+        )
+        seen += [k.id for k in page.knowledge_bases]
+        token = page.next_page_token
+    assert seen == before[::-1]
+    assert len(added) == 2
+    everything = await env.rag.ListKnowledgeBases(P.ListKnowledgeBasesRequest(), metadata=md)
+    assert [k.id for k in everything.knowledge_bases] == added[::-1] + before[::-1]
+
+    # Documents: the same with ingests between pages.
+    kb_id = await env.kb(u)
+    docs = []
+    for n in range(3):
+        f = await env.upload(u, f"Текст {n}.".encode(), f"t{n}.txt")
+        docs.append((await env.ingest_ok(u, kb_id, f))[1].id)
+    listed: list[str] = []
+    token = ""
+    n = 0
+    while True:
+        part = await env.rag.ListDocuments(
+            P.ListDocumentsRequest(knowledge_base_id=kb_id, page_size=1, page_token=token),
+            metadata=md,
+        )
+        listed += [d.id for d in part.documents]
+        token = part.next_page_token
+        if not token:
+            break
+        f = await env.upload(u, f"Новый {n}.".encode(), f"new{n}.txt")
+        await env.ingest_ok(u, kb_id, f)
+        n += 1
+    assert listed == docs[::-1]

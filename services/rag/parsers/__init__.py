@@ -160,10 +160,14 @@ def parse_document(
             doc = _PARSERS[fmt](data)
         if opts.max_pages and doc.page_count > opts.max_pages:
             raise DocumentTooLargeError(
-                f"the document has {doc.page_count} pages; at most {opts.max_pages} are allowed"
+                f"the document has {doc.page_count} pages; at most {opts.max_pages} are allowed",
+                limit="pages",
+                maximum=opts.max_pages,
             )
     if opts.max_blocks and len(doc.blocks) > opts.max_blocks:
         raise DocumentTooLargeError(
-            f"the document has {len(doc.blocks)} blocks; at most {opts.max_blocks} are allowed"
+            f"the document has {len(doc.blocks)} blocks; at most {opts.max_blocks} are allowed",
+            limit="blocks",
+            maximum=opts.max_blocks,
         )
     return doc

@@ -379,7 +379,9 @@ def _parse_locked(data: bytes, opts: ParseOptions) -> ParsedDocument:
             raise CorruptPdfError("the PDF is corrupt: it has no pages")
         if opts.max_pages and n_pages > opts.max_pages:
             raise DocumentTooLargeError(
-                f"the PDF has {n_pages} pages; at most {opts.max_pages} are allowed"
+                f"the PDF has {n_pages} pages; at most {opts.max_pages} are allowed",
+                limit="pages",
+                maximum=opts.max_pages,
             )
         per_page: list[tuple[_Mapper, bool, list[_RawBlock], list[_Rect]]] = []
         pages: list[Page] = []
