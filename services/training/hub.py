@@ -1,6 +1,7 @@
 """Wake-ups from Postgres NOTIFY: workers write events and notifications from other
 processes; watchers wait on the hub and re-read the database. Waits also time out after a
-short poll interval, so a lost LISTEN connection only slows watchers down."""
+short poll interval, so a lost LISTEN connection only slows watchers down. `Beat` times
+the heartbeats an idle watch stream sends."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -71,4 +73,38 @@ async def wait(event: asyncio.Event, timeout: float) -> bool:
         event.clear()
 
 
-__all__ = ["QUEUE_CHANNEL", "Hub", "wait"]
+# Watch streams wait at most this long between two looks at the database.
+POLL_SECONDS = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """A watch stream has been idle for a while: tell the client it is alive."""
+
+    sequence: int = 0  # the last event sent (job streams)
+
+
+class Beat:
+    """Heartbeat timing of one watch stream."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self.idle = 0.0
+
+    def sent(self) -> None:
+        """Something went out: the stream is not idle."""
+        self.idle = 0.0
+
+    async def wait(self, woken: asyncio.Event) -> bool:
+        """Wait for a wake-up or a poll interval; True when a heartbeat is due."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await wait(woken, min(POLL_SECONDS, self.every))
+        self.idle += loop.time() - started
+        if self.idle >= self.every:
+            self.idle = 0.0
+            return True
+        return False
+
+
+__all__ = ["QUEUE_CHANNEL", "Beat", "Heartbeat", "Hub", "wait"]

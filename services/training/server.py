@@ -1,10 +1,18 @@
-"""Wiring of the training service: its servicers, schema and migrations, the NOTIFY hub
-that feeds WatchJob / WatchNotifications, and the restart of interrupted validations.
-Training itself runs in workers (`python -m services.training worker`, see worker.py)."""
+"""Wiring of the training service: the store, the domain objects and their servicers (one
+per proto service), the NOTIFY hub that feeds WatchJob / WatchNotifications, and the
+restart of validations a previous process left unfinished. Training itself runs in
+workers (`python -m services.training worker`, see worker.py).
+
+    api_<service>.py (handlers) → datasets / jobs + lifecycle / artifacts / clones +
+    knowledge / notifications (domain) → store.py (SQL) → migrations/
+"""
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aivera.training.v1 import (
     clones_pb2,
@@ -14,51 +22,97 @@ from aivera.training.v1 import (
     notifications_pb2,
 )
 from services.common.server import App, Servicers, ServiceSpec
+from services.training.api_clones import CloneService
 from services.training.api_datasets import DatasetService
 from services.training.api_jobs import TrainingService
-from services.training.api_more import CloneService, ModelService, NotificationService
+from services.training.api_models import ModelService
+from services.training.api_notifications import NotificationService
+from services.training.artifacts import Models
+from services.training.clones import Clones
 from services.training.config import TrainingSettings
+from services.training.datasets import Datasets
 from services.training.hub import Hub
+from services.training.jobs import Jobs
+from services.training.knowledge import KnowledgeClient
+from services.training.notifications import Notifications
+from services.training.store import Store
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def make_spec(settings: TrainingSettings) -> ServiceSpec:
-    state: dict[str, object] = {}
+@dataclass(frozen=True)
+class Training:
+    """The service's domain, built once from the App."""
 
-    async def build(app: App) -> Servicers:
-        settings_ = app.settings
-        assert isinstance(settings_, TrainingSettings)
-        hub = Hub(settings_.dsn())
-        datasets = DatasetService(app, settings_)
-        jobs = TrainingService(app, settings_, hub)
-        state.update(hub=hub, datasets=datasets, jobs=jobs)
+    hub: Hub
+    datasets: Datasets
+    jobs: Jobs
+    models: Models
+    clones: Clones
+    notifications: Notifications
+
+    @classmethod
+    def build(cls, app: App, settings: TrainingSettings) -> Training:
+        def spawn(coro: Coroutine[Any, Any, None], name: str) -> object:
+            return app.spawn(coro, name=name)
+
+        store = Store(app)  # reads app.pool per query: the pool connects after build
+        storage = app.storage()
+        hub = Hub(settings.dsn())
+        knowledge = KnowledgeClient(app.channel(settings.rag_addr), app.deadlines, spawn)
+        return cls(
+            hub=hub,
+            datasets=Datasets(store, settings, storage, spawn),
+            jobs=Jobs(store, settings, storage, hub, spawn),
+            models=Models(store, storage),
+            clones=Clones(store, settings, knowledge),
+            notifications=Notifications(store, settings, hub),
+        )
+
+    def servicers(self, settings: TrainingSettings) -> Servicers:
+        def service(module: Any, name: str) -> Any:
+            return module.DESCRIPTOR.services_by_name[name]
+
         return [
-            (datasets_pb2.DESCRIPTOR.services_by_name["DatasetService"], datasets),
-            (jobs_pb2.DESCRIPTOR.services_by_name["TrainingService"], jobs),
-            (models_pb2.DESCRIPTOR.services_by_name["ModelService"], ModelService(app, settings_)),
-            (clones_pb2.DESCRIPTOR.services_by_name["CloneService"], CloneService(app, settings_)),
+            (service(datasets_pb2, "DatasetService"), DatasetService(self.datasets)),
             (
-                notifications_pb2.DESCRIPTOR.services_by_name["NotificationService"],
-                NotificationService(app, settings_, hub),
+                service(jobs_pb2, "TrainingService"),
+                TrainingService(self.jobs, settings.training_currency),
+            ),
+            (service(models_pb2, "ModelService"), ModelService(self.models)),
+            (service(clones_pb2, "CloneService"), CloneService(self.clones)),
+            (
+                service(notifications_pb2, "NotificationService"),
+                NotificationService(self.notifications),
             ),
         ]
 
+
+@dataclass
+class TrainingSpec(ServiceSpec):
+    """The training service's spec; `training` is the domain once built (tests use it)."""
+
+    training: Training | None = None
+
+
+def make_spec(settings: TrainingSettings) -> TrainingSpec:
+    async def build(app: App) -> Servicers:
+        settings_ = app.settings
+        assert isinstance(settings_, TrainingSettings)
+        spec.training = Training.build(app, settings_)
+        return spec.training.servicers(settings_)
+
     async def on_ready(app: App) -> None:
-        hub = state["hub"]
-        assert isinstance(hub, Hub)
-        await hub.start()
-        datasets, jobs = state["datasets"], state["jobs"]
-        assert isinstance(datasets, DatasetService) and isinstance(jobs, TrainingService)
-        await datasets.resume_pending()
-        await jobs.resume_pending()
+        assert spec.training is not None
+        await spec.training.hub.start()
+        await spec.training.datasets.resume_pending()
+        await spec.training.jobs.resume_pending()
 
     async def on_stop(app: App) -> None:
-        hub = state.get("hub")
-        if isinstance(hub, Hub):
-            await hub.stop()
+        if spec.training is not None:
+            await spec.training.hub.stop()
 
-    return ServiceSpec(
+    spec = TrainingSpec(
         name="training",
         port=settings.training_port,
         http_port=settings.training_http_port,
@@ -68,3 +122,4 @@ def make_spec(settings: TrainingSettings) -> ServiceSpec:
         on_ready=on_ready,
         on_stop=on_stop,
     )
+    return spec

@@ -1,337 +1,984 @@
-"""SQL shared by the API and the workers: rows → protos, job events (with their sequence
-and a NOTIFY), status changes, notifications and costs."""
+"""All SQL of the training service, for the API and the workers alike: datasets, jobs (the
+queue, leases, status changes with their events), metrics, checkpoints, costs, model
+artifacts, clones and notifications.
+
+Queries return typed rows (frozen dataclasses), never asyncpg records. Every query on a
+user's resource names the owner, so another user's resource is simply not found. A job's
+events get their sequence from a row lock on the job (`last_seq`) and wake watchers with
+a NOTIFY on commit; `apply` writes a lifecycle `Change` with its event (and the owner's
+notification when terminal) in the caller's transaction. List queries are keyset pages
+(services.common.pages) on a unique order, so concurrent inserts never shift a page.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
-from google.protobuf import json_format
-
-from aivera.common.v1 import common_pb2
-from aivera.training.v1 import (
-    clones_pb2,
-    datasets_pb2,
-    jobs_pb2,
-    models_pb2,
-    notifications_pb2,
-)
+from aivera.training.v1 import datasets_pb2, jobs_pb2, models_pb2, notifications_pb2
+from services.common import pages
+from services.common.db import Database
+from services.common.errors import InvalidArgument, Reason
 from services.common.protoutil import timestamp
+from services.training import lifecycle
+from services.training.session import StepPoint
 
 EVENTS_CHANNEL = "training_job_events"
 NOTIFICATIONS_CHANNEL = "training_notifications"
 QUEUE_CHANNEL = "training_queue"
 
-S = jobs_pb2
-ACTIVE = (S.JOB_STATUS_VALIDATING, S.JOB_STATUS_QUEUED, S.JOB_STATUS_RUNNING)
-TERMINAL = (S.JOB_STATUS_SUCCEEDED, S.JOB_STATUS_FAILED, S.JOB_STATUS_CANCELLED)
-
-Conn = Any  # asyncpg connection (or pool)
+J = jobs_pb2
 
 
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+# -- rows ---------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class DatasetRow:
+    id: uuid.UUID
+    user_id: str
+    name: str
+    file_id: str
+    size_bytes: int
+    format: datasets_pb2.DatasetFormat.ValueType
+    status: datasets_pb2.DatasetStatus.ValueType
+    base_model: str
+    max_seq_length: int
+    errors: list[dict[str, Any]]  # [{"line", "message"}], the first ones
+    error_count: int
+    stats: dict[str, Any] | None  # DatasetStats fields, when READY
+    created_at: dt.datetime
+    updated_at: dt.datetime
 
 
-def hp_to_json(hp: jobs_pb2.Hyperparameters) -> dict[str, Any]:
-    return json_format.MessageToDict(hp, preserving_proto_field_name=True)
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    id: uuid.UUID
+    user_id: str
+    name: str
+    dataset_id: uuid.UUID
+    base_model: str
+    method: jobs_pb2.TrainingMethod.ValueType
+    hyperparameters: dict[str, Any]  # Hyperparameters as JSON (effective values)
+    executor: jobs_pb2.Executor.ValueType
+    clone_id: uuid.UUID | None
+    status: jobs_pb2.JobStatus.ValueType
+    attempt: int
+    total_steps: int
+    steps_per_epoch: int
+    steps_done: int
+    epoch: float
+    loss: float
+    eval_loss: float | None
+    tokens_per_second: float
+    eta_seconds: int
+    error: dict[str, Any] | None  # lifecycle.Failure as JSON
+    model_id: uuid.UUID | None
+    worker_id: str
+    claim_token: uuid.UUID | None
+    lease_expires_at: dt.datetime | None
+    worker_losses: int
+    queued_at: dt.datetime | None
+    last_seq: int
+    created_at: dt.datetime
+    start_time: dt.datetime | None
+    end_time: dt.datetime | None
+    updated_at: dt.datetime
+    deleted_at: dt.datetime | None
 
 
-def hp_from_json(value: dict[str, Any]) -> jobs_pb2.Hyperparameters:
-    return json_format.ParseDict(value, jobs_pb2.Hyperparameters())
+@dataclass(frozen=True, slots=True)
+class CostRow:
+    """A job's device time on one device type, all claims together."""
+
+    device_type: str
+    hourly_rate_micros: int
+    device_seconds: float
 
 
-def _ts(target: Any, field: str, value: dt.datetime | None) -> None:
-    stamp = timestamp(value)
-    if stamp is not None:
-        getattr(target, field).CopyFrom(stamp)
+@dataclass(frozen=True, slots=True)
+class MetricRow:
+    id: int
+    job_id: uuid.UUID
+    attempt: int
+    step: int
+    epoch: float
+    loss: float
+    learning_rate: float
+    grad_norm: float
+    tokens_per_second: float
+    eval_loss: float | None
+    created_at: dt.datetime
 
 
-# -- datasets ---------------------------------------------------------------------------------
-def dataset_proto(row: Any) -> datasets_pb2.Dataset:
-    ds = datasets_pb2.Dataset(
-        id=str(row["id"]),
-        name=row["name"],
-        file_id=row["file_id"],
-        size_bytes=row["size_bytes"],
-        format=row["format"],
-        status=row["status"],
-        base_model=row["base_model"],
-        max_seq_length=row["max_seq_length"],
-        error_count=row["error_count"],
-    )
-    for e in row["errors"] or []:
-        ds.errors.add(line=e["line"], message=e["message"])
-    if row["stats"]:
-        ds.stats.CopyFrom(datasets_pb2.DatasetStats(**row["stats"]))
-    _ts(ds, "create_time", row["created_at"])
-    _ts(ds, "update_time", row["updated_at"])
-    return ds
+@dataclass(frozen=True, slots=True)
+class CheckpointRow:
+    id: uuid.UUID
+    job_id: uuid.UUID
+    attempt: int
+    step: int
+    epoch: float
+    loss: float
+    eval_loss: float | None
+    size_bytes: int
+    storage_path: str
+    file_id: str
+    created_at: dt.datetime
 
 
-# -- jobs -----------------------------------------------------------------------------------
-async def cost_summary(conn: Conn, job_id: Any, currency: str) -> jobs_pb2.CostSummary:
-    rows = await conn.fetch(
-        """SELECT device_type, max(hourly_rate_micros) AS rate, sum(device_seconds) AS secs,
-                  min(id) AS first
-           FROM cost_records WHERE job_id = $1 GROUP BY device_type ORDER BY first""",
-        job_id,
-    )
-    out = jobs_pb2.CostSummary(currency_code=currency)
-    for r in rows:
-        amount = round(float(r["secs"]) * int(r["rate"]) / 3600)
-        out.items.add(
-            device_type=r["device_type"],
-            device_seconds=float(r["secs"]),
-            hourly_rate_micros=int(r["rate"]),
-            amount_micros=amount,
+@dataclass(frozen=True, slots=True)
+class ModelRow:
+    id: uuid.UUID
+    user_id: str
+    name: str
+    job_id: uuid.UUID
+    clone_id: uuid.UUID | None
+    base_model: str
+    method: jobs_pb2.TrainingMethod.ValueType
+    kind: models_pb2.ModelKind.ValueType
+    files: list[dict[str, Any]]  # [{"name", "file_id", "size_bytes", "sha256"}]
+    size_bytes: int
+    steps: int
+    final_loss: float
+    final_eval_loss: float | None
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CloneRow:
+    id: uuid.UUID
+    user_id: str
+    name: str
+    persona_prompt: str
+    base_model: str
+    active_model_id: uuid.UUID | None
+    knowledge_base_id: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    # Derived from its jobs, for the clone's status.
+    training: bool  # a job of the clone is VALIDATING, QUEUED or RUNNING
+    last_job_status: jobs_pb2.JobStatus.ValueType | None  # status of its newest job
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationRow:
+    id: uuid.UUID
+    user_id: str
+    kind: notifications_pb2.NotificationKind.ValueType
+    title: str
+    body: str
+    job_id: str
+    dataset_id: str
+    model_id: str
+    read: bool
+    created_at: dt.datetime
+
+
+def _columns(row: type, prefix: str = "", *, skip: tuple[str, ...] = ()) -> str:
+    return ", ".join(prefix + f.name for f in fields(row) if f.name not in skip)
+
+
+_DATASET = _columns(DatasetRow)
+_JOB = _columns(JobRow)
+_METRIC = _columns(MetricRow)
+_CHECKPOINT = _columns(CheckpointRow)
+_MODEL = _columns(ModelRow)
+_NOTIFICATION = _columns(NotificationRow)
+# $2 of every clone query: the active job statuses.
+_CLONE = (
+    _columns(CloneRow, "c.", skip=("training", "last_job_status"))
+    + """,
+    EXISTS (SELECT 1 FROM training_jobs j WHERE j.clone_id = c.id AND j.deleted_at IS NULL
+            AND j.status = ANY($2::smallint[])) AS training,
+    (SELECT j.status FROM training_jobs j WHERE j.clone_id = c.id
+     ORDER BY j.created_at DESC, j.id DESC LIMIT 1) AS last_job_status"""
+)
+_ACTIVE = list(lifecycle.ACTIVE)
+
+
+def _make(row: type, record: Any) -> Any:
+    return row(**dict(record))
+
+
+def _created(row: Any) -> pages.Keyset:
+    return (row.created_at, row.id)
+
+
+def _after(page: pages.PageRequest, size: int) -> tuple[Any, ...]:
+    """The keyset position of a page as query arguments (Nones on the first page)."""
+    if page.after is None:
+        return (None,) * size
+    if len(page.after) != size:
+        raise InvalidArgument(
+            "page_token is not valid for this request",
+            field="page_token",
+            reason=Reason.INVALID_PAGE_TOKEN,
         )
-        out.amount_micros += amount
-    return out
+    return tuple(page.after)
 
 
-def job_proto(row: Any, cost: jobs_pb2.CostSummary | None = None) -> jobs_pb2.TrainingJob:
-    job = jobs_pb2.TrainingJob(
-        id=str(row["id"]),
-        name=row["name"],
-        dataset_id=str(row["dataset_id"]),
-        base_model=row["base_model"],
-        method=row["method"],
-        hyperparameters=hp_from_json(row["hyperparameters"]),
-        executor=row["executor"],
-        clone_id=str(row["clone_id"]) if row["clone_id"] else "",
-        status=row["status"],
-        attempt=row["attempt"],
-        model_id=str(row["model_id"]) if row["model_id"] else "",
-        worker_id=row["worker_id"],
-    )
-    p = job.progress
-    p.steps.CopyFrom(
-        common_pb2.Progress(done=row["steps_done"], total=row["total_steps"], unit="steps")
-    )
-    p.epoch = row["epoch"]
-    p.loss = row["loss"]
-    if row["eval_loss"] is not None:
-        p.eval_loss = row["eval_loss"]
-    p.tokens_per_second = row["tokens_per_second"]
-    p.eta_seconds = row["eta_seconds"]
-    if row["error"] and row["status"] == S.JOB_STATUS_FAILED:
-        job.error.CopyFrom(jobs_pb2.JobError(**row["error"]))
-    if cost is not None:
-        job.cost.CopyFrom(cost)
-    _ts(job, "create_time", row["created_at"])
-    _ts(job, "start_time", row["start_time"])
-    _ts(job, "end_time", row["end_time"])
-    _ts(job, "update_time", row["updated_at"])
-    return job
+class Store:
+    """The training schema. Built on the App as its `Database` (the pool connects after
+    wiring; a worker passes `Connected(pool)`); `transaction()` gives a Store bound to
+    one connection inside a transaction."""
 
+    def __init__(self, database: Database, conn: Any = None) -> None:
+        self._database = database
+        self._conn = conn
 
-async def load_job(conn: Conn, job_id: Any, currency: str) -> jobs_pb2.TrainingJob:
-    row = await conn.fetchrow("SELECT * FROM training_jobs WHERE id = $1", job_id)
-    return job_proto(row, await cost_summary(conn, job_id, currency))
+    @property
+    def db(self) -> Any:
+        return self._conn if self._conn is not None else self._database.pool
 
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Store]:
+        if self._conn is not None:
+            async with self._conn.transaction():
+                yield self
+            return
+        async with self._database.pool.acquire() as conn, conn.transaction():
+            yield Store(self._database, conn)
 
-async def append_event(conn: Conn, job_id: Any, attempt: int, **event: Any) -> int:
-    """Store one event with the job's next sequence and wake the watchers (on commit).
-    Call inside a transaction: the sequence row lock serialises a job's events."""
-    seq = await conn.fetchval(
-        "UPDATE training_jobs SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq",
-        job_id,
-    )
-    msg = jobs_pb2.JobEvent(sequence=seq, attempt=attempt, **event)
-    _ts(msg, "create_time", now())
-    await conn.execute(
-        "INSERT INTO job_events (job_id, seq, event) VALUES ($1, $2, $3)",
-        job_id,
-        seq,
-        msg.SerializeToString(),
-    )
-    await conn.execute("SELECT pg_notify($1, $2)", EVENTS_CHANNEL, str(job_id))
-    return int(seq)
+    async def clock(self) -> dt.datetime:
+        now: dt.datetime = await self.db.fetchval("SELECT clock_timestamp()")
+        return now
 
-
-async def log_line(conn: Conn, job_id: Any, attempt: int, text: str, level: int = 2) -> None:
-    async with conn.transaction():
-        await append_event(conn, job_id, attempt, log=jobs_pb2.LogLine(level=level, text=text))  # type: ignore[arg-type]
-
-
-async def set_status(
-    conn: Conn,
-    job_id: Any,
-    status: int,
-    message: str,
-    *,
-    error: dict[str, Any] | None = None,
-    extra_sql: str = "",
-    extra_args: tuple[Any, ...] = (),
-) -> Any:
-    """Move a job to `status` with its event (and its notification when terminal). Call
-    inside a transaction. Returns the updated row."""
-    terminal = status in TERMINAL
-    row = await conn.fetchrow(
-        f"""UPDATE training_jobs SET status = $2, error = $3, updated_at = clock_timestamp(),
-                   end_time = CASE WHEN $4 THEN clock_timestamp() ELSE NULL END
-                   {extra_sql}
-            WHERE id = $1 RETURNING *""",
-        job_id,
-        status,
-        error,
-        terminal,
-        *extra_args,
-    )
-    change = jobs_pb2.StatusChanged(status=status, message=message)  # type: ignore[arg-type]
-    if error is not None and status == S.JOB_STATUS_FAILED:
-        change.error.CopyFrom(jobs_pb2.JobError(**error))
-    await append_event(conn, job_id, row["attempt"], status_changed=change)
-    if terminal:
-        await job_notification(conn, row, status, message)
-    if status == S.JOB_STATUS_QUEUED:
-        await conn.execute("SELECT pg_notify($1, $2)", QUEUE_CHANNEL, str(job_id))
-    return row
-
-
-async def job_notification(conn: Conn, row: Any, status: int, message: str) -> None:
-    N = notifications_pb2
-    table: dict[int, tuple[int, str]] = {
-        S.JOB_STATUS_SUCCEEDED: (N.NOTIFICATION_KIND_JOB_SUCCEEDED, "Training finished"),
-        S.JOB_STATUS_FAILED: (N.NOTIFICATION_KIND_JOB_FAILED, "Training failed"),
-        S.JOB_STATUS_CANCELLED: (N.NOTIFICATION_KIND_JOB_CANCELLED, "Training cancelled"),
-    }
-    kind, title = table[status]
-    body = f"Job {row['name']!r}: {message}"
-    await notify_user(
-        conn,
-        row["user_id"],
-        kind,
-        title,
-        body,
-        job_id=str(row["id"]),
-        model_id=str(row["model_id"]) if row["model_id"] else "",
-    )
-
-
-async def notify_user(
-    conn: Conn,
-    user_id: str,
-    kind: int,
-    title: str,
-    body: str,
-    *,
-    job_id: str = "",
-    dataset_id: str = "",
-    model_id: str = "",
-) -> None:
-    await conn.execute(
-        """INSERT INTO notifications (id, user_id, kind, title, body, job_id, dataset_id,
-                                      model_id)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
-        uuid.uuid4(),
-        user_id,
-        kind,
-        title,
-        body[:1000],
-        job_id,
-        dataset_id,
-        model_id,
-    )
-    await conn.execute("SELECT pg_notify($1, $2)", NOTIFICATIONS_CHANNEL, user_id)
-
-
-def notification_proto(row: Any) -> notifications_pb2.Notification:
-    n = notifications_pb2.Notification(
-        id=str(row["id"]),
-        kind=row["kind"],
-        title=row["title"],
-        body=row["body"],
-        job_id=row["job_id"],
-        dataset_id=row["dataset_id"],
-        model_id=row["model_id"],
-        read=row["read"],
-    )
-    _ts(n, "create_time", row["created_at"])
-    return n
-
-
-# -- metrics, checkpoints, models, clones -----------------------------------------------------
-def metric_proto(row: Any) -> jobs_pb2.MetricPoint:
-    m = jobs_pb2.MetricPoint(
-        attempt=row["attempt"],
-        step=row["step"],
-        epoch=row["epoch"],
-        loss=row["loss"],
-        learning_rate=row["learning_rate"],
-        grad_norm=row["grad_norm"],
-        tokens_per_second=row["tokens_per_second"],
-    )
-    if row["eval_loss"] is not None:
-        m.eval_loss = row["eval_loss"]
-    _ts(m, "create_time", row["created_at"])
-    return m
-
-
-def checkpoint_proto(row: Any) -> jobs_pb2.Checkpoint:
-    c = jobs_pb2.Checkpoint(
-        id=str(row["id"]),
-        job_id=str(row["job_id"]),
-        attempt=row["attempt"],
-        step=row["step"],
-        epoch=row["epoch"],
-        loss=row["loss"],
-        size_bytes=row["size_bytes"],
-        storage_path=row["storage_path"],
-    )
-    if row["eval_loss"] is not None:
-        c.eval_loss = row["eval_loss"]
-    _ts(c, "create_time", row["created_at"])
-    return c
-
-
-def model_proto(row: Any) -> models_pb2.ModelArtifact:
-    m = models_pb2.ModelArtifact(
-        id=str(row["id"]),
-        name=row["name"],
-        job_id=str(row["job_id"]),
-        clone_id=str(row["clone_id"]) if row["clone_id"] else "",
-        base_model=row["base_model"],
-        method=row["method"],
-        kind=row["kind"],
-        size_bytes=row["size_bytes"],
-        steps=row["steps"],
-        final_loss=row["final_loss"],
-    )
-    for f in row["files"]:
-        m.files.add(
-            name=f["name"], file_id=f["file_id"], size_bytes=f["size_bytes"], sha256=f["sha256"]
+    # -- datasets -------------------------------------------------------------------------
+    async def insert_dataset(
+        self,
+        *,
+        user_id: str,
+        name: str,
+        file_id: str,
+        size_bytes: int,
+        status: int,
+        base_model: str,
+        max_seq_length: int,
+    ) -> DatasetRow:
+        record = await self.db.fetchrow(
+            f"""INSERT INTO datasets (id, user_id, name, file_id, size_bytes, status, base_model,
+                                      max_seq_length)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {_DATASET}""",
+            uuid.uuid4(),
+            user_id,
+            name,
+            file_id,
+            size_bytes,
+            status,
+            base_model,
+            max_seq_length,
         )
-    if row["final_eval_loss"] is not None:
-        m.final_eval_loss = row["final_eval_loss"]
-    _ts(m, "create_time", row["created_at"])
-    return m
+        return _make(DatasetRow, record)  # type: ignore[no-any-return]
 
+    async def get_dataset(self, user_id: str, dataset_id: uuid.UUID) -> DatasetRow | None:
+        record = await self.db.fetchrow(
+            f"""SELECT {_DATASET} FROM datasets
+                WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL""",
+            dataset_id,
+            user_id,
+        )
+        return None if record is None else _make(DatasetRow, record)
 
-CLONE_STATUS_SQL = """
-    CASE
-      WHEN EXISTS (SELECT 1 FROM training_jobs j WHERE j.clone_id = c.id
-                   AND j.deleted_at IS NULL AND j.status IN (1, 2, 3)) THEN 2
-      WHEN c.active_model_id IS NOT NULL THEN 3
-      WHEN (SELECT j.status FROM training_jobs j WHERE j.clone_id = c.id
-            ORDER BY j.created_at DESC LIMIT 1) = 5 THEN 4
-      ELSE 1
-    END AS derived_status
-"""
+    async def dataset_by_id(self, dataset_id: uuid.UUID) -> DatasetRow | None:
+        """Any dataset, deleted ones too (background work that already checked access)."""
+        record = await self.db.fetchrow(
+            f"SELECT {_DATASET} FROM datasets WHERE id = $1", dataset_id
+        )
+        return None if record is None else _make(DatasetRow, record)
 
+    async def list_datasets(
+        self, user_id: str, status: int, page: pages.PageRequest
+    ) -> tuple[list[DatasetRow], str]:
+        """Newest first; `status` 0 means all."""
+        records = await self.db.fetch(
+            f"""SELECT {_DATASET} FROM datasets WHERE user_id = $1 AND deleted_at IS NULL
+                AND ($2::smallint IS NULL OR status = $2)
+                AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
+                ORDER BY created_at DESC, id DESC LIMIT $5""",
+            user_id,
+            status or None,
+            *_after(page, 2),
+            page.limit,
+        )
+        return pages.take([_make(DatasetRow, r) for r in records], page, key=_created)
 
-def clone_proto(row: Any) -> clones_pb2.Clone:
-    c = clones_pb2.Clone(
-        id=str(row["id"]),
-        name=row["name"],
-        persona_prompt=row["persona_prompt"],
-        base_model=row["base_model"],
-        active_model_id=str(row["active_model_id"]) if row["active_model_id"] else "",
-        knowledge_base_id=row["knowledge_base_id"],
-        status=row["derived_status"],
-    )
-    _ts(c, "create_time", row["created_at"])
-    _ts(c, "update_time", row["updated_at"])
-    return c
+    async def validating_datasets(self, status: int) -> list[tuple[uuid.UUID, str]]:
+        records = await self.db.fetch(
+            "SELECT id, user_id FROM datasets WHERE status = $1 AND deleted_at IS NULL", status
+        )
+        return [(r["id"], r["user_id"]) for r in records]
+
+    async def finish_dataset(
+        self,
+        dataset_id: uuid.UUID,
+        *,
+        status: int,
+        format: int,
+        errors: list[dict[str, Any]],
+        error_count: int,
+        stats: dict[str, Any] | None,
+    ) -> None:
+        await self.db.execute(
+            """UPDATE datasets SET status = $2, format = $3, errors = $4, error_count = $5,
+                      stats = $6, updated_at = clock_timestamp() WHERE id = $1""",
+            dataset_id,
+            status,
+            format,
+            errors,
+            error_count,
+            stats,
+        )
+
+    async def active_jobs_using(self, dataset_id: uuid.UUID) -> int:
+        count: int = await self.db.fetchval(
+            """SELECT count(*) FROM training_jobs WHERE dataset_id = $1
+               AND deleted_at IS NULL AND status = ANY($2::smallint[])""",
+            dataset_id,
+            _ACTIVE,
+        )
+        return count
+
+    async def dataset_deleted(self, dataset_id: uuid.UUID) -> bool:
+        return bool(
+            await self.db.fetchval(
+                "SELECT deleted_at IS NOT NULL FROM datasets WHERE id = $1", dataset_id
+            )
+        )
+
+    async def delete_dataset(self, dataset_id: uuid.UUID) -> None:
+        await self.db.execute(
+            "UPDATE datasets SET deleted_at = clock_timestamp() WHERE id = $1", dataset_id
+        )
+
+    # -- jobs -------------------------------------------------------------------------------
+    async def lock_user(self, user_id: str) -> None:
+        """Serialise a user's job creations (inside a transaction), so the active-job
+        limit holds under concurrent CreateJob calls."""
+        await self.db.execute("SELECT pg_advisory_xact_lock(hashtext($1))", user_id)
+
+    async def count_active_jobs(self, user_id: str) -> int:
+        count: int = await self.db.fetchval(
+            """SELECT count(*) FROM training_jobs WHERE user_id = $1 AND deleted_at IS NULL
+               AND status = ANY($2::smallint[])""",
+            user_id,
+            _ACTIVE,
+        )
+        return count
+
+    async def insert_job(
+        self,
+        *,
+        user_id: str,
+        name: str,
+        dataset_id: uuid.UUID,
+        base_model: str,
+        method: int,
+        hyperparameters: dict[str, Any],
+        executor: int,
+        clone_id: uuid.UUID | None,
+        created: lifecycle.Change,
+    ) -> JobRow:
+        """A new job in the status of `created`, with its first event (in a transaction)."""
+        record = await self.db.fetchrow(
+            f"""INSERT INTO training_jobs (id, user_id, name, dataset_id, base_model, method,
+                    hyperparameters, executor, clone_id, status)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {_JOB}""",
+            uuid.uuid4(),
+            user_id,
+            name,
+            dataset_id,
+            base_model,
+            method,
+            hyperparameters,
+            executor,
+            clone_id,
+            created.status,
+        )
+        job: JobRow = _make(JobRow, record)
+        await self._status_event(job, created)
+        return job
+
+    async def get_job(
+        self, user_id: str, job_id: uuid.UUID, *, lock: bool = False
+    ) -> JobRow | None:
+        """The user's job (not deleted); with `lock`, locked until the transaction ends
+        (every status change reads the job so)."""
+        record = await self.db.fetchrow(
+            f"""SELECT {_JOB} FROM training_jobs
+                WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL
+                {"FOR UPDATE" if lock else ""}""",
+            job_id,
+            user_id,
+        )
+        return None if record is None else _make(JobRow, record)
+
+    async def job_by_id(self, job_id: uuid.UUID) -> JobRow | None:
+        record = await self.db.fetchrow(f"SELECT {_JOB} FROM training_jobs WHERE id = $1", job_id)
+        return None if record is None else _make(JobRow, record)
+
+    async def lock_job(self, job_id: uuid.UUID) -> JobRow | None:
+        """Any job, locked until the transaction ends (background work and workers)."""
+        record = await self.db.fetchrow(
+            f"SELECT {_JOB} FROM training_jobs WHERE id = $1 FOR UPDATE", job_id
+        )
+        return None if record is None else _make(JobRow, record)
+
+    async def list_jobs(
+        self, user_id: str, status: int, page: pages.PageRequest
+    ) -> tuple[list[JobRow], str]:
+        """Newest first; `status` 0 means all."""
+        records = await self.db.fetch(
+            f"""SELECT {_JOB} FROM training_jobs WHERE user_id = $1 AND deleted_at IS NULL
+                AND ($2::smallint IS NULL OR status = $2)
+                AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
+                ORDER BY created_at DESC, id DESC LIMIT $5""",
+            user_id,
+            status or None,
+            *_after(page, 2),
+            page.limit,
+        )
+        return pages.take([_make(JobRow, r) for r in records], page, key=_created)
+
+    async def job_status(self, job_id: uuid.UUID) -> int | None:
+        """The status of a job that is not deleted (None once deleted)."""
+        status: int | None = await self.db.fetchval(
+            "SELECT status FROM training_jobs WHERE id = $1 AND deleted_at IS NULL", job_id
+        )
+        return status
+
+    async def jobs_in_status(self, status: int) -> list[tuple[uuid.UUID, str]]:
+        records = await self.db.fetch(
+            "SELECT id, user_id FROM training_jobs WHERE status = $1 AND deleted_at IS NULL",
+            status,
+        )
+        return [(r["id"], r["user_id"]) for r in records]
+
+    async def apply(self, job_id: uuid.UUID, change: lifecycle.Change) -> JobRow:
+        """Write a transition decided by `lifecycle` with its StatusChanged event, the
+        owner's notification when terminal, and a queue wake-up when QUEUED. Call inside
+        the transaction that locked the job."""
+        lease = change.lease
+        record = await self.db.fetchrow(
+            f"""UPDATE training_jobs SET
+                    status = $2, error = $3, updated_at = clock_timestamp(),
+                    end_time = CASE WHEN $4 THEN clock_timestamp() ELSE NULL END,
+                    attempt = coalesce($5, attempt),
+                    worker_losses = coalesce($6, worker_losses),
+                    total_steps = coalesce($7, total_steps),
+                    steps_per_epoch = coalesce($8, steps_per_epoch),
+                    claim_token = CASE WHEN $9::uuid IS NOT NULL THEN $9::uuid
+                                       WHEN $10 THEN NULL ELSE claim_token END,
+                    lease_expires_at = CASE
+                        WHEN $9::uuid IS NOT NULL THEN now() + make_interval(secs => $11)
+                        WHEN $10 THEN NULL ELSE lease_expires_at END,
+                    worker_id = coalesce($12, worker_id),
+                    start_time = CASE WHEN $13 THEN NULL
+                        WHEN $9::uuid IS NOT NULL THEN coalesce(start_time, clock_timestamp())
+                        ELSE start_time END,
+                    queued_at = CASE WHEN $14 THEN clock_timestamp() ELSE queued_at END,
+                    model_id = coalesce($15, model_id)
+                WHERE id = $1 RETURNING {_JOB}""",
+            job_id,
+            change.status,
+            None if change.error is None else change.error.as_json(),
+            change.terminal,
+            change.attempt,
+            change.worker_losses,
+            change.total_steps,
+            change.steps_per_epoch,
+            None if lease is None else lease.token,
+            change.release,
+            0.0 if lease is None else float(lease.seconds),
+            None if lease is None else lease.worker_id,
+            change.restart,
+            change.queued,
+            change.model_id,
+        )
+        job: JobRow = _make(JobRow, record)
+        await self._status_event(job, change)
+        if change.notice is not None:
+            await self.notify(
+                job.user_id,
+                change.notice.kind,
+                change.notice.title,
+                change.notice.body,
+                job_id=str(job.id),
+                model_id=str(job.model_id) if job.model_id else "",
+            )
+        if change.queued:
+            await self.db.execute("SELECT pg_notify($1, $2)", QUEUE_CHANNEL, str(job.id))
+        return job
+
+    async def _status_event(self, job: JobRow, change: lifecycle.Change) -> None:
+        status_changed = J.StatusChanged(status=change.status, message=change.message)
+        if change.error is not None:
+            status_changed.error.CopyFrom(J.JobError(**change.error.as_json()))
+        await self.append_event(job.id, job.attempt, J.JobEvent(status_changed=status_changed))
+
+    async def delete_job(self, job_id: uuid.UUID) -> None:
+        await self.db.execute(
+            "UPDATE training_jobs SET deleted_at = clock_timestamp() WHERE id = $1", job_id
+        )
+
+    # -- job events ---------------------------------------------------------------------------
+    async def append_event(self, job_id: uuid.UUID, attempt: int, event: J.JobEvent) -> int:
+        """Store `event` (its payload set) with the job's next sequence and wake the
+        watchers on commit. Call inside a transaction: the job's row lock on `last_seq`
+        serialises its events."""
+        seq: int = await self.db.fetchval(
+            "UPDATE training_jobs SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq",
+            job_id,
+        )
+        stored = J.JobEvent()
+        stored.CopyFrom(event)
+        stored.sequence = seq
+        stored.attempt = attempt
+        stamp = timestamp(dt.datetime.now(dt.UTC))
+        assert stamp is not None
+        stored.create_time.CopyFrom(stamp)
+        await self.db.execute(
+            "INSERT INTO job_events (job_id, seq, event) VALUES ($1, $2, $3)",
+            job_id,
+            seq,
+            stored.SerializeToString(),
+        )
+        await self.db.execute("SELECT pg_notify($1, $2)", EVENTS_CHANNEL, str(job_id))
+        return seq
+
+    async def events_after(self, job_id: uuid.UUID, sequence: int) -> list[J.JobEvent]:
+        records = await self.db.fetch(
+            "SELECT event FROM job_events WHERE job_id = $1 AND seq > $2 ORDER BY seq",
+            job_id,
+            sequence,
+        )
+        return [J.JobEvent.FromString(r["event"]) for r in records]
+
+    # -- the queue (workers) ------------------------------------------------------------------
+    async def expired_leases(self) -> list[JobRow]:
+        """RUNNING jobs whose lease has expired, locked (skipping those another worker
+        is reaping)."""
+        records = await self.db.fetch(
+            f"""SELECT {_JOB} FROM training_jobs WHERE status = $1 AND lease_expires_at < now()
+                FOR UPDATE SKIP LOCKED""",
+            lifecycle.RUNNING,
+        )
+        return [_make(JobRow, r) for r in records]
+
+    async def next_queued(self) -> JobRow | None:
+        """The oldest QUEUED job, locked (skipping those other workers are claiming)."""
+        record = await self.db.fetchrow(
+            f"""SELECT {_JOB} FROM training_jobs WHERE status = $1 AND deleted_at IS NULL
+                ORDER BY queued_at, id LIMIT 1 FOR UPDATE SKIP LOCKED""",
+            lifecycle.QUEUED,
+        )
+        return None if record is None else _make(JobRow, record)
+
+    async def claim_token(self, job_id: uuid.UUID) -> uuid.UUID | None:
+        """The job's current claim token, without a lock (a quick check before slow work)."""
+        token: uuid.UUID | None = await self.db.fetchval(
+            "SELECT claim_token FROM training_jobs WHERE id = $1", job_id
+        )
+        return token
+
+    async def renew_lease(self, job_id: uuid.UUID, token: uuid.UUID, seconds: float) -> bool:
+        """Extend a running job's lease; False when the claim is no longer `token`'s."""
+        ok = await self.db.fetchval(
+            """UPDATE training_jobs SET lease_expires_at = now() + make_interval(secs => $3)
+               WHERE id = $1 AND claim_token = $2 AND status = $4 RETURNING true""",
+            job_id,
+            token,
+            float(seconds),
+            lifecycle.RUNNING,
+        )
+        return bool(ok)
+
+    async def dataset_file(self, dataset_id: uuid.UUID) -> str:
+        file_id: str = await self.db.fetchval(
+            "SELECT file_id FROM datasets WHERE id = $1", dataset_id
+        )
+        return file_id
+
+    async def record_step(
+        self, job_id: uuid.UUID, attempt: int, point: StepPoint, eta_seconds: int
+    ) -> MetricRow:
+        """A metric point and the job's progress (in a transaction)."""
+        record = await self.db.fetchrow(
+            f"""INSERT INTO metrics_points (job_id, attempt, step, epoch, loss, learning_rate,
+                    grad_norm, tokens_per_second, eval_loss)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {_METRIC}""",
+            job_id,
+            attempt,
+            point.step,
+            point.epoch,
+            point.loss,
+            point.learning_rate,
+            point.grad_norm,
+            point.tokens_per_second,
+            point.eval_loss,
+        )
+        await self.db.execute(
+            """UPDATE training_jobs SET steps_done = $2, epoch = $3, loss = $4,
+                   eval_loss = coalesce($5, eval_loss), tokens_per_second = $6,
+                   eta_seconds = $7, updated_at = clock_timestamp() WHERE id = $1""",
+            job_id,
+            point.step,
+            point.epoch,
+            point.loss,
+            point.eval_loss,
+            point.tokens_per_second,
+            eta_seconds,
+        )
+        return _make(MetricRow, record)  # type: ignore[no-any-return]
+
+    # -- metrics and checkpoints --------------------------------------------------------------
+    async def list_metrics(
+        self, job_id: uuid.UUID, from_step: int, page: pages.PageRequest
+    ) -> tuple[list[MetricRow], str]:
+        """In the order they were written."""
+        (after,) = _after(page, 1)
+        records = await self.db.fetch(
+            f"""SELECT {_METRIC} FROM metrics_points WHERE job_id = $1 AND id > $2
+                AND step >= $3 ORDER BY id LIMIT $4""",
+            job_id,
+            after or 0,
+            from_step,
+            page.limit,
+        )
+        return pages.take([_make(MetricRow, r) for r in records], page, key=lambda r: (r.id,))
+
+    async def insert_checkpoint(
+        self,
+        *,
+        job_id: uuid.UUID,
+        attempt: int,
+        point: StepPoint,
+        size_bytes: int,
+        storage_path: str,
+        file_id: str,
+    ) -> CheckpointRow:
+        record = await self.db.fetchrow(
+            f"""INSERT INTO checkpoints (id, job_id, attempt, step, epoch, loss, eval_loss,
+                    size_bytes, storage_path, file_id)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {_CHECKPOINT}""",
+            uuid.uuid4(),
+            job_id,
+            attempt,
+            point.step,
+            point.epoch,
+            point.loss,
+            point.eval_loss,
+            size_bytes,
+            storage_path,
+            file_id,
+        )
+        return _make(CheckpointRow, record)  # type: ignore[no-any-return]
+
+    async def latest_checkpoint(self, job_id: uuid.UUID) -> CheckpointRow | None:
+        record = await self.db.fetchrow(
+            f"""SELECT {_CHECKPOINT} FROM checkpoints WHERE job_id = $1
+                ORDER BY step DESC, created_at DESC LIMIT 1""",
+            job_id,
+        )
+        return None if record is None else _make(CheckpointRow, record)
+
+    async def last_checkpoint_step(self, job_id: uuid.UUID) -> int:
+        """The step a resumed job starts from (0: from the beginning)."""
+        step = await self.db.fetchval("SELECT max(step) FROM checkpoints WHERE job_id = $1", job_id)
+        return int(step or 0)
+
+    async def list_checkpoints(
+        self, job_id: uuid.UUID, page: pages.PageRequest
+    ) -> tuple[list[CheckpointRow], str]:
+        """Oldest first."""
+        records = await self.db.fetch(
+            f"""SELECT {_CHECKPOINT} FROM checkpoints WHERE job_id = $1
+                AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3::uuid))
+                ORDER BY created_at, id LIMIT $4""",
+            job_id,
+            *_after(page, 2),
+            page.limit,
+        )
+        return pages.take([_make(CheckpointRow, r) for r in records], page, key=_created)
+
+    # -- costs --------------------------------------------------------------------------------
+    async def open_cost(
+        self, *, job_id: uuid.UUID, attempt: int, worker_id: str, device_type: str, rate: int
+    ) -> int:
+        """A cost record for one claim of a job; its id."""
+        cost_id: int = await self.db.fetchval(
+            """INSERT INTO cost_records (job_id, attempt, worker_id, device_type,
+                                         hourly_rate_micros)
+               VALUES ($1, $2, $3, $4, $5) RETURNING id""",
+            job_id,
+            attempt,
+            worker_id,
+            device_type,
+            rate,
+        )
+        return cost_id
+
+    async def bill(self, cost_id: int) -> None:
+        """Bring a claim's device time up to now."""
+        await self.db.execute(
+            """UPDATE cost_records SET device_seconds =
+                   extract(epoch FROM clock_timestamp() - started_at),
+                   updated_at = clock_timestamp()
+               WHERE id = $1""",
+            cost_id,
+        )
+
+    async def device_seconds(self, job_id: uuid.UUID) -> float:
+        spent = await self.db.fetchval(
+            "SELECT sum(device_seconds) FROM cost_records WHERE job_id = $1", job_id
+        )
+        return float(spent or 0.0)
+
+    async def costs(self, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[CostRow]]:
+        """Each job's device time by device type, in the order the types were first used."""
+        records = await self.db.fetch(
+            """SELECT job_id, device_type, max(hourly_rate_micros) AS rate,
+                      sum(device_seconds) AS secs, min(id) AS first
+               FROM cost_records WHERE job_id = ANY($1::uuid[])
+               GROUP BY job_id, device_type ORDER BY job_id, first""",
+            list(job_ids),
+        )
+        out: dict[uuid.UUID, list[CostRow]] = {job_id: [] for job_id in job_ids}
+        for r in records:
+            out[r["job_id"]].append(CostRow(r["device_type"], int(r["rate"]), float(r["secs"])))
+        return out
+
+    # -- model artifacts ----------------------------------------------------------------------
+    async def insert_model(
+        self,
+        *,
+        user_id: str,
+        name: str,
+        job_id: uuid.UUID,
+        clone_id: uuid.UUID | None,
+        base_model: str,
+        method: int,
+        kind: int,
+        files: list[dict[str, Any]],
+        steps: int,
+        final_loss: float,
+        final_eval_loss: float | None,
+    ) -> ModelRow:
+        record = await self.db.fetchrow(
+            f"""INSERT INTO model_artifacts (id, user_id, name, job_id, clone_id, base_model,
+                    method, kind, files, size_bytes, steps, final_loss, final_eval_loss)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                RETURNING {_MODEL}""",
+            uuid.uuid4(),
+            user_id,
+            name,
+            job_id,
+            clone_id,
+            base_model,
+            method,
+            kind,
+            files,
+            sum(int(f["size_bytes"]) for f in files),
+            steps,
+            final_loss,
+            final_eval_loss,
+        )
+        return _make(ModelRow, record)  # type: ignore[no-any-return]
+
+    async def get_model(self, user_id: str, model_id: uuid.UUID) -> ModelRow | None:
+        record = await self.db.fetchrow(
+            f"SELECT {_MODEL} FROM model_artifacts WHERE id = $1 AND user_id = $2",
+            model_id,
+            user_id,
+        )
+        return None if record is None else _make(ModelRow, record)
+
+    async def list_models(
+        self, user_id: str, clone_id: uuid.UUID | None, page: pages.PageRequest
+    ) -> tuple[list[ModelRow], str]:
+        """Newest first; only the clone's when `clone_id` is given."""
+        records = await self.db.fetch(
+            f"""SELECT {_MODEL} FROM model_artifacts WHERE user_id = $1
+                AND ($2::uuid IS NULL OR clone_id = $2)
+                AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
+                ORDER BY created_at DESC, id DESC LIMIT $5""",
+            user_id,
+            clone_id,
+            *_after(page, 2),
+            page.limit,
+        )
+        return pages.take([_make(ModelRow, r) for r in records], page, key=_created)
+
+    # -- clones -------------------------------------------------------------------------------
+    async def insert_clone(
+        self,
+        *,
+        clone_id: uuid.UUID,
+        user_id: str,
+        name: str,
+        persona_prompt: str,
+        base_model: str,
+        knowledge_base_id: str,
+    ) -> None:
+        await self.db.execute(
+            """INSERT INTO clones (id, user_id, name, persona_prompt, base_model,
+                                   knowledge_base_id) VALUES ($1, $2, $3, $4, $5, $6)""",
+            clone_id,
+            user_id,
+            name,
+            persona_prompt,
+            base_model,
+            knowledge_base_id,
+        )
+
+    async def get_clone(self, user_id: str, clone_id: uuid.UUID) -> CloneRow | None:
+        record = await self.db.fetchrow(
+            f"""SELECT {_CLONE} FROM clones c
+                WHERE c.id = $1 AND c.user_id = $3 AND c.deleted_at IS NULL""",
+            clone_id,
+            _ACTIVE,
+            user_id,
+        )
+        return None if record is None else _make(CloneRow, record)
+
+    async def list_clones(
+        self, user_id: str, page: pages.PageRequest
+    ) -> tuple[list[CloneRow], str]:
+        """Newest first."""
+        records = await self.db.fetch(
+            f"""SELECT {_CLONE} FROM clones c WHERE c.user_id = $1 AND c.deleted_at IS NULL
+                AND ($3::timestamptz IS NULL OR (c.created_at, c.id) < ($3, $4::uuid))
+                ORDER BY c.created_at DESC, c.id DESC LIMIT $5""",
+            user_id,
+            _ACTIVE,
+            *_after(page, 2),
+            page.limit,
+        )
+        return pages.take([_make(CloneRow, r) for r in records], page, key=_created)
+
+    async def update_clone(
+        self,
+        clone_id: uuid.UUID,
+        *,
+        name: str | None = None,
+        persona_prompt: str | None = None,
+        set_active_model: bool = False,
+        active_model_id: uuid.UUID | None = None,
+    ) -> None:
+        """Change the given fields (None: unchanged; the active model only when
+        `set_active_model`, None then clears it)."""
+        await self.db.execute(
+            """UPDATE clones SET name = coalesce($2, name),
+                      persona_prompt = coalesce($3, persona_prompt),
+                      active_model_id = CASE WHEN $4 THEN $5::uuid ELSE active_model_id END,
+                      updated_at = clock_timestamp()
+               WHERE id = $1""",
+            clone_id,
+            name,
+            persona_prompt,
+            set_active_model,
+            active_model_id,
+        )
+
+    async def set_clone_model(self, clone_id: uuid.UUID, model_id: uuid.UUID) -> None:
+        """A job's new model becomes its clone's active model (unless the clone is gone)."""
+        await self.db.execute(
+            """UPDATE clones SET active_model_id = $2, updated_at = clock_timestamp()
+               WHERE id = $1 AND deleted_at IS NULL""",
+            clone_id,
+            model_id,
+        )
+
+    async def delete_clone(self, clone_id: uuid.UUID) -> bool:
+        """False when it was deleted already."""
+        deleted = await self.db.fetchval(
+            """UPDATE clones SET deleted_at = clock_timestamp()
+               WHERE id = $1 AND deleted_at IS NULL RETURNING true""",
+            clone_id,
+        )
+        return bool(deleted)
+
+    # -- notifications ------------------------------------------------------------------------
+    async def notify(
+        self,
+        user_id: str,
+        kind: int,
+        title: str,
+        body: str,
+        *,
+        job_id: str = "",
+        dataset_id: str = "",
+        model_id: str = "",
+    ) -> None:
+        """A notification for the user; their watchers wake on commit."""
+        await self.db.execute(
+            """INSERT INTO notifications (id, user_id, kind, title, body, job_id, dataset_id,
+                                          model_id)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+            uuid.uuid4(),
+            user_id,
+            kind,
+            title,
+            body[:1000],
+            job_id,
+            dataset_id,
+            model_id,
+        )
+        await self.db.execute("SELECT pg_notify($1, $2)", NOTIFICATIONS_CHANNEL, user_id)
+
+    async def list_notifications(
+        self, user_id: str, unread_only: bool, page: pages.PageRequest
+    ) -> tuple[list[NotificationRow], str]:
+        """Newest first."""
+        records = await self.db.fetch(
+            f"""SELECT {_NOTIFICATION} FROM notifications WHERE user_id = $1
+                AND (NOT $2 OR NOT read)
+                AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
+                ORDER BY created_at DESC, id DESC LIMIT $5""",
+            user_id,
+            unread_only,
+            *_after(page, 2),
+            page.limit,
+        )
+        return pages.take([_make(NotificationRow, r) for r in records], page, key=_created)
+
+    async def unread_notifications(self, user_id: str, limit: int) -> list[NotificationRow]:
+        """The newest `limit` unread ones, oldest first."""
+        records = await self.db.fetch(
+            f"""SELECT {_NOTIFICATION} FROM (SELECT {_NOTIFICATION} FROM notifications
+                WHERE user_id = $1 AND NOT read ORDER BY created_at DESC, id DESC LIMIT $2) t
+                ORDER BY created_at, id""",
+            user_id,
+            limit,
+        )
+        return [_make(NotificationRow, r) for r in records]
+
+    async def notifications_since(self, user_id: str, since: dt.datetime) -> list[NotificationRow]:
+        """Those created at or after `since`, oldest first."""
+        records = await self.db.fetch(
+            f"""SELECT {_NOTIFICATION} FROM notifications WHERE user_id = $1
+                AND created_at >= $2 ORDER BY created_at, id""",
+            user_id,
+            since,
+        )
+        return [_make(NotificationRow, r) for r in records]
+
+    async def count_own_notifications(self, user_id: str, ids: Sequence[uuid.UUID]) -> int:
+        count: int = await self.db.fetchval(
+            "SELECT count(*) FROM notifications WHERE user_id = $1 AND id = ANY($2::uuid[])",
+            user_id,
+            list(ids),
+        )
+        return count
+
+    async def mark_read(self, user_id: str, ids: Sequence[uuid.UUID] | None) -> int:
+        """Mark the given notifications (None: all of the user's) read; how many were
+        unread."""
+        records = await self.db.fetch(
+            """UPDATE notifications SET read = true WHERE user_id = $1
+               AND ($2::uuid[] IS NULL OR id = ANY($2::uuid[])) AND NOT read RETURNING id""",
+            user_id,
+            None if ids is None else list(ids),
+        )
+        return len(records)

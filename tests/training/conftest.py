@@ -55,6 +55,12 @@ def rag_addr() -> str:
     return "127.0.0.1:1"
 
 
+@pytest.fixture(scope="module")
+def training_overrides() -> dict[str, Any]:
+    """Settings of the module's training service beyond the defaults below."""
+    return {}
+
+
 @dataclass
 class Env:
     storage: App
@@ -74,6 +80,7 @@ async def env(
     tiny_model: Path,
     tmp_path_factory: pytest.TempPathFactory,
     rag_addr: str,
+    training_overrides: dict[str, Any],
 ) -> AsyncIterator[Env]:
     data_dir = tmp_path_factory.mktemp("storage")
     s_settings = StorageSettings(
@@ -96,6 +103,7 @@ async def env(
             training_watch_heartbeat_seconds=2.0,
             training_simulate_step_seconds=0.05,
             training_torch_threads=1,
+            **training_overrides,
         )
         async with running(
             training_spec(t_settings), t_settings, verifier=keyring.verifier()
