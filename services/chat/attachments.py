@@ -1,5 +1,6 @@
 """Attachments: a storage file attached to a chat is ingested into the chat's own
-knowledge base (created on first use) in the background; turns search it once READY."""
+knowledge base (created on first use) in the background; turns search it once READY.
+`Attachments` serves AttachFile and the files a SendMessage brings along."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
-from services.chat.deps import Deps
-from services.chat.store import ATTACHMENT_FAILED, ATTACHMENT_INGESTING
+from aivera.chat.v1 import chat_pb2
+from services.chat.clients import Documents, Files
+from services.chat.store import AttachmentRow, ChatRow
 from services.common import context as ctx
-from services.common.errors import InvalidArgument, ResourceExhausted
+from services.common.errors import InvalidArgument, Reason, ResourceExhausted
 
 log = logging.getLogger("aivera.chat.attachments")
 
@@ -23,62 +26,119 @@ SUPPORTED_TYPES = (
     "application/json",
     "text/plain",
 )
+POLL_SECONDS = 0.2  # how often wait_ready looks at ingesting attachments
+
+# Runs a background task (App.spawn): (coroutine, name=...) -> task.
+Spawn = Callable[..., "asyncio.Task[Any]"]
 
 
-async def attach(deps: Deps, user_id: str, chat: Any, file_id: str, max_attachments: int) -> Any:
-    """The attachment of `file_id` to the chat (the existing one when already attached);
-    a new one starts ingesting in the background."""
-    store = deps.store
-    chat_id = chat["id"]
-    filename, content_type = await deps.files.file_info(file_id)
-    if content_type.split(";")[0].strip() not in SUPPORTED_TYPES:
-        raise InvalidArgument(
-            f"file type {content_type or 'unknown'} cannot be attached (pdf, md, html, json, txt)",
-            field="file_id",
-        )
-    existing = [a for a in await store.list_attachments(chat_id) if str(a["file_id"]) == file_id]
-    if existing:
-        return existing[0]
-    if await store.count_attachments(chat_id) >= max_attachments:
-        raise ResourceExhausted(f"a chat may have at most {max_attachments} attachments")
-    kb_id = chat["attachments_knowledge_base_id"]
-    if kb_id is None:
-        kb_id = await store.set_attachments_kb(
-            chat_id, await deps.documents.create_chat_kb(str(chat_id))
-        )
-    row, created = await store.add_attachment(chat_id, uuid.UUID(file_id), filename)
-    if created:
-        deps.spawn(_ingest(deps, user_id, row["id"], str(kb_id), file_id), name=f"ingest-{file_id}")
-    return row
+class AttachmentStore(Protocol):
+    """What attachments persist (implemented by services.chat.store.Store)."""
+
+    async def list_attachments(
+        self, chat_id: uuid.UUID, ids: Sequence[uuid.UUID] | None = None
+    ) -> list[AttachmentRow]: ...
+
+    async def find_attachment(
+        self, chat_id: uuid.UUID, file_id: uuid.UUID
+    ) -> tuple[AttachmentRow | None, int]: ...
+
+    async def set_attachments_kb(self, chat_id: uuid.UUID, kb_id: str) -> str: ...
+
+    async def add_attachment(
+        self, chat_id: uuid.UUID, file_id: uuid.UUID, filename: str
+    ) -> tuple[AttachmentRow, bool]: ...
+
+    async def set_attachment_state(
+        self, attachment_id: uuid.UUID, status: int, document_id: str = "", error: str = ""
+    ) -> None: ...
 
 
-async def _ingest(
-    deps: Deps, user_id: str, attachment_id: uuid.UUID, kb_id: str, file_id: str
-) -> None:
-    with ctx.acting_for(user_id):
-        try:
-            async for document_id, status, error in deps.documents.ingest(kb_id, file_id):
-                await deps.store.set_attachment_state(attachment_id, status, document_id, error)
-                if status != ATTACHMENT_INGESTING:
-                    return
-        except Exception as exc:
-            log.warning("ingest of %s failed: %s", file_id, exc)
-            await deps.store.set_attachment_state(
-                attachment_id, ATTACHMENT_FAILED, "", f"ingestion failed: {type(exc).__name__}"
+def too_many(limit: int) -> ResourceExhausted:
+    return ResourceExhausted(
+        f"a chat may have at most {limit} attachments",
+        metadata={"limit": "max_attachments_per_chat", "value": str(limit)},
+    )
+
+
+class Attachments:
+    def __init__(
+        self,
+        store: AttachmentStore,
+        documents: Documents,
+        files: Files,
+        spawn: Spawn,
+    ) -> None:
+        self.store = store
+        self.documents = documents
+        self.files = files
+        self.spawn = spawn
+
+    async def check_type(self, file_id: str, *, field: str) -> str:
+        """The file's name; NOT_FOUND for another user's file, INVALID_ARGUMENT
+        (UNSUPPORTED_FORMAT) for a type that cannot be ingested."""
+        filename, content_type = await self.files.file_info(file_id)
+        if content_type.split(";")[0].strip() not in SUPPORTED_TYPES:
+            raise InvalidArgument(
+                f"file type {content_type or 'unknown'} cannot be attached "
+                "(pdf, md, html, json, txt)",
+                field=field,
+                reason=Reason.UNSUPPORTED_FORMAT,
             )
+        return filename
 
+    async def attach(
+        self, user_id: str, chat: ChatRow, file_id: str, max_attachments: int
+    ) -> tuple[AttachmentRow, str]:
+        """(the attachment of `file_id`, the chat's attachments knowledge base): the
+        existing attachment when already attached; a new one starts ingesting in the
+        background."""
+        filename = await self.check_type(file_id, field="file_id")
+        existing, count = await self.store.find_attachment(chat.id, uuid.UUID(file_id))
+        kb = str(chat.attachments_knowledge_base_id or "")
+        if existing is not None:
+            return existing, kb
+        if count >= max_attachments:
+            raise too_many(max_attachments)
+        if not kb:
+            kb = await self.store.set_attachments_kb(
+                chat.id, await self.documents.create_chat_kb(str(chat.id))
+            )
+        row, created = await self.store.add_attachment(chat.id, uuid.UUID(file_id), filename)
+        if created:
+            self.spawn(self._ingest(user_id, row.id, kb, file_id), name=f"ingest-{file_id}")
+        return row, kb
 
-async def wait_ready(
-    deps: Deps, chat_id: uuid.UUID, attachment_ids: list[uuid.UUID], timeout: float
-) -> tuple[list[Any], list[Any], list[Any]]:
-    """(ready, failed, still ingesting) after waiting up to `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    wanted = set(attachment_ids)
-    while True:
-        rows = [a for a in await deps.store.list_attachments(chat_id) if a["id"] in wanted]
-        waiting = [a for a in rows if a["status"] == ATTACHMENT_INGESTING]
-        if not waiting or time.monotonic() >= deadline:
-            ready = [a for a in rows if a["status"] == 2]
-            failed = [a for a in rows if a["status"] == ATTACHMENT_FAILED]
-            return ready, failed, waiting
-        await asyncio.sleep(0.2)
+    async def _ingest(
+        self, user_id: str, attachment_id: uuid.UUID, kb_id: str, file_id: str
+    ) -> None:
+        with ctx.acting_for(user_id):
+            try:
+                async for update in self.documents.ingest(kb_id, file_id):
+                    await self.store.set_attachment_state(
+                        attachment_id, update.status, update.document_id, update.error
+                    )
+                    if update.status != chat_pb2.ATTACHMENT_STATUS_INGESTING:
+                        return
+            except Exception as exc:
+                log.warning("ingest of %s failed: %s", file_id, exc)
+                await self.store.set_attachment_state(
+                    attachment_id,
+                    chat_pb2.ATTACHMENT_STATUS_FAILED,
+                    "",
+                    f"ingestion failed: {type(exc).__name__}",
+                )
+
+    async def wait_ready(
+        self, chat_id: uuid.UUID, attachment_ids: list[uuid.UUID], timeout: float
+    ) -> tuple[list[AttachmentRow], list[AttachmentRow], list[AttachmentRow]]:
+        """(ready, failed, still ingesting) after waiting up to `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = await self.store.list_attachments(chat_id, attachment_ids)
+            waiting = [a for a in rows if a.status == chat_pb2.ATTACHMENT_STATUS_INGESTING]
+            if not waiting or time.monotonic() >= deadline:
+                ready = [a for a in rows if a.status == chat_pb2.ATTACHMENT_STATUS_READY]
+                failed = [a for a in rows if a.status == chat_pb2.ATTACHMENT_STATUS_FAILED]
+                return ready, failed, waiting
+            await asyncio.sleep(POLL_SECONDS)

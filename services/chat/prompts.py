@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from aivera.chat.v1 import chat_pb2
 from services.chat.clients import Block, PageInfo
 from services.chat.providers.base import Content, Part, ToolSpec
 
@@ -129,9 +130,9 @@ def pro_user_content(
 
 
 def history_contents(history: Sequence[tuple[int, str]]) -> list[Content]:
-    """The chat's earlier messages (role 1 user, 2 assistant) as model contents."""
+    """The chat's earlier messages ((MessageRole, text), oldest first) as model contents."""
     return [
-        Content("user" if role == 1 else "model", [Part(text=content)])
+        Content("user" if role == chat_pb2.MESSAGE_ROLE_USER else "model", [Part(text=content)])
         for role, content in history
         if content
     ]

@@ -1,15 +1,24 @@
-"""Wiring of the chat service: its dependencies, servicers, schema and migrations."""
+"""Wiring of the chat service: `make_deps` builds the store, the clients of the other
+services and the local models from the App; `build` makes the domain objects
+(`Attachments`, `Turns`) and the servicers from them; `on_ready` starts the sweep that
+closes turns whose replica died."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from aivera.chat.v1 import chat_pb2
+from services.chat.attachments import Attachments
 from services.chat.clients import GrpcClones, GrpcDocuments, GrpcFiles, GrpcKeys
 from services.chat.config import ChatSettings
-from services.chat.deps import Deps, gemini_factory
+from services.chat.deps import Deps
+from services.chat.pipeline.runner import Turns
+from services.chat.providers.base import Provider
+from services.chat.providers.gemini import GeminiProvider
 from services.chat.providers.local import LocalModels
 from services.chat.servicer import ChatServiceServicer, PromptAdminServiceServicer
 from services.chat.store import Store
@@ -21,26 +30,41 @@ log = logging.getLogger("aivera.chat")
 
 
 class ChatSpec(ServiceSpec):
+    # Set by `build` (or beforehand, by a benchmark that swaps parts); tests read it.
     deps: Deps | None = None
+
+
+def gemini_factory(settings: ChatSettings) -> Callable[[str], Provider]:
+    """The user's key → a Gemini provider with the settings' endpoint, timeout, retries."""
+
+    def make(key: str) -> Provider:
+        return GeminiProvider(
+            key,
+            base_url=settings.gemini_base_url,
+            timeout_seconds=settings.gemini_timeout_seconds,
+            retry_attempts=settings.provider_retry_attempts,
+            retry_initial_delay=settings.provider_retry_initial_delay_seconds,
+            retry_max_delay=settings.provider_retry_max_delay_seconds,
+        )
+
+    return make
 
 
 def make_deps(app: App, settings: ChatSettings) -> Deps:
     models_dir = settings.chat_models_dir or default_models_dir()
-    local = LocalModels(
-        None,
-        name=Path(settings.local_model).name,
-        max_new_tokens=settings.local_max_new_tokens,
-        cache_size=settings.local_adapter_cache_size,
-    )
-    local.resolve = lambda: resolve_model(settings.local_model, models_dir)
     return Deps(
         settings=settings,
-        store=Store(None),
-        keys=GrpcKeys(app),
-        documents=GrpcDocuments(app),
-        files=GrpcFiles(app),
-        clones=GrpcClones(app),
-        local=local,
+        store=Store(lambda: app.pool),
+        keys=GrpcKeys(app.channel(settings.auth_addr), app.deadlines),
+        documents=GrpcDocuments(app.channel(settings.rag_addr), app.deadlines),
+        files=GrpcFiles(app.storage()),
+        clones=GrpcClones(app.channel(settings.training_addr), app.deadlines),
+        local=LocalModels(
+            functools.partial(resolve_model, settings.local_model, models_dir),
+            name=Path(settings.local_model).name,
+            max_new_tokens=settings.local_max_new_tokens,
+            cache_size=settings.local_adapter_cache_size,
+        ),
         adapters_dir=settings.chat_adapters_dir or models_dir / "adapters",
         spawn=app.spawn,
         gemini=gemini_factory(settings),
@@ -63,16 +87,31 @@ async def sweep_stale_turns(store: Store, settings: ChatSettings) -> None:
 def make_spec(settings: ChatSettings) -> ChatSpec:
     async def build(app: App) -> Servicers:
         deps = spec.deps = spec.deps or make_deps(app, settings)
-        deps.spawn = app.spawn
+        attachments = Attachments(deps.store, deps.documents, deps.files, deps.spawn)
+        turns = Turns(
+            store=deps.store,
+            keys=deps.keys,
+            documents=deps.documents,
+            files=deps.files,
+            clones=deps.clones,
+            attachments=attachments,
+            local=deps.local,
+            gemini=deps.gemini,
+            settings=settings,
+            adapters_dir=deps.adapters_dir,
+            spawn=deps.spawn,
+        )
         services = chat_pb2.DESCRIPTOR.services_by_name
         return [
-            (services["ChatService"], ChatServiceServicer(deps)),
-            (services["PromptAdminService"], PromptAdminServiceServicer(deps)),
+            (
+                services["ChatService"],
+                ChatServiceServicer(deps.store, turns, attachments, deps.documents, deps.clones),
+            ),
+            (services["PromptAdminService"], PromptAdminServiceServicer(deps.store)),
         ]
 
     async def on_ready(app: App) -> None:
         assert spec.deps is not None
-        spec.deps.store.pool = app.pool
         app.spawn(sweep_stale_turns(spec.deps.store, settings), name="chat-stale-turns")
 
     spec = ChatSpec(

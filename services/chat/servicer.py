@@ -1,22 +1,24 @@
-"""RPC handlers of aivera.chat.v1: validate, call the domain, shape the answer."""
+"""RPC handlers of aivera.chat.v1: validate, call the store or the domain (`Turns`,
+`Attachments`), shape the answer. List RPCs page with signed keyset tokens
+(services.common.pages) scoped to the RPC, the caller and the request's filters."""
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 from google.protobuf import empty_pb2
 
 from aivera.chat.v1 import chat_pb2
-from services.chat import attachments, convert
-from services.chat.deps import Deps
-from services.chat.pipeline import runner
+from services.chat import convert
+from services.chat.attachments import Attachments
+from services.chat.clients import Clones, Documents
+from services.chat.pipeline.runner import Turns
+from services.chat.store import ChatRow, Store
+from services.common import pages
 from services.common.context import require_user_id
-from services.common.errors import AlreadyExists, InvalidArgument, not_found
-from services.common.pages import decode_token, encode_token, page_size
+from services.common.errors import InvalidArgument, not_found
 from services.common.protoutil import mask_paths, parse_uuid
 
 DEFAULT_TITLE = "Новый чат"
@@ -36,22 +38,22 @@ def _title(value: str, *, allow_empty: bool) -> str:
     return title
 
 
-def _offset(token: str) -> int:
-    position = decode_token(token)
-    if position is None:
-        return 0
-    offset = position.get("o")
-    if not isinstance(offset, int) or offset < 0:
-        raise InvalidArgument("page_token is not valid", field="page_token")
-    return offset
-
-
 class ChatServiceServicer:
-    def __init__(self, deps: Deps) -> None:
-        self.deps = deps
-        self.store = deps.store
+    def __init__(
+        self,
+        store: Store,
+        turns: Turns,
+        attachments: Attachments,
+        documents: Documents,
+        clones: Clones,
+    ) -> None:
+        self.store = store
+        self.turns = turns
+        self.attachments = attachments
+        self.documents = documents
+        self.clones = clones
 
-    async def _chat(self, user_id: str, raw_id: str, field: str = "id") -> Any:
+    async def _chat(self, user_id: str, raw_id: str, field: str = "id") -> ChatRow:
         chat_id = parse_uuid(raw_id, field=field)
         row = await self.store.get_chat(user_id, chat_id)
         if row is None:
@@ -62,44 +64,35 @@ class ChatServiceServicer:
         user_id = require_user_id()
         title = _title(request.title, allow_empty=True)
         clone_id = str(parse_uuid(request.clone_id, field="clone_id")) if request.clone_id else ""
-        kb_ids = [
-            str(parse_uuid(k, field="knowledge_base_ids")) for k in request.knowledge_base_ids
-        ]
+        kb_ids = list(
+            dict.fromkeys(
+                str(parse_uuid(k, field="knowledge_base_ids")) for k in request.knowledge_base_ids
+            )
+        )
         if clone_id:
-            await self.deps.clones.clone(clone_id)  # NOT_FOUND when not the caller's
-        for kb_id in dict.fromkeys(kb_ids):
-            await self.deps.documents.check_kb(kb_id)
-        row = await self.store.create_chat(user_id, title, clone_id, list(dict.fromkeys(kb_ids)))
+            await self.clones.clone(clone_id)  # NOT_FOUND when not the caller's
+        for kb_id in kb_ids:
+            await self.documents.check_kb(kb_id)
+        row = await self.store.create_chat(user_id, title, clone_id, kb_ids)
         return convert.chat(row)
 
     async def GetChat(self, request: chat_pb2.GetChatRequest, context: Any) -> chat_pb2.Chat:
         row = await self._chat(require_user_id(), request.id)
-        return convert.chat(row, await self.store.list_attachments(row["id"]))
+        return convert.chat(row, await self.store.list_attachments(row.id))
 
     async def ListChats(
         self, request: chat_pb2.ListChatsRequest, context: Any
     ) -> chat_pb2.ListChatsResponse:
         user_id = require_user_id()
-        size = page_size(request.page_size)
-        position = decode_token(request.page_token)
-        after = None
-        if position is not None:
-            try:
-                after = (dt.datetime.fromisoformat(position["t"]), str(uuid.UUID(position["id"])))
-            except (KeyError, TypeError, ValueError):
-                raise InvalidArgument("page_token is not valid", field="page_token") from None
         archived = {
             chat_pb2.ARCHIVED_FILTER_ARCHIVED: True,
             chat_pb2.ARCHIVED_FILTER_ALL: None,
         }.get(request.archived_filter, False)
-        rows = await self.store.list_chats(user_id, archived, size + 1, after)
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            last = rows[-1]
-            token = encode_token({"t": last["activity"].isoformat(), "id": str(last["id"])})
+        page = pages.request(request.page_size, request.page_token, filter=f"archived={archived}")
+        rows = await self.store.list_chats(user_id, archived, page)
+        chats, token = pages.take(rows, page, key=lambda r: (r.activity, r.id))
         return chat_pb2.ListChatsResponse(
-            chats=[convert.chat(r) for r in rows], next_page_token=token
+            chats=[convert.chat(r) for r in chats], next_page_token=token
         )
 
     async def UpdateChat(self, request: chat_pb2.UpdateChatRequest, context: Any) -> chat_pb2.Chat:
@@ -111,7 +104,7 @@ class ChatServiceServicer:
         row = await self.store.update_chat(user_id, chat_id, title, archived)
         if row is None:
             raise not_found("chat", request.chat.id)
-        return convert.chat(row, await self.store.list_attachments(row["id"]))
+        return convert.chat(row, await self.store.list_attachments(row.id))
 
     async def DeleteChat(
         self, request: chat_pb2.DeleteChatRequest, context: Any
@@ -120,50 +113,34 @@ class ChatServiceServicer:
         chat_id = parse_uuid(request.id, field="id")
         if not await self.store.delete_chat(user_id, chat_id):
             raise not_found("chat", request.id)
-        turn = self.deps.running.get(str(chat_id))
-        if turn is not None:
-            turn.chat_deleted()  # a turn on another replica stops at its next flush
+        self.turns.stop(chat_id)
         return empty_pb2.Empty()
 
     async def ListMessages(
         self, request: chat_pb2.ListMessagesRequest, context: Any
     ) -> chat_pb2.ListMessagesResponse:
         chat = await self._chat(require_user_id(), request.chat_id, "chat_id")
-        size = page_size(request.page_size)
+        # The tail pages from the newest message back in time (keyset seq <), each page
+        # shown in chronological order; oldest-first pages forward (seq >).
         tail = request.order == chat_pb2.MESSAGE_ORDER_TAIL
-        position = decode_token(request.page_token)
-        cursor = None
-        if position is not None:
-            cursor = position.get("s")
-            if not isinstance(cursor, int) or position.get("tail") != tail:
-                raise InvalidArgument("page_token is not valid", field="page_token")
-        rows = await self.store.list_messages(chat["id"], size + 1, tail=tail, cursor=cursor)
-        token = ""
-        if len(rows) > size:
-            if tail:
-                rows = rows[1:]
-                token = encode_token({"s": rows[0]["seq"], "tail": True})
-            else:
-                rows = rows[:size]
-                token = encode_token({"s": rows[-1]["seq"], "tail": False})
-        images, results = await self.store.message_extras([r["id"] for r in rows])
+        page = pages.request(
+            request.page_size,
+            request.page_token,
+            filter=f"chat={chat.id};order={'tail' if tail else 'oldest'}",
+        )
+        rows = await self.store.list_messages(chat.id, page, newest_first=tail)
+        messages, token = pages.take(rows, page, key=lambda r: (r.seq,))
+        if tail:
+            messages.reverse()
         return chat_pb2.ListMessagesResponse(
-            messages=[
-                convert.message(
-                    r,
-                    [convert.image_row(i) for i in images.get(r["id"], [])],
-                    [convert.search_row(s) for s in results.get(r["id"], [])],
-                )
-                for r in rows
-            ],
-            next_page_token=token,
+            messages=[convert.message(r) for r in messages], next_page_token=token
         )
 
     async def SendMessage(
         self, request: chat_pb2.SendMessageRequest, context: Any
     ) -> AsyncIterator[chat_pb2.ChatEvent]:
-        prepared = await runner.prepare(self.deps, require_user_id(), request)
-        stream = runner.run(self.deps, prepared)
+        prepared = await self.turns.prepare(require_user_id(), request)
+        stream = self.turns.run(prepared)
         try:
             async for event in stream:
                 yield event
@@ -177,20 +154,22 @@ class ChatServiceServicer:
         chat = await self._chat(user_id, request.chat_id, "chat_id")
         file_id = str(parse_uuid(request.file_id, field="file_id"))
         system = await self.store.system_settings()
-        row = await attachments.attach(
-            self.deps, user_id, chat, file_id, system["max_attachments_per_chat"]
+        row, _ = await self.attachments.attach(
+            user_id, chat, file_id, system.max_attachments_per_chat
         )
         return convert.attachment(row)
 
     async def _settings(self, user_id: str) -> chat_pb2.UserSettings:
         row = await self.store.user_settings(user_id)
         system = await self.store.system_settings()
-        out = chat_pb2.UserSettings(model_profile=system["default_model_profile"])
+        out = chat_pb2.UserSettings(
+            model_profile=chat_pb2.ModelProfile.ValueType(system.default_model_profile)
+        )
         if row is not None:
-            if row["model_profile"]:
-                out.model_profile = row["model_profile"]
-            out.selected_role_prompt_id = str(row["role_id"]) if row["role_id"] else ""
-            out.update_time.FromDatetime(row["update_time"])
+            if row.model_profile:
+                out.model_profile = chat_pb2.ModelProfile.ValueType(row.model_profile)
+            out.selected_role_prompt_id = str(row.role_id) if row.role_id else ""
+            out.update_time.FromDatetime(row.update_time)
         return out
 
     async def GetSettings(
@@ -217,7 +196,7 @@ class ChatServiceServicer:
             if raw:
                 role_id = parse_uuid(raw, field="settings.selected_role_prompt_id")
                 found = await self.store.get_role(role_id)
-                if found is None or not found["is_active"]:
+                if found is None or not found.is_active:
                     raise not_found("role prompt", raw)
                 role = (True, role_id)
             else:
@@ -229,32 +208,31 @@ class ChatServiceServicer:
         self, request: chat_pb2.ListRolesRequest, context: Any
     ) -> chat_pb2.ListRolesResponse:
         require_user_id()
-        size = page_size(request.page_size)
-        offset = _offset(request.page_token)
-        rows = await self.store.list_roles(True, size + 1, offset)
-        token = encode_token({"o": offset + size}) if len(rows) > size else ""
+        page = pages.request(request.page_size, request.page_token)
+        rows = await self.store.list_roles(True, page)
+        roles, token = pages.take(rows, page, key=lambda r: (r.name, r.id))
         return chat_pb2.ListRolesResponse(
-            roles=[convert.role_prompt(r) for r in rows[:size]], next_page_token=token
+            roles=[convert.role_prompt(r) for r in roles], next_page_token=token
         )
 
 
 class PromptAdminServiceServicer:
-    def __init__(self, deps: Deps) -> None:
-        self.deps = deps
-        self.store = deps.store
+    def __init__(self, store: Store) -> None:
+        self.store = store
 
     async def ListSystemPrompts(
         self, request: chat_pb2.ListSystemPromptsRequest, context: Any
     ) -> chat_pb2.ListSystemPromptsResponse:
-        size = page_size(request.page_size)
-        offset = _offset(request.page_token)
         name = convert.SYSTEM_PROMPT_NAMES.get(request.name) if request.name else None
-        rows = await self.store.list_system_prompts(
-            name, request.include_all_versions, size + 1, offset
+        page = pages.request(
+            request.page_size,
+            request.page_token,
+            filter=f"name={name or ''};all={request.include_all_versions}",
         )
-        token = encode_token({"o": offset + size}) if len(rows) > size else ""
+        rows = await self.store.list_system_prompts(name, request.include_all_versions, page)
+        prompts, token = pages.take(rows, page, key=lambda r: (r.name, r.version))
         return chat_pb2.ListSystemPromptsResponse(
-            system_prompts=[convert.system_prompt(r) for r in rows[:size]], next_page_token=token
+            system_prompts=[convert.system_prompt(r) for r in prompts], next_page_token=token
         )
 
     async def CreateSystemPromptVersion(
@@ -285,12 +263,11 @@ class PromptAdminServiceServicer:
     async def ListRolePrompts(
         self, request: chat_pb2.ListRolePromptsRequest, context: Any
     ) -> chat_pb2.ListRolePromptsResponse:
-        size = page_size(request.page_size)
-        offset = _offset(request.page_token)
-        rows = await self.store.list_roles(False, size + 1, offset)
-        token = encode_token({"o": offset + size}) if len(rows) > size else ""
+        page = pages.request(request.page_size, request.page_token)
+        rows = await self.store.list_roles(False, page)
+        roles, token = pages.take(rows, page, key=lambda r: (r.name, r.id))
         return chat_pb2.ListRolePromptsResponse(
-            role_prompts=[convert.role_prompt(r) for r in rows[:size]], next_page_token=token
+            role_prompts=[convert.role_prompt(r) for r in roles], next_page_token=token
         )
 
     @staticmethod
@@ -314,12 +291,9 @@ class PromptAdminServiceServicer:
         self, request: chat_pb2.CreateRolePromptRequest, context: Any
     ) -> chat_pb2.RolePrompt:
         self._check_role(request.name, request.content)
-        try:
-            row = await self.store.create_role(
-                request.name.strip(), request.content, request.description
-            )
-        except asyncpg.UniqueViolationError:
-            raise AlreadyExists(f"a role named {request.name.strip()!r} exists") from None
+        row = await self.store.create_role(
+            request.name.strip(), request.content, request.description
+        )
         return convert.role_prompt(row)
 
     async def UpdateRolePrompt(
@@ -338,10 +312,7 @@ class PromptAdminServiceServicer:
         if "is_active" in paths:
             values["is_active"] = role.is_active
         self._check_role(values.get("name"), values.get("content"))
-        try:
-            row = await self.store.update_role(role_id, values)
-        except asyncpg.UniqueViolationError:
-            raise AlreadyExists(f"a role named {values.get('name')!r} exists") from None
+        row = await self.store.update_role(role_id, values)
         if row is None:
             raise not_found("role prompt", role.id)
         return convert.role_prompt(row)
@@ -403,9 +374,9 @@ class PromptAdminServiceServicer:
                         f"limits.{name} must be positive", field=f"settings.limits.{name}"
                     )
                 values[name] = value
-        allowed_models = values.get("allowed_models", list(current["allowed_models"]))
+        allowed_models = values.get("allowed_models", list(current.allowed_models))
         for name in ("flash_model", "pro_model"):
-            model = values.get(name, current[name])
+            model = values.get(name, getattr(current, name))
             if model not in allowed_models:
                 raise InvalidArgument(
                     f"{name} {model!r} is not in allowed_models", field=f"settings.{name}"

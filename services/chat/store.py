@@ -1,24 +1,42 @@
-"""All SQL of the chat service. Every query on a user's chat names its owner.
+"""All SQL of the chat service, returning typed rows (frozen dataclasses) and raising
+domain errors: every query on a user's chat names its owner, a unique-index conflict
+comes back as ALREADY_EXISTS or TURN_IN_PROGRESS, never as a database exception.
 
-Rows come back as asyncpg records; `convert.py` turns them into protos.
+Enum-like columns hold the contract's enum numbers (`chat_pb2` constants); list queries
+are keyset pages (`services.common.pages`): each takes a `PageRequest` and returns up to
+`page.limit` rows ordered by a unique key after `page.after`.
+
+`Store` implements the pipeline's persistence protocol
+(`services.chat.pipeline.persistence.TurnStore`); `turn_context` loads everything a turn
+starts from in one query.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 
-from services.common.errors import FailedPrecondition
+from aivera.chat.v1 import chat_pb2
+from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Reason
+from services.common.pages import PageRequest
 
-# Proto enum numbers stored in smallint columns.
-ROLE_USER, ROLE_ASSISTANT = 1, 2
-STATUS_COMPLETE, STATUS_INCOMPLETE, STATUS_ERROR, STATUS_IN_PROGRESS = 1, 2, 3, 4
-ATTACHMENT_INGESTING, ATTACHMENT_READY, ATTACHMENT_FAILED = 1, 2, 3
+ROLE_USER = chat_pb2.MESSAGE_ROLE_USER
+ROLE_ASSISTANT = chat_pb2.MESSAGE_ROLE_ASSISTANT
+STATUS_COMPLETE = chat_pb2.MESSAGE_STATUS_COMPLETE
+STATUS_INCOMPLETE = chat_pb2.MESSAGE_STATUS_INCOMPLETE
+STATUS_ERROR = chat_pb2.MESSAGE_STATUS_ERROR
+STATUS_IN_PROGRESS = chat_pb2.MESSAGE_STATUS_IN_PROGRESS
+ATTACHMENT_INGESTING = chat_pb2.ATTACHMENT_STATUS_INGESTING
+ATTACHMENT_READY = chat_pb2.ATTACHMENT_STATUS_READY
+ATTACHMENT_FAILED = chat_pb2.ATTACHMENT_STATUS_FAILED
+# Messages a model sees as history: those that hold an answer (partial ones included).
+HISTORY_STATUSES = [STATUS_COMPLETE, STATUS_INCOMPLETE]
 
 _CHAT_COLUMNS = (
     "id, user_id, title, clone_id, knowledge_base_ids, attachments_knowledge_base_id, "
@@ -29,22 +47,69 @@ _MESSAGE_COLUMNS = (
     "total_tokens, error, file_ids, model_profile, role_prompt_id, role_prompt_version, "
     "create_time"
 )
+_ATTACHMENT_COLUMNS = (
+    "id, chat_id, file_id, document_id, filename, status, error_message, create_time"
+)
 _ROLE_COLUMNS = "id, name, description, content, version, is_active, create_time, update_time"
 _SYSTEM_PROMPT_COLUMNS = "id, name, version, content, description, is_active, create_time"
+_SYSTEM_COLUMNS = (
+    "allowed_models, flash_model, pro_model, local_model_enabled, default_model_profile, "
+    "max_message_chars, max_attachments_per_chat, max_tool_iterations, max_zooms_per_turn, "
+    "update_time"
+)
+# What UpdateSystemSettings may change (column names).
+SYSTEM_SETTINGS_FIELDS = frozenset(_SYSTEM_COLUMNS.replace(" ", "").split(",")) - {"update_time"}
 
 
-class TurnBusy(FailedPrecondition):
-    def __init__(self) -> None:
-        super().__init__("a turn is already running in this chat; wait for it to finish")
+def turn_in_progress() -> FailedPrecondition:
+    """The error of a second turn while one runs in the chat (any replica)."""
+    return FailedPrecondition(
+        "a turn is already running in this chat; wait for it to finish",
+        reason=Reason.TURN_IN_PROGRESS,
+    )
 
 
-@dataclass
+# -- rows -----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ChatRow:
+    id: uuid.UUID
+    user_id: str
+    title: str
+    clone_id: uuid.UUID | None
+    knowledge_base_ids: tuple[uuid.UUID, ...]
+    attachments_knowledge_base_id: uuid.UUID | None
+    archived: bool
+    create_time: dt.datetime
+    update_time: dt.datetime
+    last_message_time: dt.datetime | None
+
+    @property
+    def activity(self) -> dt.datetime:
+        """What ListChats orders by: the last message, else the creation."""
+        return self.last_message_time or self.create_time
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentRow:
+    id: uuid.UUID
+    chat_id: uuid.UUID
+    file_id: uuid.UUID
+    document_id: uuid.UUID | None
+    filename: str
+    status: int  # AttachmentStatus
+    error_message: str
+    create_time: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
 class ImageRow:
-    kind: int
+    """An image a turn produced (a crop or a zoom), stored in the storage service."""
+
+    kind: int  # ImageKind
     file_id: str
     document_id: str
     page: int
-    box: dict[str, Any] | None
+    box: dict[str, Any] | None  # aivera.common.v1.BoundingBox as JSON
     scale: float
     width: int
     height: int
@@ -54,8 +119,10 @@ class ImageRow:
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class SearchRow:
+    """A search result a turn used (one block)."""
+
     block_id: str
     document_id: str
     page: int
@@ -64,32 +131,238 @@ class SearchRow:
     score: float
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
+class StoredError:
+    """The TurnError of a message (jsonb column `error`)."""
+
+    code: int  # google.rpc.Code
+    reason: str
+    message: str
+    retryable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRow:
+    id: uuid.UUID
+    chat_id: uuid.UUID
+    seq: int
+    role: int  # MessageRole
+    content: str
+    status: int  # MessageStatus
+    models_used: tuple[str, ...]
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    error: StoredError | None
+    file_ids: tuple[uuid.UUID, ...]
+    model_profile: int
+    role_prompt_id: uuid.UUID | None
+    role_prompt_version: int
+    create_time: dt.datetime
+    images: tuple[ImageRow, ...] = ()
+    search_results: tuple[SearchRow, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class TurnOutcome:
-    status: int
+    """How a turn ended, stored once by `finish_turn`."""
+
+    status: int  # MessageStatus
     content: str
     models_used: list[str]
     input_tokens: int
     output_tokens: int
     total_tokens: int
-    error: dict[str, Any] | None
+    error: StoredError | None
     images: list[ImageRow]
     search_results: list[SearchRow]
+
+
+@dataclass(frozen=True, slots=True)
+class SystemSettingsRow:
+    allowed_models: tuple[str, ...]
+    flash_model: str
+    pro_model: str
+    local_model_enabled: bool
+    default_model_profile: int  # ModelProfile
+    max_message_chars: int
+    max_attachments_per_chat: int
+    max_tool_iterations: int
+    max_zooms_per_turn: int
+    update_time: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class UserSettingsRow:
+    model_profile: int | None  # None: the system default
+    role_id: uuid.UUID | None  # the selected role while it is active
+    update_time: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RoleRow:
+    id: uuid.UUID
+    name: str
+    description: str
+    content: str
+    version: int
+    is_active: bool
+    create_time: dt.datetime
+    update_time: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SystemPromptRow:
+    id: uuid.UUID
+    name: str  # llm_system | json_annotation | html_ocr | flash_extractor
+    version: int
+    content: str
+    description: str
+    is_active: bool
+    create_time: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RoleRef:
+    """The selected role prompt a turn uses."""
+
+    id: uuid.UUID
+    content: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class TurnContext:
+    """Everything a turn starts from, read in one query before anything is stored."""
+
+    chat: ChatRow
+    system: SystemSettingsRow
+    model_profile: int | None  # the user's setting; None: the system default
+    role: RoleRef | None  # the user's selected role, when active
+    prompts: dict[str, str]  # active system prompts by name
+    attached_file_ids: frozenset[str]  # files already attached to the chat
+    history: tuple[tuple[int, str], ...]  # (role, content) of earlier messages, oldest first
+    turn_running: bool  # a live (not stale) turn runs in the chat
+
+
+# -- record → row ---------------------------------------------------------------------------
+def _chat(r: Any) -> ChatRow:
+    return ChatRow(
+        id=r["id"],
+        user_id=r["user_id"],
+        title=r["title"],
+        clone_id=r["clone_id"],
+        knowledge_base_ids=tuple(r["knowledge_base_ids"]),
+        attachments_knowledge_base_id=r["attachments_knowledge_base_id"],
+        archived=r["archived"],
+        create_time=r["create_time"],
+        update_time=r["update_time"],
+        last_message_time=r["last_message_time"],
+    )
+
+
+def _attachment(r: Any) -> AttachmentRow:
+    return AttachmentRow(**{f.name: r[f.name] for f in dataclasses.fields(AttachmentRow)})
+
+
+def _error(value: Any) -> StoredError | None:
+    if not value:
+        return None
+    return StoredError(
+        code=int(value.get("code", 0)),
+        reason=str(value.get("reason", "")),
+        message=str(value.get("message", "")),
+        retryable=bool(value.get("retryable", False)),
+    )
+
+
+def _message(r: Any) -> MessageRow:
+    return MessageRow(
+        id=r["id"],
+        chat_id=r["chat_id"],
+        seq=r["seq"],
+        role=r["role"],
+        content=r["content"],
+        status=r["status"],
+        models_used=tuple(r["models_used"]),
+        input_tokens=r["input_tokens"],
+        output_tokens=r["output_tokens"],
+        total_tokens=r["total_tokens"],
+        error=_error(r["error"]),
+        file_ids=tuple(r["file_ids"]),
+        model_profile=r["model_profile"],
+        role_prompt_id=r["role_prompt_id"],
+        role_prompt_version=r["role_prompt_version"],
+        create_time=r["create_time"],
+    )
+
+
+def _image(r: Any) -> ImageRow:
+    return ImageRow(
+        id=str(r["id"]),
+        kind=r["kind"],
+        file_id=str(r["file_id"]),
+        document_id="" if r["document_id"] is None else str(r["document_id"]),
+        page=r["page"],
+        box=r["box"],
+        scale=r["scale"],
+        width=r["width"],
+        height=r["height"],
+        size_bytes=r["size_bytes"],
+        mime_type=r["mime_type"],
+        description=r["description"],
+    )
+
+
+def _search(r: Any) -> SearchRow:
+    return SearchRow(
+        block_id=r["block_id"],
+        document_id="" if r["document_id"] is None else str(r["document_id"]),
+        page=r["page"],
+        text=r["text"],
+        box=r["box"],
+        score=r["score"],
+    )
+
+
+def _system(r: Any, prefix: str = "") -> SystemSettingsRow:
+    values = {f.name: r[prefix + f.name] for f in dataclasses.fields(SystemSettingsRow)}
+    values["allowed_models"] = tuple(values["allowed_models"])
+    return SystemSettingsRow(**values)
+
+
+def _role(r: Any) -> RoleRow:
+    return RoleRow(**{f.name: r[f.name] for f in dataclasses.fields(RoleRow)})
+
+
+def _system_prompt(r: Any) -> SystemPromptRow:
+    return SystemPromptRow(**{f.name: r[f.name] for f in dataclasses.fields(SystemPromptRow)})
 
 
 def _uuid_or_none(value: str) -> uuid.UUID | None:
     return uuid.UUID(value) if value else None
 
 
+def _error_json(error: StoredError | None) -> dict[str, Any] | None:
+    return None if error is None else dataclasses.asdict(error)
+
+
 class Store:
-    def __init__(self, pool: Any) -> None:
-        self.pool = pool
+    """The chat schema. `pool` is called for the asyncpg pool at query time (the App's
+    pool exists once the service has connected)."""
+
+    def __init__(self, pool: Callable[[], Any]) -> None:
+        self._pool = pool
+
+    @property
+    def pool(self) -> Any:
+        return self._pool()
 
     # -- chats --------------------------------------------------------------------------
     async def create_chat(
         self, user_id: str, title: str, clone_id: str, knowledge_base_ids: Sequence[str]
-    ) -> Any:
-        return await self.pool.fetchrow(
+    ) -> ChatRow:
+        row = await self.pool.fetchrow(
             f"""INSERT INTO chats (id, user_id, title, clone_id, knowledge_base_ids)
                 VALUES ($1, $2, $3, $4, $5) RETURNING {_CHAT_COLUMNS}""",
             uuid.uuid4(),
@@ -98,41 +371,44 @@ class Store:
             _uuid_or_none(clone_id),
             [uuid.UUID(k) for k in knowledge_base_ids],
         )
+        return _chat(row)
 
-    async def get_chat(self, user_id: str, chat_id: uuid.UUID) -> Any:
-        return await self.pool.fetchrow(
+    async def get_chat(self, user_id: str, chat_id: uuid.UUID) -> ChatRow | None:
+        row = await self.pool.fetchrow(
             f"""SELECT {_CHAT_COLUMNS} FROM chats
                 WHERE id = $1 AND user_id = $2 AND delete_time IS NULL""",
             chat_id,
             user_id,
         )
+        return None if row is None else _chat(row)
 
     async def list_chats(
-        self, user_id: str, archived: bool | None, limit: int, after: tuple[dt.datetime, str] | None
-    ) -> list[Any]:
-        args: list[Any] = [user_id, limit]
+        self, user_id: str, archived: bool | None, page: PageRequest
+    ) -> list[ChatRow]:
+        """Newest activity first; keyset (activity, id)."""
+        args: list[Any] = [user_id, page.limit]
         where = ["user_id = $1", "delete_time IS NULL"]
         if archived is not None:
             args.append(archived)
             where.append(f"archived = ${len(args)}")
-        if after is not None:
-            args.extend([after[0], uuid.UUID(after[1])])
+        if page.after is not None:
+            activity, chat_id = page.after
+            args.extend([activity, chat_id])
             where.append(
                 f"(coalesce(last_message_time, create_time), id) < (${len(args) - 1}, ${len(args)})"
             )
-        rows: list[Any] = await self.pool.fetch(
-            f"""SELECT {_CHAT_COLUMNS}, coalesce(last_message_time, create_time) AS activity
-                FROM chats WHERE {" AND ".join(where)}
+        rows = await self.pool.fetch(
+            f"""SELECT {_CHAT_COLUMNS} FROM chats WHERE {" AND ".join(where)}
                 ORDER BY coalesce(last_message_time, create_time) DESC, id DESC
                 LIMIT $2""",
             *args,
         )
-        return rows
+        return [_chat(r) for r in rows]
 
     async def update_chat(
         self, user_id: str, chat_id: uuid.UUID, title: str | None, archived: bool | None
-    ) -> Any:
-        return await self.pool.fetchrow(
+    ) -> ChatRow | None:
+        row = await self.pool.fetchrow(
             f"""UPDATE chats SET title = coalesce($3, title), archived = coalesce($4, archived),
                     update_time = clock_timestamp()
                 WHERE id = $1 AND user_id = $2 AND delete_time IS NULL
@@ -142,6 +418,7 @@ class Store:
             title,
             archived,
         )
+        return None if row is None else _chat(row)
 
     async def delete_chat(self, user_id: str, chat_id: uuid.UUID) -> bool:
         row = await self.pool.fetchrow(
@@ -164,26 +441,42 @@ class Store:
         return str(value)
 
     # -- attachments --------------------------------------------------------------------
-    async def list_attachments(self, chat_id: uuid.UUID) -> list[Any]:
-        rows: list[Any] = await self.pool.fetch(
-            "SELECT * FROM attachments WHERE chat_id = $1 ORDER BY create_time, id", chat_id
+    async def list_attachments(
+        self, chat_id: uuid.UUID, ids: Sequence[uuid.UUID] | None = None
+    ) -> list[AttachmentRow]:
+        """The chat's attachments, oldest first (only `ids` when given)."""
+        rows = await self.pool.fetch(
+            f"""SELECT {_ATTACHMENT_COLUMNS} FROM attachments
+                WHERE chat_id = $1 AND ($2::uuid[] IS NULL OR id = ANY($2))
+                ORDER BY create_time, id""",
+            chat_id,
+            None if ids is None else list(ids),
         )
-        return rows
+        return [_attachment(r) for r in rows]
 
-    async def count_attachments(self, chat_id: uuid.UUID) -> int:
-        count: int = await self.pool.fetchval(
-            "SELECT count(*) FROM attachments WHERE chat_id = $1", chat_id
+    async def find_attachment(
+        self, chat_id: uuid.UUID, file_id: uuid.UUID
+    ) -> tuple[AttachmentRow | None, int]:
+        """(the attachment of `file_id` or None, how many attachments the chat has)."""
+        row = await self.pool.fetchrow(
+            f"""SELECT (SELECT count(*) FROM attachments WHERE chat_id = $1) AS total,
+                       a.* FROM (SELECT 1) one
+                LEFT JOIN (SELECT {_ATTACHMENT_COLUMNS} FROM attachments
+                           WHERE chat_id = $1 AND file_id = $2) a ON true""",
+            chat_id,
+            file_id,
         )
-        return count
+        found = None if row["id"] is None else _attachment(row)
+        return found, int(row["total"])
 
     async def add_attachment(
         self, chat_id: uuid.UUID, file_id: uuid.UUID, filename: str
-    ) -> tuple[Any, bool]:
+    ) -> tuple[AttachmentRow, bool]:
         """(attachment, created): an attachment of the same file is returned as is."""
         row = await self.pool.fetchrow(
-            """INSERT INTO attachments (id, chat_id, file_id, filename, status)
-               VALUES ($1, $2, $3, $4, $5) ON CONFLICT (chat_id, file_id) DO NOTHING
-               RETURNING *""",
+            f"""INSERT INTO attachments (id, chat_id, file_id, filename, status)
+                VALUES ($1, $2, $3, $4, $5) ON CONFLICT (chat_id, file_id) DO NOTHING
+                RETURNING {_ATTACHMENT_COLUMNS}""",
             uuid.uuid4(),
             chat_id,
             file_id,
@@ -191,11 +484,13 @@ class Store:
             ATTACHMENT_INGESTING,
         )
         if row is not None:
-            return row, True
+            return _attachment(row), True
         existing = await self.pool.fetchrow(
-            "SELECT * FROM attachments WHERE chat_id = $1 AND file_id = $2", chat_id, file_id
+            f"SELECT {_ATTACHMENT_COLUMNS} FROM attachments WHERE chat_id = $1 AND file_id = $2",
+            chat_id,
+            file_id,
         )
-        return existing, False
+        return _attachment(existing), False
 
     async def set_attachment_state(
         self, attachment_id: uuid.UUID, status: int, document_id: str = "", error: str = ""
@@ -212,66 +507,106 @@ class Store:
 
     # -- messages -----------------------------------------------------------------------
     async def list_messages(
-        self, chat_id: uuid.UUID, limit: int, *, tail: bool, cursor: int | None
-    ) -> list[Any]:
-        if tail:
-            rows = await self.pool.fetch(
-                f"""SELECT {_MESSAGE_COLUMNS} FROM messages
-                    WHERE chat_id = $1 AND ($3::bigint IS NULL OR seq < $3)
-                    ORDER BY seq DESC LIMIT $2""",
-                chat_id,
-                limit,
-                cursor,
-            )
-            return list(reversed(rows))
-        result: list[Any] = await self.pool.fetch(
-            f"""SELECT {_MESSAGE_COLUMNS} FROM messages
-                WHERE chat_id = $1 AND ($3::bigint IS NULL OR seq > $3)
-                ORDER BY seq LIMIT $2""",
-            chat_id,
-            limit,
-            cursor,
-        )
-        return result
+        self, chat_id: uuid.UUID, page: PageRequest, *, newest_first: bool
+    ) -> list[MessageRow]:
+        """Up to `page.limit` messages after the keyset (seq,), with their images and
+        search results: oldest first, or newest first (the tail, going back in time)."""
+        after = None if page.after is None else page.after[0]
+        if newest_first:
+            query = f"""SELECT {_MESSAGE_COLUMNS} FROM messages
+                        WHERE chat_id = $1 AND ($3::bigint IS NULL OR seq < $3)
+                        ORDER BY seq DESC LIMIT $2"""
+        else:
+            query = f"""SELECT {_MESSAGE_COLUMNS} FROM messages
+                        WHERE chat_id = $1 AND ($3::bigint IS NULL OR seq > $3)
+                        ORDER BY seq LIMIT $2"""
+        rows = [_message(r) for r in await self.pool.fetch(query, chat_id, page.limit, after)]
+        return await self._with_extras(rows)
 
-    async def history(self, chat_id: uuid.UUID, before_seq: int, limit: int) -> list[Any]:
-        """The chat's earlier messages with text, oldest first (for the model's context)."""
-        rows = await self.pool.fetch(
-            """SELECT role, content FROM messages
-               WHERE chat_id = $1 AND seq < $2 AND content <> '' AND status IN (1, 2)
-               ORDER BY seq DESC LIMIT $3""",
-            chat_id,
-            before_seq,
-            limit,
-        )
-        return list(reversed(rows))
-
-    async def message_extras(
-        self, message_ids: Sequence[uuid.UUID]
-    ) -> tuple[dict[uuid.UUID, list[Any]], dict[uuid.UUID, list[Any]]]:
-        images: dict[uuid.UUID, list[Any]] = {}
-        results: dict[uuid.UUID, list[Any]] = {}
-        if not message_ids:
-            return images, results
-        for row in await self.pool.fetch(
+    async def _with_extras(self, rows: list[MessageRow]) -> list[MessageRow]:
+        if not rows:
+            return rows
+        ids = [r.id for r in rows]
+        images: dict[uuid.UUID, list[ImageRow]] = {}
+        results: dict[uuid.UUID, list[SearchRow]] = {}
+        for r in await self.pool.fetch(
             "SELECT * FROM message_images WHERE message_id = ANY($1) ORDER BY message_id, ord",
-            list(message_ids),
+            ids,
         ):
-            images.setdefault(row["message_id"], []).append(row)
-        for row in await self.pool.fetch(
+            images.setdefault(r["message_id"], []).append(_image(r))
+        for r in await self.pool.fetch(
             """SELECT * FROM message_search_results WHERE message_id = ANY($1)
                ORDER BY message_id, ord""",
-            list(message_ids),
+            ids,
         ):
-            results.setdefault(row["message_id"], []).append(row)
-        return images, results
-
-    async def get_message(self, message_id: uuid.UUID) -> Any:
-        return await self.pool.fetchrow(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = $1", message_id
-        )
+            results.setdefault(r["message_id"], []).append(_search(r))
+        return [
+            dataclasses.replace(
+                r,
+                images=tuple(images.get(r.id, ())),
+                search_results=tuple(results.get(r.id, ())),
+            )
+            for r in rows
+        ]
 
     # -- turns --------------------------------------------------------------------------
+    async def turn_context(
+        self, user_id: str, chat_id: uuid.UUID, *, history: int, stale_seconds: float
+    ) -> TurnContext | None:
+        """The user's chat with what a turn needs (system and user settings, the selected
+        role, active system prompts, attached files, the last `history` messages with
+        text, whether a live turn runs): one query; None for a chat that is missing,
+        deleted or another user's."""
+        system = ", ".join(f"s.{c} AS s_{c}" for c in _SYSTEM_COLUMNS.split(", "))
+        row = await self.pool.fetchrow(
+            f"""SELECT c.id, c.user_id, c.title, c.clone_id, c.knowledge_base_ids,
+                       c.attachments_knowledge_base_id, c.archived, c.create_time,
+                       c.update_time, c.last_message_time, {system},
+                       u.model_profile AS user_model_profile,
+                       r.id AS role_id, r.content AS role_content, r.version AS role_version,
+                       (SELECT coalesce(jsonb_object_agg(p.name, p.content), '{{}}')
+                          FROM prompts_system p WHERE p.is_active) AS prompts,
+                       ARRAY(SELECT a.file_id FROM attachments a WHERE a.chat_id = c.id)
+                           AS attached_file_ids,
+                       (SELECT coalesce(jsonb_agg(jsonb_build_array(h.role, h.content)
+                                                  ORDER BY h.seq), '[]')
+                          FROM (SELECT m.seq, m.role, m.content FROM messages m
+                                WHERE m.chat_id = c.id AND m.content <> ''
+                                  AND m.status = ANY($3::smallint[])
+                                ORDER BY m.seq DESC LIMIT $4) h) AS history,
+                       EXISTS (SELECT 1 FROM messages m
+                               WHERE m.chat_id = c.id AND m.status = $5
+                                 AND m.heartbeat_time >= clock_timestamp()
+                                     - make_interval(secs => $6)) AS turn_running
+                FROM chats c
+                CROSS JOIN settings_system s
+                LEFT JOIN settings_user u ON u.user_id = c.user_id
+                LEFT JOIN prompts_user r
+                       ON r.id = u.selected_role_prompt_id AND r.is_active
+                WHERE c.id = $1 AND c.user_id = $2 AND c.delete_time IS NULL""",
+            chat_id,
+            user_id,
+            HISTORY_STATUSES,
+            history,
+            STATUS_IN_PROGRESS,
+            stale_seconds,
+        )
+        if row is None:
+            return None
+        role = None
+        if row["role_id"] is not None:
+            role = RoleRef(row["role_id"], row["role_content"], row["role_version"])
+        return TurnContext(
+            chat=_chat(row),
+            system=_system(row, "s_"),
+            model_profile=row["user_model_profile"] or None,
+            role=role,
+            prompts=dict(row["prompts"]),
+            attached_file_ids=frozenset(str(f) for f in row["attached_file_ids"]),
+            history=tuple((int(h[0]), str(h[1])) for h in row["history"]),
+            turn_running=row["turn_running"],
+        )
+
     async def begin_turn(
         self,
         chat_id: uuid.UUID,
@@ -282,47 +617,53 @@ class Store:
         role_prompt_id: str,
         role_prompt_version: int,
         stale_seconds: float,
-    ) -> tuple[Any, Any]:
+    ) -> tuple[MessageRow, MessageRow]:
         """Stores the user message and the IN_PROGRESS answer in one transaction. The
         unique index on running answers is the turn lock (it holds across replicas): a
-        chat with a live turn raises TurnBusy and stores nothing; a turn whose heartbeat
-        went stale (its replica died) is closed as INCOMPLETE first."""
+        chat with a live turn raises TURN_IN_PROGRESS and stores nothing; a turn whose
+        heartbeat went stale (its replica died) is closed as INCOMPLETE first."""
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(
-                """UPDATE messages SET status = 2, heartbeat_time = NULL
-                   WHERE chat_id = $1 AND status = 4
+                """UPDATE messages SET status = $3, heartbeat_time = NULL
+                   WHERE chat_id = $1 AND status = $4
                      AND heartbeat_time < clock_timestamp() - make_interval(secs => $2)""",
                 chat_id,
                 stale_seconds,
+                STATUS_INCOMPLETE,
+                STATUS_IN_PROGRESS,
             )
             try:
                 user = await conn.fetchrow(
                     f"""INSERT INTO messages (id, chat_id, role, content, status, file_ids)
-                        VALUES ($1, $2, 1, $3, 1, $4) RETURNING {_MESSAGE_COLUMNS}""",
+                        VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_MESSAGE_COLUMNS}""",
                     uuid.uuid4(),
                     chat_id,
+                    ROLE_USER,
                     text,
+                    STATUS_COMPLETE,
                     [uuid.UUID(f) for f in file_ids],
                 )
                 answer = await conn.fetchrow(
                     f"""INSERT INTO messages (id, chat_id, role, status, model_profile,
                             role_prompt_id, role_prompt_version, heartbeat_time)
-                        VALUES ($1, $2, 2, 4, $3, $4, $5, clock_timestamp())
+                        VALUES ($1, $2, $3, $4, $5, $6, $7, clock_timestamp())
                         RETURNING {_MESSAGE_COLUMNS}""",
                     uuid.uuid4(),
                     chat_id,
+                    ROLE_ASSISTANT,
+                    STATUS_IN_PROGRESS,
                     model_profile,
                     _uuid_or_none(role_prompt_id),
                     role_prompt_version,
                 )
             except asyncpg.UniqueViolationError:
-                raise TurnBusy() from None
+                raise turn_in_progress() from None
             await conn.execute(
                 "UPDATE chats SET last_message_time = $2 WHERE id = $1",
                 chat_id,
                 user["create_time"],
             )
-        return user, answer
+        return _message(user), _message(answer)
 
     async def flush_turn(self, message_id: uuid.UUID, content: str) -> bool:
         """Writes the partial answer and the heartbeat; False when the chat was deleted
@@ -330,14 +671,16 @@ class Store:
         alive: bool | None = await self.pool.fetchval(
             """UPDATE messages m SET content = $2, heartbeat_time = clock_timestamp()
                FROM chats c
-               WHERE m.id = $1 AND m.status = 4 AND c.id = m.chat_id
+               WHERE m.id = $1 AND m.status = $3 AND c.id = m.chat_id
                RETURNING c.delete_time IS NULL""",
             message_id,
             content,
+            STATUS_IN_PROGRESS,
         )
         return bool(alive)
 
-    async def finish_turn(self, message_id: uuid.UUID, outcome: TurnOutcome) -> Any:
+    async def finish_turn(self, message_id: uuid.UUID, outcome: TurnOutcome) -> MessageRow:
+        """Stores the answer, its images and search results; returns the message."""
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 f"""UPDATE messages SET status = $2, content = $3, models_used = $4,
@@ -351,7 +694,7 @@ class Store:
                 outcome.input_tokens,
                 outcome.output_tokens,
                 outcome.total_tokens,
-                outcome.error,
+                _error_json(outcome.error),
             )
             await conn.executemany(
                 """INSERT INTO message_images (id, message_id, ord, kind, file_id, document_id,
@@ -401,37 +744,51 @@ class Store:
                 row["chat_id"],
                 row["create_time"],
             )
-        return row
+        return dataclasses.replace(
+            _message(row),
+            images=tuple(outcome.images),
+            search_results=tuple(outcome.search_results),
+        )
 
     async def close_stale_turns(self, stale_seconds: float) -> int:
         """Start-up sweep: answers whose turn lost its replica become INCOMPLETE."""
         result: str = await self.pool.execute(
-            """UPDATE messages SET status = 2, heartbeat_time = NULL
-               WHERE status = 4
+            """UPDATE messages SET status = $2, heartbeat_time = NULL
+               WHERE status = $3
                  AND heartbeat_time < clock_timestamp() - make_interval(secs => $1)""",
             stale_seconds,
+            STATUS_INCOMPLETE,
+            STATUS_IN_PROGRESS,
         )
         return int(result.split()[-1])
 
     # -- settings -----------------------------------------------------------------------
-    async def system_settings(self) -> Any:
-        return await self.pool.fetchrow("SELECT * FROM settings_system")
+    async def system_settings(self) -> SystemSettingsRow:
+        return _system(await self.pool.fetchrow(f"SELECT {_SYSTEM_COLUMNS} FROM settings_system"))
 
-    async def update_system_settings(self, values: dict[str, Any]) -> Any:
-        sets = ", ".join(f"{k} = ${n}" for n, k in enumerate(values, start=1))
-        return await self.pool.fetchrow(
-            f"UPDATE settings_system SET {sets}, update_time = clock_timestamp() RETURNING *",
+    async def update_system_settings(self, values: dict[str, Any]) -> SystemSettingsRow:
+        unknown = set(values) - SYSTEM_SETTINGS_FIELDS
+        if unknown:
+            raise InvalidArgument(f"unknown system settings: {', '.join(sorted(unknown))}")
+        sets = "".join(f"{k} = ${n}, " for n, k in enumerate(values, start=1))
+        row = await self.pool.fetchrow(
+            f"""UPDATE settings_system SET {sets}update_time = clock_timestamp()
+                RETURNING {_SYSTEM_COLUMNS}""",
             *values.values(),
         )
+        return _system(row)
 
-    async def user_settings(self, user_id: str) -> Any:
-        return await self.pool.fetchrow(
+    async def user_settings(self, user_id: str) -> UserSettingsRow | None:
+        row = await self.pool.fetchrow(
             """SELECT s.model_profile, s.update_time,
                       CASE WHEN r.is_active THEN s.selected_role_prompt_id END AS role_id
                FROM settings_user s LEFT JOIN prompts_user r ON r.id = s.selected_role_prompt_id
                WHERE s.user_id = $1""",
             user_id,
         )
+        if row is None:
+            return None
+        return UserSettingsRow(row["model_profile"] or None, row["role_id"], row["update_time"])
 
     async def update_user_settings(
         self, user_id: str, model_profile: int | None, role: tuple[bool, uuid.UUID | None]
@@ -452,27 +809,27 @@ class Store:
         )
 
     # -- prompts ------------------------------------------------------------------------
-    async def active_system_prompts(self) -> dict[str, str]:
-        rows = await self.pool.fetch("SELECT name, content FROM prompts_system WHERE is_active")
-        return {r["name"]: r["content"] for r in rows}
-
     async def list_system_prompts(
-        self, name: str | None, all_versions: bool, limit: int, offset: int
-    ) -> list[Any]:
-        rows: list[Any] = await self.pool.fetch(
+        self, name: str | None, all_versions: bool, page: PageRequest
+    ) -> list[SystemPromptRow]:
+        """By name, newest version first; keyset (name, version)."""
+        after_name, after_version = page.after if page.after is not None else (None, None)
+        rows = await self.pool.fetch(
             f"""SELECT {_SYSTEM_PROMPT_COLUMNS} FROM prompts_system
                 WHERE ($1::text IS NULL OR name = $1) AND ($2 OR is_active)
-                ORDER BY name, version DESC LIMIT $3 OFFSET $4""",
+                  AND ($4::text IS NULL OR name > $4 OR (name = $4 AND version < $5))
+                ORDER BY name, version DESC LIMIT $3""",
             name,
             all_versions,
-            limit,
-            offset,
+            page.limit,
+            after_name,
+            after_version,
         )
-        return rows
+        return [_system_prompt(r) for r in rows]
 
     async def create_system_prompt(
         self, name: str, content: str, description: str, activate: bool
-    ) -> Any:
+    ) -> SystemPromptRow:
         async with self.pool.acquire() as conn, conn.transaction():
             # Serialise versions of one name.
             await conn.execute(
@@ -486,7 +843,7 @@ class Store:
                     "UPDATE prompts_system SET is_active = false WHERE name = $1 AND is_active",
                     name,
                 )
-            return await conn.fetchrow(
+            row = await conn.fetchrow(
                 f"""INSERT INTO prompts_system (id, name, version, content, description, is_active)
                     VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_SYSTEM_PROMPT_COLUMNS}""",
                 uuid.uuid4(),
@@ -496,8 +853,9 @@ class Store:
                 description,
                 activate,
             )
+        return _system_prompt(row)
 
-    async def activate_system_prompt(self, prompt_id: uuid.UUID) -> Any:
+    async def activate_system_prompt(self, prompt_id: uuid.UUID) -> SystemPromptRow | None:
         async with self.pool.acquire() as conn, conn.transaction():
             name = await conn.fetchval("SELECT name FROM prompts_system WHERE id = $1", prompt_id)
             if name is None:
@@ -511,73 +869,95 @@ class Store:
                 name,
                 prompt_id,
             )
-            return await conn.fetchrow(
+            row = await conn.fetchrow(
                 f"""UPDATE prompts_system SET is_active = true WHERE id = $1
                     RETURNING {_SYSTEM_PROMPT_COLUMNS}""",
                 prompt_id,
             )
+        return _system_prompt(row)
 
-    async def list_roles(self, active_only: bool, limit: int, offset: int) -> list[Any]:
-        rows: list[Any] = await self.pool.fetch(
-            f"""SELECT {_ROLE_COLUMNS} FROM prompts_user WHERE ($1 = false OR is_active)
-                ORDER BY name, id LIMIT $2 OFFSET $3""",
+    async def list_roles(self, active_only: bool, page: PageRequest) -> list[RoleRow]:
+        """By name; keyset (name, id)."""
+        after_name, after_id = page.after if page.after is not None else (None, None)
+        rows = await self.pool.fetch(
+            f"""SELECT {_ROLE_COLUMNS} FROM prompts_user
+                WHERE ($1 = false OR is_active)
+                  AND ($3::text IS NULL OR (name, id) > ($3, $4::uuid))
+                ORDER BY name, id LIMIT $2""",
             active_only,
-            limit,
-            offset,
+            page.limit,
+            after_name,
+            after_id,
         )
-        return rows
+        return [_role(r) for r in rows]
 
-    async def get_role(self, role_id: uuid.UUID) -> Any:
-        return await self.pool.fetchrow(
+    async def get_role(self, role_id: uuid.UUID) -> RoleRow | None:
+        row = await self.pool.fetchrow(
             f"SELECT {_ROLE_COLUMNS} FROM prompts_user WHERE id = $1", role_id
         )
+        return None if row is None else _role(row)
 
-    async def create_role(self, name: str, content: str, description: str) -> Any:
-        async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                f"""INSERT INTO prompts_user (id, name, description, content)
-                    VALUES ($1, $2, $3, $4) RETURNING {_ROLE_COLUMNS}""",
-                uuid.uuid4(),
-                name,
-                description,
-                content,
-            )
-            await conn.execute(
-                "INSERT INTO prompts_user_versions (role_id, version, content) VALUES ($1, 1, $2)",
-                row["id"],
-                content,
-            )
-            return row
-
-    async def update_role(self, role_id: uuid.UUID, values: dict[str, Any]) -> Any:
-        async with self.pool.acquire() as conn, conn.transaction():
-            current = await conn.fetchrow(
-                f"SELECT {_ROLE_COLUMNS} FROM prompts_user WHERE id = $1 FOR UPDATE", role_id
-            )
-            if current is None:
-                return None
-            version = current["version"]
-            if "content" in values and values["content"] != current["content"]:
-                version += 1
+    async def create_role(self, name: str, content: str, description: str) -> RoleRow:
+        """A new active role, version 1; ALREADY_EXISTS for a name in use."""
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                row = await conn.fetchrow(
+                    f"""INSERT INTO prompts_user (id, name, description, content)
+                        VALUES ($1, $2, $3, $4) RETURNING {_ROLE_COLUMNS}""",
+                    uuid.uuid4(),
+                    name,
+                    description,
+                    content,
+                )
                 await conn.execute(
                     """INSERT INTO prompts_user_versions (role_id, version, content)
-                       VALUES ($1, $2, $3)""",
-                    role_id,
-                    version,
-                    values["content"],
+                       VALUES ($1, 1, $2)""",
+                    row["id"],
+                    content,
                 )
-            merged = {
-                k: values.get(k, current[k])
-                for k in ("name", "description", "content", "is_active")
-            }
-            return await conn.fetchrow(
-                f"""UPDATE prompts_user SET name = $2, description = $3, content = $4,
-                        is_active = $5, version = $6, update_time = clock_timestamp()
-                    WHERE id = $1 RETURNING {_ROLE_COLUMNS}""",
-                role_id,
-                merged["name"],
-                merged["description"],
-                merged["content"],
-                merged["is_active"],
-                version,
-            )
+        except asyncpg.UniqueViolationError:
+            raise _role_exists(name) from None
+        return _role(row)
+
+    async def update_role(self, role_id: uuid.UUID, values: dict[str, Any]) -> RoleRow | None:
+        """Changes name/description/content/is_active; a new content is a new version.
+        None for an unknown role; ALREADY_EXISTS for a name in use."""
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                current = await conn.fetchrow(
+                    f"SELECT {_ROLE_COLUMNS} FROM prompts_user WHERE id = $1 FOR UPDATE", role_id
+                )
+                if current is None:
+                    return None
+                version = current["version"]
+                if "content" in values and values["content"] != current["content"]:
+                    version += 1
+                    await conn.execute(
+                        """INSERT INTO prompts_user_versions (role_id, version, content)
+                           VALUES ($1, $2, $3)""",
+                        role_id,
+                        version,
+                        values["content"],
+                    )
+                merged = {
+                    k: values.get(k, current[k])
+                    for k in ("name", "description", "content", "is_active")
+                }
+                row = await conn.fetchrow(
+                    f"""UPDATE prompts_user SET name = $2, description = $3, content = $4,
+                            is_active = $5, version = $6, update_time = clock_timestamp()
+                        WHERE id = $1 RETURNING {_ROLE_COLUMNS}""",
+                    role_id,
+                    merged["name"],
+                    merged["description"],
+                    merged["content"],
+                    merged["is_active"],
+                    version,
+                )
+        except asyncpg.UniqueViolationError:
+            raise _role_exists(str(values.get("name", ""))) from None
+        return _role(row)
+
+
+def _role_exists(name: str) -> AlreadyExists:
+    return AlreadyExists(f"a role named {name!r} exists", metadata={"resource": "role prompt"})

@@ -2,7 +2,12 @@
 `zoom(page, box, scale)` renders a page region at a higher resolution (from the source
 PDF when there is one, else by resampling the page image). Crops are real images: stored
 in the storage service (bucket `images`), streamed as ImageProduced with a signed URL, and
-given back to the model as inline images."""
+given back to the model as inline images.
+
+Blocks and page images come with the turn's search hits (`ToolRunner.add_hits`), so
+cropping a found block costs no RAG call. `GetDocument` (one call, cached per document
+page for the turn) remains for two things a hit does not carry: a page no hit of the turn
+sits on, and the document's source file and format, which a zoom renders from."""
 
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from PIL import Image
 
 from aivera.chat.v1 import chat_pb2
 from aivera.rag.v1 import rag_pb2
-from services.chat.clients import Block, DocumentInfo, Documents, Files, PageInfo
+from services.chat.clients import Block, DocumentInfo, Documents, Files, Hit, PageInfo
 from services.chat.providers.base import FunctionCall, Part
 from services.chat.store import ImageRow
 from services.chat.turns import Turn
@@ -26,7 +31,8 @@ from services.common.errors import ServiceError
 
 log = logging.getLogger("aivera.chat.tools")
 
-IMAGE_VIEWPORT, IMAGE_ZOOM, IMAGE_ORIGINAL = 1, 2, 3
+IMAGE_VIEWPORT = chat_pb2.IMAGE_KIND_VIEWPORT
+IMAGE_ZOOM = chat_pb2.IMAGE_KIND_ZOOM
 MAX_SCALE = 4.0
 MAX_SIDE = 3000  # longest side of a produced image, in pixels
 PAD = 0.01  # margin around a cropped block, as a fraction of the page
@@ -147,6 +153,9 @@ class ToolRunner:
         self.url_ttl = url_ttl
         self.labels = user_labels or {}
         self.blocks: dict[str, Block] = {}  # every block the turn knows, by id
+        # Pages the hits carried, by (document id, page number), and documents' names.
+        self.pages: dict[tuple[str, int], PageInfo] = {}
+        self.filenames: dict[str, str] = {}
         self._docs: dict[tuple[str, int], DocumentInfo] = {}
         self._pages: dict[str, Image.Image] = {}  # page image file id → image
         self._sources: dict[str, bytes] = {}  # source file id → PDF bytes
@@ -154,15 +163,45 @@ class ToolRunner:
         self.requested: list[str] = []  # block ids the model asked images of
         self._calls = 0
 
-    # -- lookups ------------------------------------------------------------------------
+    # -- what the turn knows -----------------------------------------------------------
+    def add_hits(self, hits: list[Hit]) -> None:
+        """Remembers the hits' blocks, pages and file names."""
+        for hit in hits:
+            if hit.filename:
+                self.filenames.setdefault(hit.document_id, hit.filename)
+            if hit.page_image is not None:
+                self.pages.setdefault((hit.document_id, hit.page_image.number), hit.page_image)
+            for block in hit.blocks:
+                self.blocks.setdefault(block.id, block)
+
+    def add_block(self, block: Block) -> None:
+        self.blocks.setdefault(block.id, block)
+
+    def catalogue(self, blocks: list[Block]) -> list[tuple[str, str, PageInfo]]:
+        """(document id, file name, page) of the rendered pages the blocks sit on."""
+        out: list[tuple[str, str, PageInfo]] = []
+        for key in dict.fromkeys((b.document_id, b.page) for b in blocks):
+            page = self.pages.get(key)
+            if page is not None and page.image_file_id:
+                out.append((key[0], self.filenames.get(key[0], ""), page))
+        return out
+
     async def document(self, document_id: str, page: int) -> DocumentInfo:
+        """The document's source file and page `page` (GetDocument, once per page)."""
         key = (document_id, page)
         if key not in self._docs:
             info = await self.documents.document(document_id, page)
             self._docs[key] = info
-            for block in info.blocks.values():
-                self.blocks.setdefault(block.id, block)
+            if info.page is not None:
+                self.pages.setdefault(key, info.page)
         return self._docs[key]
+
+    async def page(self, document_id: str, number: int) -> PageInfo | None:
+        """A page with its image: from the hits, else asked of RAG."""
+        found = self.pages.get((document_id, number))
+        if found is None:
+            found = (await self.document(document_id, number)).page
+        return found
 
     def known_documents(self) -> list[str]:
         seen: list[str] = []
@@ -182,7 +221,7 @@ class ToolRunner:
         self,
         image: Image.Image,
         *,
-        kind: int,
+        kind: chat_pb2.ImageKind.ValueType,
         document_id: str,
         page: PageInfo,
         norm: tuple[float, float, float, float] | None,
@@ -265,8 +304,7 @@ class ToolRunner:
         pages: list[tuple[Block, PageInfo]] = []
         async with self.turn.phase(chat_pb2.PHASE_IMAGE_DOWNLOAD, "Загрузка изображений страниц"):
             for block in found:
-                info = await self.document(block.document_id, block.page)
-                page = info.pages.get(block.page)
+                page = await self.page(block.document_id, block.page)
                 if page is None or not page.image_file_id:
                     missing.append(block.id)
                     continue
@@ -333,7 +371,7 @@ class ToolRunner:
         self.turn.zooms += 1
         async with self.turn.phase(chat_pb2.PHASE_IMAGE_DOWNLOAD, "Загрузка страницы"):
             info = await self.document(document_id, page_number)
-            page = info.pages.get(page_number)
+            page = self.pages.get((document_id, page_number)) or info.page
             if page is None or not page.image_file_id:
                 return ToolResult({"error": f"страница {page_number} не найдена"}, [])
             page_image = await self._page_image(page)
@@ -400,7 +438,7 @@ def _render_at_page_scale(
 def image_proto(row: ImageRow) -> chat_pb2.MessageImage:
     msg = chat_pb2.MessageImage(
         id=row.id,
-        kind=row.kind,  # type: ignore[arg-type]
+        kind=chat_pb2.ImageKind.ValueType(row.kind),
         file_id=row.file_id,
         document_id=row.document_id or "",
         page=row.page,

@@ -21,14 +21,16 @@ from google.protobuf import duration_pb2
 
 from aivera.chat.v1 import chat_pb2
 from aivera.common.v1 import common_pb2
+from services.chat.pipeline.persistence import TurnStore
 from services.chat.providers.base import Usage
 from services.chat.store import (
     STATUS_COMPLETE,
     STATUS_ERROR,
     STATUS_INCOMPLETE,
     ImageRow,
+    MessageRow,
     SearchRow,
-    Store,
+    StoredError,
     TurnOutcome,
 )
 
@@ -40,7 +42,7 @@ class Turn:
 
     def __init__(
         self,
-        store: Store,
+        store: TurnStore,
         *,
         chat_id: uuid.UUID,
         message_id: uuid.UUID,
@@ -77,27 +79,27 @@ class Turn:
     def warning(self, code: str, message: str) -> None:
         self.emit(warning=chat_pb2.TurnWarning(code=code, message=message))
 
-    def progress(self, phase: int, done: int, total: int, unit: str, message: str = "") -> None:
+    def progress(
+        self, phase: chat_pb2.Phase.ValueType, done: int, total: int, unit: str, message: str = ""
+    ) -> None:
         self.emit(
             phase_progress=chat_pb2.PhaseProgress(
-                phase=phase,  # type: ignore[arg-type]
+                phase=phase,
                 progress=common_pb2.Progress(done=done, total=total, unit=unit),
                 message=message,
             )
         )
 
     @contextlib.asynccontextmanager
-    async def phase(self, phase: int, description: str) -> AsyncIterator[None]:
-        self.emit(
-            phase_started=chat_pb2.PhaseStarted(phase=phase, description=description)  # type: ignore[arg-type]
-        )
+    async def phase(self, phase: chat_pb2.Phase.ValueType, description: str) -> AsyncIterator[None]:
+        self.emit(phase_started=chat_pb2.PhaseStarted(phase=phase, description=description))
         start = time.perf_counter()
         try:
             yield
         finally:
             duration = duration_pb2.Duration()
             duration.FromNanoseconds(int((time.perf_counter() - start) * 1e9))
-            self.emit(phase_finished=chat_pb2.PhaseFinished(phase=phase, duration=duration))  # type: ignore[arg-type]
+            self.emit(phase_finished=chat_pb2.PhaseFinished(phase=phase, duration=duration))
 
     def model_used(self, model: str) -> None:
         if model not in self.models_used:
@@ -133,8 +135,10 @@ class Turn:
                 return
 
     # -- the end ------------------------------------------------------------------------
-    async def finish(self, status: int, error: chat_pb2.TurnError | None = None) -> Any:
-        """Stores the outcome (once); returns the stored message row, or None when it was
+    async def finish(
+        self, status: int, error: chat_pb2.TurnError | None = None
+    ) -> MessageRow | None:
+        """Stores the outcome (once); returns the stored message, or None when it was
         already stored."""
         async with self._finish_lock:
             if self.finished:
@@ -154,12 +158,7 @@ class Turn:
                 total_tokens=self.usage.total_tokens,
                 error=None
                 if error is None
-                else {
-                    "code": error.code,
-                    "reason": error.reason,
-                    "message": error.message,
-                    "retryable": error.retryable,
-                },
+                else StoredError(error.code, error.reason, error.message, error.retryable),
                 images=list(self.images),
                 search_results=list(self.search_results),
             )

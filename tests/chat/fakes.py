@@ -1,7 +1,9 @@
 """Test doubles for the chat tests: a RAG service double (served over real gRPC, so the
 chat's gRPC client is exercised) whose documents come from a real generated PDF page: the
 PDF and its rendered page image live in the real storage service, blocks carry real
-boxes. Used while the RAG service is not wired into the chat tests."""
+boxes. Search answers like the real service: each hit carries its blocks and its page
+(with the rendered image), and every RPC is counted so tests can check a turn's RAG round
+trips. Used while the RAG service is not wired into the chat tests."""
 
 from __future__ import annotations
 
@@ -102,6 +104,8 @@ class FakeRag:
     kbs: dict[str, str] = field(default_factory=dict)  # kb id → owner
     docs: dict[str, FakeDoc] = field(default_factory=dict)
     searches: list[tuple[list[str], str]] = field(default_factory=list)
+    # Every RPC served, by name (Search, GetDocument, …), in order.
+    calls: list[str] = field(default_factory=list)
     ingest_fail: set[str] = field(default_factory=set)  # file ids whose ingest fails
 
     def add_kb(self, owner: str) -> str:
@@ -129,6 +133,14 @@ class FakeRag:
         self.docs[doc.id] = doc
         return doc
 
+    def count(self, name: str) -> int:
+        return self.calls.count(name)
+
+    def _page(self, doc: FakeDoc) -> rag_pb2.Page:
+        return rag_pb2.Page(
+            number=1, image_file_id=doc.page_image_file_id, width_px=doc.width, height_px=doc.height
+        )
+
     def _block(self, doc: FakeDoc, block_id: str) -> rag_pb2.Block:
         kind, text, (left, top, right, bottom) = BLOCKS[block_id]
         return rag_pb2.Block(
@@ -152,6 +164,7 @@ class FakeRag:
 
     # -- RPCs -------------------------------------------------------------------------
     async def Search(self, request: rag_pb2.SearchRequest, context: Any) -> rag_pb2.SearchResponse:
+        self.calls.append("Search")
         user = require_user_id()
         for kb_id in request.knowledge_base_ids:
             if self.kbs.get(kb_id) != user:
@@ -173,6 +186,8 @@ class FakeRag:
                             page=1,
                             block_ids=[block_id],
                             box=block.box,
+                            blocks=[block],
+                            page_image=self._page(doc),
                         )
                     )
         return rag_pb2.SearchResponse(hits=hits[: request.top_k or 10])
@@ -180,6 +195,7 @@ class FakeRag:
     async def GetDocument(
         self, request: rag_pb2.GetDocumentRequest, context: Any
     ) -> rag_pb2.DocumentDetail:
+        self.calls.append("GetDocument")
         doc = self.docs.get(request.id)
         if doc is None or doc.owner != require_user_id():
             raise NotFound(f"document {request.id!r} not found")
@@ -193,20 +209,14 @@ class FakeRag:
                 status=rag_pb2.DOCUMENT_STATUS_READY,
                 page_count=1,
             ),
-            pages=[
-                rag_pb2.Page(
-                    number=1,
-                    image_file_id=doc.page_image_file_id,
-                    width_px=doc.width,
-                    height_px=doc.height,
-                )
-            ],
-            blocks=[self._block(doc, b) for b in BLOCKS],
+            pages=[self._page(doc)],
+            blocks=[self._block(doc, b) for b in BLOCKS][: request.block_page_size or None],
         )
 
     async def GetKnowledgeBase(
         self, request: rag_pb2.GetKnowledgeBaseRequest, context: Any
     ) -> rag_pb2.KnowledgeBase:
+        self.calls.append("GetKnowledgeBase")
         if self.kbs.get(request.id) != require_user_id():
             raise NotFound(f"knowledge base {request.id!r} not found")
         return rag_pb2.KnowledgeBase(id=request.id, name="kb")
@@ -214,12 +224,14 @@ class FakeRag:
     async def CreateKnowledgeBase(
         self, request: rag_pb2.CreateKnowledgeBaseRequest, context: Any
     ) -> rag_pb2.KnowledgeBase:
+        self.calls.append("CreateKnowledgeBase")
         kb_id = self.add_kb(require_user_id())
         return rag_pb2.KnowledgeBase(id=kb_id, name=request.name, chat_id=request.chat_id)
 
     async def IngestDocument(
         self, request: rag_pb2.IngestDocumentRequest, context: Any
     ) -> AsyncIterator[rag_pb2.IngestEvent]:
+        self.calls.append("IngestDocument")
         user = require_user_id()
         if self.kbs.get(request.knowledge_base_id) != user:
             raise NotFound("knowledge base not found")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
 import pytest
@@ -12,6 +13,7 @@ from aivera.chat.v1 import chat_pb2
 from aivera.storage.v1 import storage_pb2
 from tests.chat.conftest import Mesh, code_of
 from tests.chat.fakes import make_pdf, upload
+from tests.helpers.errors import bad_field, reason
 from tests.helpers.gemini import GeminiServer, Reply
 
 KEY = "AIzaSyTEST0000000000000000000000000002"
@@ -600,3 +602,175 @@ async def test_turn_lock_and_delete_hold_across_replicas(mesh: Mesh, gemini: Gem
             break
         await asyncio.sleep(0.05)
     assert gemini.disconnects == 1 and len(gemini.requests) == 1
+
+
+async def _pages(call: Any, request: Any, field: str, md: Any) -> list[Any]:
+    """Every item of a List RPC, page by page."""
+    items: list[Any] = []
+    while True:
+        reply = await call(request, metadata=md)
+        items += list(getattr(reply, field))
+        if not reply.next_page_token:
+            return items
+        request.page_token = reply.next_page_token
+
+
+async def test_page_tokens_are_scoped_to_caller_list_and_filter(
+    mesh: Mesh, gemini: GeminiServer
+) -> None:
+    owner = await mesh.new_user(KEY)
+    other = await mesh.new_user(KEY)
+    first = await mesh.stub.CreateChat(chat_pb2.CreateChatRequest(title="1"), metadata=owner.md)
+    second = await mesh.stub.CreateChat(chat_pb2.CreateChatRequest(title="2"), metadata=owner.md)
+    theirs = await mesh.stub.CreateChat(chat_pb2.CreateChatRequest(), metadata=other.md)
+    for text in ("а", "б"):
+        gemini.script(Reply.text("ок"))
+        await mesh.send(owner, first.id, text)
+    chats = await mesh.stub.ListChats(chat_pb2.ListChatsRequest(page_size=1), metadata=owner.md)
+    messages = await mesh.stub.ListMessages(
+        chat_pb2.ListMessagesRequest(chat_id=first.id, page_size=1), metadata=owner.md
+    )
+    tail = await mesh.stub.ListMessages(
+        chat_pb2.ListMessagesRequest(
+            chat_id=first.id, page_size=1, order=chat_pb2.MESSAGE_ORDER_TAIL
+        ),
+        metadata=owner.md,
+    )
+    assert chats.next_page_token and messages.next_page_token and tail.next_page_token
+    refused = [
+        # Another user's tokens, on their own lists.
+        mesh.stub.ListChats(
+            chat_pb2.ListChatsRequest(page_token=chats.next_page_token), metadata=other.md
+        ),
+        mesh.stub.ListMessages(
+            chat_pb2.ListMessagesRequest(chat_id=theirs.id, page_token=messages.next_page_token),
+            metadata=other.md,
+        ),
+        # Another chat of the same user.
+        mesh.stub.ListMessages(
+            chat_pb2.ListMessagesRequest(chat_id=second.id, page_token=messages.next_page_token),
+            metadata=owner.md,
+        ),
+        # The same chat in the other order, another archived filter, another List RPC.
+        mesh.stub.ListMessages(
+            chat_pb2.ListMessagesRequest(chat_id=first.id, page_token=tail.next_page_token),
+            metadata=owner.md,
+        ),
+        mesh.stub.ListChats(
+            chat_pb2.ListChatsRequest(
+                page_token=chats.next_page_token, archived_filter=chat_pb2.ARCHIVED_FILTER_ALL
+            ),
+            metadata=owner.md,
+        ),
+        mesh.stub.ListRoles(
+            chat_pb2.ListRolesRequest(page_token=chats.next_page_token), metadata=owner.md
+        ),
+        # A made-up one.
+        mesh.stub.ListChats(chat_pb2.ListChatsRequest(page_token="garbage!"), metadata=owner.md),
+    ]
+    for call in refused:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert reason(info.value) == "INVALID_PAGE_TOKEN"
+        assert bad_field(info.value) == "page_token"
+    # The tokens work where they were issued.
+    again = await mesh.stub.ListMessages(
+        chat_pb2.ListMessagesRequest(
+            chat_id=first.id, page_size=1, page_token=messages.next_page_token
+        ),
+        metadata=owner.md,
+    )
+    assert [m.content for m in again.messages] == ["ок"]
+
+
+async def test_paging_is_stable_under_inserts(mesh: Mesh, gemini: GeminiServer) -> None:
+    user = await mesh.new_user(KEY)
+    stub = mesh.stub
+    made = [
+        await stub.CreateChat(chat_pb2.CreateChatRequest(title=f"Ч{n}"), metadata=user.md)
+        for n in range(3)
+    ]
+    page1 = await stub.ListChats(chat_pb2.ListChatsRequest(page_size=2), metadata=user.md)
+    await stub.CreateChat(chat_pb2.CreateChatRequest(title="новый"), metadata=user.md)
+    page2 = await stub.ListChats(
+        chat_pb2.ListChatsRequest(page_size=2, page_token=page1.next_page_token),
+        metadata=user.md,
+    )
+    # Newest first: the chat created between the pages is ahead of the cursor, so it
+    # neither shifts nor repeats the rest.
+    assert [c.id for c in [*page1.chats, *page2.chats]] == [c.id for c in reversed(made)]
+    assert not page2.next_page_token
+    chat = made[0]
+    for n in range(3):
+        gemini.script(Reply.text(f"ответ {n}"))
+        await mesh.send(user, chat.id, f"вопрос {n}")
+    expected = [x for n in range(3) for x in (f"вопрос {n}", f"ответ {n}")]
+    # Oldest first: a turn stored between pages shows up at the end, once.
+    first = await stub.ListMessages(
+        chat_pb2.ListMessagesRequest(chat_id=chat.id, page_size=4), metadata=user.md
+    )
+    gemini.script(Reply.text("ответ 3"))
+    await mesh.send(user, chat.id, "вопрос 3")
+    rest = await _pages(
+        stub.ListMessages,
+        chat_pb2.ListMessagesRequest(
+            chat_id=chat.id, page_size=4, page_token=first.next_page_token
+        ),
+        "messages",
+        user.md,
+    )
+    assert [m.content for m in [*first.messages, *rest]] == [*expected, "вопрос 3", "ответ 3"]
+    # The tail: newer turns stored between pages do not shift the older pages.
+    newest = await stub.ListMessages(
+        chat_pb2.ListMessagesRequest(
+            chat_id=chat.id, page_size=3, order=chat_pb2.MESSAGE_ORDER_TAIL
+        ),
+        metadata=user.md,
+    )
+    assert [m.content for m in newest.messages] == ["ответ 2", "вопрос 3", "ответ 3"]
+    gemini.script(Reply.text("ответ 4"))
+    await mesh.send(user, chat.id, "вопрос 4")
+    older = await _pages(
+        stub.ListMessages,
+        chat_pb2.ListMessagesRequest(
+            chat_id=chat.id,
+            page_size=3,
+            order=chat_pb2.MESSAGE_ORDER_TAIL,
+            page_token=newest.next_page_token,
+        ),
+        "messages",
+        user.md,
+    )
+    # Each tail page is chronological; pages go back in time.
+    assert [m.content for m in older] == ["вопрос 1", "ответ 1", "вопрос 2", "вопрос 0", "ответ 0"]
+
+
+async def test_prompt_lists_page_by_keyset(mesh: Mesh) -> None:
+    admin = await mesh.admin_user()
+    stub = mesh.admin_stub
+    roles = await _pages(
+        stub.ListRolePrompts, chat_pb2.ListRolePromptsRequest(page_size=1), "role_prompts", admin.md
+    )
+    whole = await stub.ListRolePrompts(chat_pb2.ListRolePromptsRequest(), metadata=admin.md)
+    assert [r.id for r in roles] == [r.id for r in whole.role_prompts] and len(roles) >= 3
+    user_roles = await _pages(
+        mesh.stub.ListRoles, chat_pb2.ListRolesRequest(page_size=2), "roles", admin.md
+    )
+    assert [r.id for r in user_roles] == [r.id for r in whole.role_prompts if r.is_active]
+    await stub.CreateSystemPromptVersion(
+        chat_pb2.CreateSystemPromptVersionRequest(
+            name=chat_pb2.SYSTEM_PROMPT_NAME_LLM_SYSTEM, content="Черновик"
+        ),
+        metadata=admin.md,
+    )
+    every = chat_pb2.ListSystemPromptsRequest(include_all_versions=True)
+    paged = await _pages(
+        stub.ListSystemPrompts,
+        chat_pb2.ListSystemPromptsRequest(include_all_versions=True, page_size=1),
+        "system_prompts",
+        admin.md,
+    )
+    listed = (await stub.ListSystemPrompts(every, metadata=admin.md)).system_prompts
+    assert [(p.name, p.version) for p in paged] == [(p.name, p.version) for p in listed]
+    assert len(paged) >= 5

@@ -17,6 +17,7 @@ from aivera.training.v1 import clones_pb2, models_pb2
 from services.common.localmodels import SMOLLM2, default_models_dir, resolve_model
 from tests.chat.conftest import Mesh
 from tests.chat.fakes import upload
+from tests.helpers.errors import reason
 from tests.helpers.gemini import GeminiServer
 
 pytestmark = pytest.mark.smollm2
@@ -143,3 +144,4 @@ async def test_clone_chat_answers_through_lora_adapter(mesh: Mesh, gemini: Gemin
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await mesh.send(user, pending.id, question)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert reason(info.value) == "CLONE_NOT_READY"

@@ -12,6 +12,7 @@ from PIL import Image
 
 from aivera.chat.v1 import chat_pb2
 from tests.chat.conftest import Mesh, code_of
+from tests.helpers.errors import error_info, localized, reason
 from tests.helpers.gemini import GeminiServer, Reply
 
 KEY = "AIzaSyTEST0000000000000000000000000001"
@@ -251,7 +252,12 @@ async def test_no_key_without_local_model_is_failed_precondition(
     finally:
         await mesh.system(local_model_enabled=True)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "Ключ Gemini" in (info.value.details() or "")
+    # Programs branch on the reason; the user reads the localized text, which tells them
+    # to set a key (the status message is for developers).
+    assert reason(info.value) == "PROVIDER_KEY_MISSING"
+    assert error_info(info.value).domain == "chat.aivera.dev"
+    assert "ключ Gemini" in localized(info.value).message
+    assert "Gemini key" in (info.value.details() or "")
     assert await mesh.messages(user, chat.id) == []  # nothing stored
     assert gemini.requests == []
 
@@ -303,12 +309,12 @@ async def test_failure_mid_stream_keeps_partial_answer(
     check_stream(events)
     assert [e.llm_token.text for e in events if e.HasField("llm_token")] == ["Начало ", "ответа "]
     error = events[-1].error
-    assert error.reason == "PROVIDER_ERROR" and error.retryable
+    assert (error.code, error.reason, error.retryable) == (14, "PROVIDER_UNAVAILABLE", True)
     assert len(gemini.requests) == 1  # no retry once tokens were sent
     stored = (await mesh.messages(user, chat.id))[-1]
     assert stored.status == chat_pb2.MESSAGE_STATUS_INCOMPLETE
     assert stored.content == "Начало ответа "
-    assert stored.error.reason == "PROVIDER_ERROR"
+    assert stored.error.reason == "PROVIDER_UNAVAILABLE"
 
 
 async def test_client_cancel_stops_and_stores_incomplete(mesh: Mesh, gemini: GeminiServer) -> None:
@@ -449,3 +455,81 @@ async def test_cancel_right_after_acceptance(mesh: Mesh, gemini: GeminiServer) -
         ("", chat_pb2.MESSAGE_STATUS_INCOMPLETE),
     ]
     assert not stored[1].HasField("error")
+
+
+async def test_second_turn_while_one_runs_is_turn_in_progress(
+    mesh: Mesh, gemini: GeminiServer
+) -> None:
+    user = await mesh.new_user(KEY)
+    chat = await mesh.stub.CreateChat(chat_pb2.CreateChatRequest(), metadata=user.md)
+    gemini.script(Reply.tokens(["Идёт"], hang=True))
+    call = mesh.stub.SendMessage(
+        chat_pb2.SendMessageRequest(chat_id=chat.id, text="Первый"), metadata=user.md
+    )
+    async for event in call:
+        if event.HasField("llm_token"):
+            break
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await mesh.send(user, chat.id, "Второй")
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert reason(info.value) == "TURN_IN_PROGRESS"
+    assert "ещё формируется" in localized(info.value).message
+    call.cancel()
+    stored = await mesh.wait_settled(user, chat.id)
+    assert [m.content for m in stored] == ["Первый", "Идёт"]  # nothing of the second
+    # The database lock itself: a running answer without a heartbeat is not seen as a
+    # live turn by the context check, yet the unique index refuses a second one.
+    import uuid as _uuid
+
+    await mesh.chat.pool.execute(
+        "INSERT INTO messages (id, chat_id, role, status) VALUES ($1, $2, $3, $4)",
+        _uuid.uuid4(),
+        _uuid.UUID(chat.id),
+        chat_pb2.MESSAGE_ROLE_ASSISTANT,
+        chat_pb2.MESSAGE_STATUS_IN_PROGRESS,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await mesh.send(user, chat.id, "Третий")
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert reason(info.value) == "TURN_IN_PROGRESS"
+    assert [m.content for m in await mesh.messages(user, chat.id)][:2] == ["Первый", "Идёт"]
+    assert len(await mesh.messages(user, chat.id)) == 3
+
+
+async def test_a_turn_asks_rag_once(mesh: Mesh, gemini: GeminiServer) -> None:
+    """The hits carry their blocks and page images: a turn makes one Search and no
+    GetDocument, cropping included, in both profiles. Only a zoom asks for the document
+    (its source PDF, which no hit names), once."""
+    user = await mesh.new_user(KEY)
+    chat = await mesh.chat_with_document(user)
+    rag = mesh.rag
+    for profile in (chat_pb2.MODEL_PROFILE_SIMPLE, chat_pb2.MODEL_PROFILE_COMPLEX):
+        searches, documents = rag.count("Search"), rag.count("GetDocument")
+        gemini.reset()
+        gemini.script(
+            Reply.call("request_images", {"block_ids": ["b-drawing", "b-text"]}),
+            *(
+                [Reply.text("b-drawing: узел.")]
+                if profile == chat_pb2.MODEL_PROFILE_COMPLEX
+                else []
+            ),
+            Reply.text("Ответ."),
+        )
+        events = await mesh.send(user, chat.id, "Что на чертеже?", model_profile=profile)
+        assert events[-1].HasField("final"), events[-1]
+        assert len(events[-1].final.message.images) == 2  # both crops were made
+        assert len(events[-1].final.message.search_results) == 3
+        assert rag.count("Search") - searches == 1
+        assert rag.count("GetDocument") - documents == 0
+    searches, documents = rag.count("Search"), rag.count("GetDocument")
+    gemini.reset()
+    box = {"left": 0.2, "top": 0.45, "right": 0.3, "bottom": 0.5}
+    gemini.script(
+        Reply.call("zoom", {"page": 1, "box": box, "scale": 2}),
+        Reply.call("zoom", {"page": 1, "box": box, "scale": 3}),
+        Reply.text("Ответ."),
+    )
+    events = await mesh.send(user, chat.id, "Увеличь")
+    assert [i.kind for i in events[-1].final.message.images] == [chat_pb2.IMAGE_KIND_ZOOM] * 2
+    assert rag.count("Search") - searches == 1
+    assert rag.count("GetDocument") - documents == 1

@@ -1,4 +1,6 @@
-"""What every pipeline shares: the turn's inputs, document search, the model tool loop."""
+"""What every pipeline shares: the turn's inputs (`TurnInput`), the one document search
+of a turn (its hits carry blocks and page images, so no per-hit document lookups), and
+the model tool loop."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ class TurnInput:
     prompts and settings it started with)."""
 
     text: str
-    profile: int  # ModelProfile
+    profile: chat_pb2.ModelProfile.ValueType
     prompts: dict[str, str]  # active system prompts by name
     role: str | None  # role prompt content
     persona: str | None  # clone persona
@@ -36,8 +38,8 @@ class TurnInput:
 async def search_context(
     turn: Turn, inp: TurnInput, documents: Documents, tools: ToolRunner
 ) -> list[Block]:
-    """Searches the chat's knowledge bases; the blocks found become the turn's context and
-    its stored search results."""
+    """One Search over the chat's knowledge bases: the blocks the hits carry (with their
+    boxes and pages) become the turn's context and its stored search results."""
     if not inp.kb_ids:
         return []
     async with turn.phase(chat_pb2.PHASE_DOCUMENT_SEARCH, "Поиск по документам"):
@@ -47,7 +49,10 @@ async def search_context(
             turn.warning("FILE_UNREADABLE", f"Поиск по документам недоступен: {exc.message}")
             return []
         turn.progress(chat_pb2.PHASE_DOCUMENT_SEARCH, len(hits), len(hits), "hits")
-        blocks = await _blocks_of(turn, hits, tools)
+        tools.add_hits(hits)
+        blocks = blocks_of(hits)
+        for block in blocks:
+            tools.add_block(block)
     for block in blocks:
         turn.search_results.append(
             SearchRow(
@@ -62,47 +67,22 @@ async def search_context(
     return blocks
 
 
-async def _blocks_of(turn: Turn, hits: list[Hit], tools: ToolRunner) -> list[Block]:
-    """The blocks of the hits, with their own boxes from the document's page (the hit's
-    chunk box when the page cannot be read)."""
+def blocks_of(hits: list[Hit]) -> list[Block]:
+    """The hits' blocks in rank order, each once; a hit without blocks (a format without
+    layout) stands for itself as one block with the chunk's text and box."""
     out: list[Block] = []
     seen: set[str] = set()
     for hit in hits:
-        resolved = False
-        if hit.block_ids and hit.document_id:
-            try:
-                info = await tools.document(hit.document_id, hit.page)
-            except ServiceError as exc:
-                turn.warning(
-                    "FILE_UNREADABLE",
-                    f"Документ {hit.filename or hit.document_id} не прочитан: {exc.message}",
-                )
-                info = None
-            if info is not None:
-                for block_id in hit.block_ids:
-                    block = info.blocks.get(block_id)
-                    if block is not None and block.id not in seen:
-                        seen.add(block.id)
-                        out.append(
-                            Block(
-                                block.id,
-                                block.document_id,
-                                block.page,
-                                block.kind,
-                                block.text,
-                                block.box,
-                                hit.score,
-                            )
-                        )
-                        resolved = True
-        if not resolved:
+        blocks = list(hit.blocks)
+        if not blocks:
             block_id = hit.block_ids[0] if hit.block_ids else f"{hit.document_id}:{hit.page}"
-            if block_id in seen:
-                continue
-            seen.add(block_id)
-            block = Block(block_id, hit.document_id, hit.page, "text", hit.text, hit.box, hit.score)
-            tools.blocks.setdefault(block_id, block)
-            out.append(block)
+            blocks = [
+                Block(block_id, hit.document_id, hit.page, "text", hit.text, hit.box, hit.score)
+            ]
+        for block in blocks:
+            if block.id not in seen:
+                seen.add(block.id)
+                out.append(block)
     return out
 
 
@@ -114,7 +94,7 @@ async def tool_loop(
     model: str,
     system: str,
     contents: list[Content],
-    phase: int,
+    phase: chat_pb2.Phase.ValueType,
     max_iterations: int,
     stream_tokens: bool,
     tool_specs: list[ToolSpec] | None = None,

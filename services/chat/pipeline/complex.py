@@ -1,40 +1,29 @@
 """complex: a flash stage (flash_extractor) collects blocks and images with the tools,
-then the pro model answers from role + system prompts and that context (plan 003 §7.2)."""
+then the pro model answers from role + system prompts and that context (plan 003 §7.2).
+The flash stage's image catalogue is the rendered pages the search hits carried."""
 
 from __future__ import annotations
 
 from aivera.chat.v1 import chat_pb2
 from services.chat import prompts
-from services.chat.clients import Documents, PageInfo
+from services.chat.clients import Documents
 from services.chat.pipeline.base import TurnInput, search_context, tool_loop
 from services.chat.providers.base import Provider
 from services.chat.tools import ToolRunner
 from services.chat.turns import Turn
-from services.common.errors import ServiceError
 
 
 async def run_complex(
     turn: Turn, inp: TurnInput, provider: Provider, documents: Documents, tools: ToolRunner
 ) -> None:
     blocks = await search_context(turn, inp, documents, tools)
-    catalogue: list[tuple[str, str, PageInfo]] = []
-    for document_id in tools.known_documents():
-        pages = sorted({b.page for b in blocks if b.document_id == document_id})
-        for page_number in pages:
-            try:
-                info = await tools.document(document_id, page_number)
-            except ServiceError:
-                continue
-            page = info.pages.get(page_number)
-            if page is not None and page.image_file_id:
-                catalogue.append((document_id, info.filename, page))
     notes = await tool_loop(
         turn,
         provider,
         tools,
         model=inp.flash_model,
         system=prompts.flash_system_instruction(inp.prompts),
-        contents=[prompts.flash_user_content(inp.text, blocks, catalogue, inp.notes)],
+        contents=[prompts.flash_user_content(inp.text, blocks, tools.catalogue(blocks), inp.notes)],
         phase=chat_pb2.PHASE_FLASH_CALL,
         max_iterations=inp.max_tool_iterations,
         stream_tokens=False,

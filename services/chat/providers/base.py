@@ -1,4 +1,6 @@
-"""What a pipeline asks of a model, independent of the provider."""
+"""What a pipeline asks of a model, independent of the provider: requests, streamed
+chunks, usage, and `ProviderError` (a failed model call, with the contract's error reason
+and google.rpc code that the turn's TurnError carries)."""
 
 from __future__ import annotations
 
@@ -6,11 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-# google.rpc.Code values of TurnError.code.
-CODE_INTERNAL = 13
-CODE_FAILED_PRECONDITION = 9
-CODE_RESOURCE_EXHAUSTED = 8
-CODE_UNAVAILABLE = 14
+from services.common.errors import reason_name
 
 
 @dataclass
@@ -76,23 +74,20 @@ class Chunk:
 
 
 class ProviderError(Exception):
-    """A model call failed; carries what the TurnError says."""
+    """A model call failed; carries what the TurnError says: `reason` is an
+    `ErrorReason` value (services.common.errors.Reason), `code` a google.rpc.Code."""
 
-    def __init__(self, reason: str, code: int, message: str, *, retryable: bool) -> None:
+    def __init__(self, reason: int, code: int, message: str, *, retryable: bool) -> None:
         super().__init__(message)
         self.reason = reason
         self.code = code
         self.message = message
         self.retryable = retryable
 
-
-def key_missing() -> ProviderError:
-    return ProviderError(
-        "PROVIDER_KEY_MISSING",
-        CODE_FAILED_PRECONDITION,
-        "Ключ Gemini API не задан: добавьте свой ключ в настройках (SetProviderKey).",
-        retryable=False,
-    )
+    @property
+    def reason_name(self) -> str:
+        """The reason as TurnError.reason and ErrorInfo.reason spell it."""
+        return reason_name(self.reason)
 
 
 class Provider(Protocol):

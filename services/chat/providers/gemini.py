@@ -2,7 +2,9 @@
 
 A client is made per request (the key is the user's and lives only in this object for
 the turn); it is never logged or stored. Provider 429s are retried with exponential
-backoff while nothing has been streamed yet, then reported as RESOURCE_EXHAUSTED.
+backoff while nothing has been streamed yet, then reported as RESOURCE_EXHAUSTED with
+reason PROVIDER_RATE_LIMITED; a rejected key is PROVIDER_KEY_INVALID, a provider that
+fails or cannot be reached PROVIDER_UNAVAILABLE (retryable).
 """
 
 from __future__ import annotations
@@ -10,17 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 from typing import Any
 
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
+from google.rpc import code_pb2
 
 from services.chat.providers.base import (
-    CODE_FAILED_PRECONDITION,
-    CODE_INTERNAL,
-    CODE_RESOURCE_EXHAUSTED,
-    CODE_UNAVAILABLE,
     Chunk,
     Content,
     FunctionCall,
@@ -28,14 +28,15 @@ from services.chat.providers.base import (
     ProviderError,
     Usage,
 )
+from services.common.errors import Reason
 
 log = logging.getLogger("aivera.chat.gemini")
 
 
 def key_invalid() -> ProviderError:
     return ProviderError(
-        "PROVIDER_KEY_INVALID",
-        CODE_FAILED_PRECONDITION,
+        Reason.PROVIDER_KEY_INVALID,
+        code_pb2.FAILED_PRECONDITION,
         "Ключ Gemini API отклонён Google как недействительный: проверьте его или задайте "
         "новый ключ в настройках.",
         retryable=False,
@@ -44,8 +45,8 @@ def key_invalid() -> ProviderError:
 
 def rate_limited() -> ProviderError:
     return ProviderError(
-        "PROVIDER_RATE_LIMITED",
-        CODE_RESOURCE_EXHAUSTED,
+        Reason.PROVIDER_RATE_LIMITED,
+        code_pb2.RESOURCE_EXHAUSTED,
         "Превышен лимит запросов к Gemini для вашего ключа. Повторите попытку позже.",
         retryable=True,
     )
@@ -68,26 +69,28 @@ def map_error(exc: BaseException) -> ProviderError:
     if isinstance(exc, genai_errors.APIError):
         code = int(exc.code or 0)
         reasons = _error_reasons(exc)
-        if "API_KEY_INVALID" in reasons or code in (401, 403):
+        if "API_KEY_INVALID" in reasons or code in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN):
             return key_invalid()
-        if code == 429:
+        if code == HTTPStatus.TOO_MANY_REQUESTS:
             return rate_limited()
-        if code >= 500:
+        if code >= HTTPStatus.INTERNAL_SERVER_ERROR:
             return ProviderError(
-                "PROVIDER_ERROR",
-                CODE_UNAVAILABLE,
+                Reason.PROVIDER_UNAVAILABLE,
+                code_pb2.UNAVAILABLE,
                 f"Сервис Gemini вернул ошибку {code}. Повторите попытку.",
                 retryable=True,
             )
+        # Another 4xx: the request this service built was refused (e.g. an unknown model
+        # name in the system settings) — not the user's doing, not retryable.
         return ProviderError(
-            "PROVIDER_ERROR",
-            CODE_INTERNAL,
+            Reason.INTERNAL,
+            code_pb2.INTERNAL,
             f"Gemini отклонил запрос (HTTP {code}, {exc.status or 'ошибка'}).",
             retryable=False,
         )
     return ProviderError(
-        "PROVIDER_ERROR",
-        CODE_UNAVAILABLE,
+        Reason.PROVIDER_UNAVAILABLE,
+        code_pb2.UNAVAILABLE,
         f"Связь с Gemini прервалась ({type(exc).__name__}). Повторите попытку.",
         retryable=True,
     )
@@ -145,12 +148,13 @@ class GeminiProvider:
         self,
         api_key: str,
         *,
-        base_url: str | None = None,
-        timeout_seconds: float = 120.0,
-        retry_attempts: int = 4,
-        retry_initial_delay: float = 1.0,
-        retry_max_delay: float = 10.0,
+        base_url: str | None,
+        timeout_seconds: float,
+        retry_attempts: int,
+        retry_initial_delay: float,
+        retry_max_delay: float,
     ) -> None:
+        """Timeouts and retries come from the settings (services/chat/config.py)."""
         options = types.HttpOptions(timeout=int(timeout_seconds * 1000), base_url=base_url)
         self._client = genai.Client(api_key=api_key, http_options=options)
         self._attempts = max(1, retry_attempts)
@@ -179,7 +183,7 @@ class GeminiProvider:
                 raise
             except Exception as exc:
                 error = map_error(exc)
-                retry = error.reason == "PROVIDER_RATE_LIMITED" and not started
+                retry = error.reason == Reason.PROVIDER_RATE_LIMITED and not started
                 if retry and attempt < self._attempts:
                     log.info("gemini 429, retry %d in %.2fs", attempt, delay)
                     await asyncio.sleep(delay)

@@ -15,17 +15,14 @@ import asyncio
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from services.chat.providers.base import (
-    CODE_INTERNAL,
-    Chunk,
-    LlmRequest,
-    ProviderError,
-    Usage,
-)
+from google.rpc import code_pb2
+
+from services.chat.providers.base import Chunk, LlmRequest, ProviderError, Usage
+from services.common.errors import Reason
 
 log = logging.getLogger("aivera.chat.local")
 
@@ -34,9 +31,16 @@ class LocalModels:
     """The process's local base model and its cached adapters."""
 
     def __init__(
-        self, model_path: Path | None, *, name: str, max_new_tokens: int = 256, cache_size: int = 4
+        self,
+        model: Path | Callable[[], Path],
+        *,
+        name: str,
+        max_new_tokens: int = 256,
+        cache_size: int = 4,
     ) -> None:
-        self.model_path = model_path
+        # A local HF folder, or how to find it (e.g. converting the built-in model into
+        # the models folder on first use).
+        self._model = model
         self.name = name
         self.max_new_tokens = max_new_tokens
         self.cache_size = max(1, cache_size)
@@ -45,7 +49,6 @@ class LocalModels:
         self._adapters: OrderedDict[str, Path] = OrderedDict()
         self._load_lock = asyncio.Lock()
         self._generate_lock = asyncio.Lock()
-        self.resolve: Any = None  # () -> Path, set by the server when model_path is None
 
     async def ensure_loaded(self) -> None:
         if self.model is not None:
@@ -58,7 +61,7 @@ class LocalModels:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        path = self.model_path or self.resolve()
+        path = self._model if isinstance(self._model, Path) else self._model()
         log.info("loading local model %s from %s", self.name, path)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -181,8 +184,8 @@ class LocalProvider:
                         break
                     if isinstance(item, BaseException):
                         raise ProviderError(
-                            "PROVIDER_ERROR",
-                            CODE_INTERNAL,
+                            Reason.INTERNAL,
+                            code_pb2.INTERNAL,
                             f"Локальная модель не ответила: {type(item).__name__}",
                             retryable=False,
                         ) from item
