@@ -154,20 +154,3 @@ def decode(token: str, *, scope: str, field: str = "page_token") -> Keyset | Non
     except (ValueError, TypeError, UnicodeDecodeError):
         raise invalid from None
 
-
-# -- legacy unsigned tokens: removed once every List RPC uses `request`/`take` -------------
-def encode_token(position: dict[str, Any]) -> str:
-    raw = json.dumps(position, separators=(",", ":"), sort_keys=True).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_token(token: str) -> dict[str, Any] | None:
-    if not token:
-        return None
-    try:
-        value = json.loads(base64.urlsafe_b64decode((token + "=" * (-len(token) % 4)).encode()))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise InvalidArgument("page_token is not valid", field="page_token") from None
-    if not isinstance(value, dict):
-        raise InvalidArgument("page_token is not valid", field="page_token")
-    return value

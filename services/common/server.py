@@ -127,7 +127,7 @@ class App:
 
         async def fetch() -> list[dict[str, Any]]:
             stub = auth_pb2_grpc.AuthServiceStub(self.channel(self.settings.auth_addr))
-            jwks = await stub.GetJwks(auth_pb2.GetJwksRequest(), timeout=5)
+            jwks = await stub.GetJwks(auth_pb2.GetJwksRequest(), timeout=self.deadlines.lookup)
             return [
                 {
                     k: v
@@ -169,7 +169,7 @@ class App:
     async def _check_dependencies(self) -> bool:
         try:
             if self.spec.schema is not None:
-                async with self.pool.acquire(timeout=5) as conn:
+                async with self.pool.acquire(timeout=self.deadlines.lookup) as conn:
                     await conn.fetchval("SELECT 1")
             for check in self.spec.checks:
                 if not await check(self):
