@@ -54,7 +54,7 @@ def make_deps(app: App, settings: ChatSettings) -> Deps:
     models_dir = settings.chat_models_dir or default_models_dir()
     return Deps(
         settings=settings,
-        store=Store(lambda: app.pool),
+        store=Store(app),
         keys=GrpcKeys(app.channel(settings.auth_addr), app.deadlines),
         documents=GrpcDocuments(app.channel(settings.rag_addr), app.deadlines),
         files=GrpcFiles(app.storage()),

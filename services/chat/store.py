@@ -16,13 +16,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 
 from aivera.chat.v1 import chat_pb2
+from services.common.db import Database
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Reason
 from services.common.pages import PageRequest
 
@@ -348,15 +349,15 @@ def _error_json(error: StoredError | None) -> dict[str, Any] | None:
 
 
 class Store:
-    """The chat schema. `pool` is called for the asyncpg pool at query time (the App's
-    pool exists once the service has connected)."""
+    """The chat schema, on the App as its `Database`: the pool is read at query time
+    (it exists once the service has connected)."""
 
-    def __init__(self, pool: Callable[[], Any]) -> None:
-        self._pool = pool
+    def __init__(self, database: Database) -> None:
+        self._database = database
 
     @property
     def pool(self) -> Any:
-        return self._pool()
+        return self._database.pool
 
     # -- chats --------------------------------------------------------------------------
     async def create_chat(

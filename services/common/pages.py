@@ -153,4 +153,3 @@ def decode(token: str, *, scope: str, field: str = "page_token") -> Keyset | Non
         return tuple(_unpack(v) for v in values)
     except (ValueError, TypeError, UnicodeDecodeError):
         raise invalid from None
-

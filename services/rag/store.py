@@ -18,8 +18,9 @@ import datetime as dt
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
+from services.common.db import Database
 from services.common.errors import FailedPrecondition, Reason, not_found
 from services.rag.model import Block, BlockKind, Box, Page
 
@@ -35,13 +36,6 @@ _DOC_COLUMNS = (
     "id, user_id, knowledge_base_id, file_id, filename, format, status, error, page_count, "
     "block_count, chunk_count, ingest_token, created_at, updated_at"
 )
-
-
-class PoolSource(Protocol):
-    """Whatever holds the asyncpg pool (the App; it raises UNAVAILABLE until connected)."""
-
-    @property
-    def pool(self) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +136,7 @@ def _affected(status: Any) -> int:
 
 
 class Store:
-    def __init__(self, db: PoolSource) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
 
     @property
