@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import jwt
@@ -46,6 +47,26 @@ class SigningKey:
     alg: str  # "EdDSA" | "ES256"
     private: Any
     public_jwk: Mapping[str, str]  # kid, kty, alg, use, crv, x[, y]
+
+    @cached_property
+    def header_segment(self) -> bytes:
+        """The JWS protected header of every token this key signs, encoded once (the same
+        JSON PyJWT writes: sorted keys, no whitespace)."""
+        header = {"alg": self.alg, "kid": self.kid, "typ": "JWT"}
+        return _b64url(json.dumps(header, separators=(",", ":"), sort_keys=True).encode()).encode()
+
+    @cached_property
+    def _algorithm(self) -> Any:
+        # PyJWT's algorithm object: for ES256 it turns the DER signature into JWS's r||s.
+        return jwt.get_algorithm_by_name(self.alg)
+
+    def sign_jwt(self, claims: Mapping[str, Any]) -> str:
+        """A compact JWS of `claims`: what `jwt.encode` makes, without re-encoding the
+        header or re-checking the key on every call (this is the exchange hot path)."""
+        payload = json.dumps(claims, separators=(",", ":")).encode()
+        signing_input = self.header_segment + b"." + _b64url(payload).encode()
+        signature = self._algorithm.sign(signing_input, self.private)
+        return (signing_input + b"." + _b64url(signature).encode()).decode()
 
 
 def _public_members(private: Any) -> dict[str, str]:
@@ -147,7 +168,7 @@ class Keyring:
             "exp": issued + ttl,
             "jti": uuid.uuid4().hex,
         }
-        return jwt.encode(claims, key.private, algorithm=key.alg, headers={"kid": key.kid})
+        return key.sign_jwt(claims)
 
     def verifier(self, *, min_refresh_seconds: float = 2.0) -> JwksVerifier:
         """A verifier reading these keys directly (the auth service must not call itself)."""

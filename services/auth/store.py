@@ -25,6 +25,38 @@ from services.common.errors import AlreadyExists, Reason
 from services.common.pages import PageRequest
 
 _USER_COLS = "id, username, role, status, created_at, last_seen_at"
+_USERS_USER_COLS = ", ".join("users." + c for c in _USER_COLS.split(", "))
+
+# The two hot statements (ExchangeStaticToken, RefreshToken), built once: one round trip
+# each, prepared once per connection by asyncpg's statement cache.
+_EXCHANGE_SQL = f"""WITH u AS (
+        UPDATE users SET last_seen_at = now()
+        WHERE static_token_hash = $1 AND status = 'active'
+        RETURNING {_USER_COLS}),
+    s AS (
+        INSERT INTO sessions (id, user_id) SELECT $2, id FROM u
+        RETURNING id, user_id),
+    t AS (
+        INSERT INTO refresh_tokens (id, session_id, user_id, token_hash, expires_at)
+        SELECT $3, s.id, s.user_id, $4, now() + make_interval(secs => $5) FROM s
+        RETURNING expires_at)
+    SELECT u.*, t.expires_at AS refresh_expires_at FROM u, t"""
+_ROTATE_SQL = f"""WITH old AS (
+        UPDATE refresh_tokens t SET used_at = now()
+        FROM sessions s, users u
+        WHERE t.token_hash = $1 AND t.used_at IS NULL AND t.expires_at > now()
+          AND s.id = t.session_id AND s.revoked_at IS NULL
+          AND u.id = t.user_id AND u.status = 'active'
+        RETURNING t.session_id, t.user_id),
+    n AS (
+        INSERT INTO refresh_tokens (id, session_id, user_id, token_hash, expires_at)
+        SELECT $2, session_id, user_id, $3, now() + make_interval(secs => $4)
+        FROM old
+        RETURNING user_id, expires_at),
+    u AS (
+        UPDATE users SET last_seen_at = now() FROM n WHERE users.id = n.user_id
+        RETURNING {_USERS_USER_COLS})
+    SELECT u.*, n.expires_at AS refresh_expires_at FROM u, n"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,18 +254,7 @@ class Store:
     ) -> Issued | None:
         """A new session for the active user holding the static token; None otherwise."""
         row = await self.pool.fetchrow(
-            f"""WITH u AS (
-                    UPDATE users SET last_seen_at = now()
-                    WHERE static_token_hash = $1 AND status = 'active'
-                    RETURNING {_USER_COLS}),
-                s AS (
-                    INSERT INTO sessions (id, user_id) SELECT $2, id FROM u
-                    RETURNING id, user_id),
-                t AS (
-                    INSERT INTO refresh_tokens (id, session_id, user_id, token_hash, expires_at)
-                    SELECT $3, s.id, s.user_id, $4, now() + make_interval(secs => $5) FROM s
-                    RETURNING expires_at)
-                SELECT u.*, t.expires_at AS refresh_expires_at FROM u, t""",
+            _EXCHANGE_SQL,
             static_hash,
             session_id,
             token_id,
@@ -258,22 +279,7 @@ class Store:
         its user disabled. Of concurrent calls with one token exactly one gets a row: the
         others wait on the row lock, then see `used_at` set and match nothing."""
         row = await self.pool.fetchrow(
-            f"""WITH old AS (
-                    UPDATE refresh_tokens t SET used_at = now()
-                    FROM sessions s, users u
-                    WHERE t.token_hash = $1 AND t.used_at IS NULL AND t.expires_at > now()
-                      AND s.id = t.session_id AND s.revoked_at IS NULL
-                      AND u.id = t.user_id AND u.status = 'active'
-                    RETURNING t.session_id, t.user_id),
-                n AS (
-                    INSERT INTO refresh_tokens (id, session_id, user_id, token_hash, expires_at)
-                    SELECT $2, session_id, user_id, $3, now() + make_interval(secs => $4)
-                    FROM old
-                    RETURNING user_id, expires_at),
-                u AS (
-                    UPDATE users SET last_seen_at = now() FROM n WHERE users.id = n.user_id
-                    RETURNING {", ".join("users." + c for c in _USER_COLS.split(", "))})
-                SELECT u.*, n.expires_at AS refresh_expires_at FROM u, n""",
+            _ROTATE_SQL,
             old_hash,
             token_id,
             new_hash,

@@ -4,12 +4,24 @@ Every service verifies access JWTs locally: the auth service is asked only for i
 keys, cached here and refetched when a token names a `kid` we have not seen (a key
 rotation). Only asymmetric algorithms are accepted, and the algorithm is taken from the
 key, never from the token, so `alg: none` and HS256-with-the-public-key tricks fail.
+
+A token that verified is remembered for its lifetime (a client sends the same access
+token on every call for up to an hour): a bounded LRU keyed by the token's SHA-256 (the
+cache holds no usable token) maps it to its claims and the key object that verified it.
+A hit is accepted only while `now < exp` (the check `jwt.decode` makes) and while that
+same key object is still in the key set: a refetch that drops or changes the key makes
+every token it signed go through full verification again, and fail. Nothing that failed
+is cached, and `iat`/`nbf`, checked when the token was first seen, only get more true.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import json
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +47,36 @@ class AccessClaims:
 class _Key:
     algorithm: str
     key: Any
+    jwk: tuple[tuple[str, str], ...]  # the published members, to tell a changed key apart
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    """A cache entry: the claims of a token that verified, and the key that verified it."""
+
+    claims: AccessClaims
+    kid: str
+    key: _Key
+
+
+DEFAULT_CACHE_SIZE = 10_000
+_MAX_HEADER_SEGMENT = 4096  # a real one is ~100 characters
+
+
+def _unverified_header(token: str) -> dict[str, Any]:
+    """The JOSE header, read only to pick the key: `jwt.decode` parses and checks the whole
+    token again (a header it would refuse fails there, with the same reason). This is the
+    header segment alone; `jwt.get_unverified_header` decodes payload and signature too."""
+    head, dot, _ = token.partition(".")
+    try:
+        if not dot or len(head) > _MAX_HEADER_SEGMENT:
+            raise ValueError("no header segment")
+        header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+        if not isinstance(header, dict):
+            raise ValueError("header is not an object")
+    except (ValueError, TypeError):  # binascii.Error and JSONDecodeError are ValueErrors
+        raise Unauthenticated("malformed access token", reason=Reason.TOKEN_INVALID) from None
+    return header
 
 
 class JwksVerifier:
@@ -45,6 +87,8 @@ class JwksVerifier:
         issuer: str,
         audience: str,
         min_refresh_seconds: float = 2.0,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._fetch = fetch
         self._issuer = issuer
@@ -53,6 +97,14 @@ class JwksVerifier:
         self._keys: dict[str, _Key] = {}
         self._last_fetch = float("-inf")
         self._lock = asyncio.Lock()
+        self._cache: OrderedDict[bytes, _Verified] = OrderedDict()
+        self._cache_size = cache_size
+        self._clock = clock  # wall clock, as `exp` is; jwt.decode reads the same one
+
+    @property
+    def cached_tokens(self) -> int:
+        """How many verified tokens are remembered (at most `cache_size`)."""
+        return len(self._cache)
 
     async def refresh(self, *, force: bool = False) -> None:
         """Reload the key set (at most once per min_refresh_seconds unless forced)."""
@@ -65,8 +117,15 @@ class JwksVerifier:
                 kid, alg = jwk.get("kid"), jwk.get("alg")
                 if not kid or alg not in ALLOWED_ALGORITHMS:
                     continue
-                keys[str(kid)] = _Key(algorithm=str(alg), key=jwt.PyJWK(dict(jwk)).key)
-            self._keys = keys  # a removed key stops verifying from now on
+                members = tuple(sorted((str(k), str(v)) for k, v in jwk.items()))
+                known = self._keys.get(str(kid))
+                if known is not None and known.jwk == members:
+                    keys[str(kid)] = known  # unchanged: tokens it verified stay cached
+                    continue
+                keys[str(kid)] = _Key(algorithm=str(alg), key=jwt.PyJWK(dict(jwk)).key, jwk=members)
+            # A removed (or changed) key stops verifying from now on: cache hits check
+            # that their key object is still the one in the set.
+            self._keys = keys
             self._last_fetch = time.monotonic()
 
     async def _key_for(self, kid: str) -> _Key | None:
@@ -80,10 +139,21 @@ class JwksVerifier:
         return key
 
     async def verify(self, token: str) -> AccessClaims:
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise Unauthenticated("malformed access token", reason=Reason.TOKEN_INVALID) from None
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        hit = self._cache.get(digest)
+        if hit is not None:
+            if self._clock() < hit.claims.exp and self._keys.get(hit.kid) is hit.key:
+                self._cache.move_to_end(digest)
+                return hit.claims
+            del self._cache[digest]  # expired or its key is gone: verify (and fail) anew
+        claims, kid, key = await self._verify_uncached(token)
+        self._cache[digest] = _Verified(claims, kid, key)
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return claims
+
+    async def _verify_uncached(self, token: str) -> tuple[AccessClaims, str, _Key]:
+        header = _unverified_header(token)
         alg, kid = header.get("alg"), header.get("kid")
         if alg not in ALLOWED_ALGORITHMS:
             raise Unauthenticated(
@@ -116,9 +186,10 @@ class JwksVerifier:
         role = claims.get("role")
         if role not in ("user", "admin"):
             raise Unauthenticated("invalid access token", reason=Reason.TOKEN_INVALID)
-        return AccessClaims(
+        access = AccessClaims(
             user_id=str(claims["sub"]),
             role=str(role),
             jti=str(claims["jti"]),
             exp=int(claims["exp"]),
         )
+        return access, kid, key

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Callable
 
+import jwt
 import pytest
 
 from services.auth.crypto import (
@@ -14,7 +16,7 @@ from services.auth.crypto import (
     SecretBox,
     parse_master_keys,
 )
-from services.auth.keys import KeyConfigError, parse_pems
+from services.auth.keys import KeyConfigError, Keyring, parse_pems
 from services.auth.ratelimit import FailureLimiter, client_address, client_of, parse_networks
 from tests.auth.conftest import ed25519_pem, p256_pem
 
@@ -107,3 +109,32 @@ def test_pem_parsing() -> None:
         parse_pems(one + one)
     with pytest.raises(KeyConfigError):
         parse_pems("not a pem")
+
+
+@pytest.mark.parametrize("make_pem", [ed25519_pem, p256_pem])
+def test_fast_signer_makes_what_jwt_encode_makes(make_pem: Callable[[], str]) -> None:
+    # Keyring.sign encodes the header once per key and signs directly: the tokens must be
+    # the ones jwt.encode makes (byte for byte where the signature is deterministic) and
+    # verify with the public key alone.
+    key = parse_pems(make_pem())[0]
+    keyring = Keyring([key], issuer="aivera-auth", audience="aivera")
+    token = keyring.sign(user_id="u1", role="admin", ttl=60)
+    assert jwt.get_unverified_header(token) == {"alg": key.alg, "kid": key.kid, "typ": "JWT"}
+    claims = jwt.decode(
+        token,
+        key.private.public_key(),
+        algorithms=[key.alg],
+        audience="aivera",
+        issuer="aivera-auth",
+        options={"require": ["exp", "iat", "sub", "jti"]},
+    )
+    assert claims["sub"] == "u1" and claims["role"] == "admin"
+    assert claims["exp"] - claims["iat"] == 60
+    reference = jwt.encode(claims, key.private, algorithm=key.alg, headers={"kid": key.kid})
+    ours = key.sign_jwt(claims)
+    assert ours.rsplit(".", 1)[0] == reference.rsplit(".", 1)[0]
+    if key.alg == "EdDSA":  # Ed25519 signatures are deterministic; ECDSA ones are not
+        assert ours == reference
+    other = parse_pems(make_pem())[0]  # another key of the same type does not verify it
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(ours, other.private.public_key(), algorithms=[key.alg], audience="aivera")
