@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import SecretStr
 
@@ -16,13 +17,16 @@ class RagSettings(CommonSettings):
     rag_port: int = SERVICES["rag"].grpc
     rag_http_port: int = SERVICES["rag"].http
 
-    # Local state (the embedded Qdrant lives under DATA_DIR/qdrant unless QDRANT_PATH).
+    # Local state (the embedded index lives under DATA_DIR/qdrant unless QDRANT_PATH).
     data_dir: Path = Path(".data")
-    # A Qdrant server (e.g. http://qdrant:6333); unset = qdrant-client's local mode.
+    # A Qdrant server (e.g. http://qdrant:6333); unset = the embedded engine below.
     qdrant_url: str | None = None
     qdrant_api_key: SecretStr | None = None
     qdrant_path: Path | None = None
     qdrant_collection: str = "aivera_chunks"
+    # The embedded engine without QDRANT_URL: Qdrant Edge in process (exact search), or
+    # qdrant-client's local mode (the previous default; slow past ~10k chunks).
+    rag_index: Literal["edge", "qdrant-local"] = "edge"
 
     # Ingest defaults (IngestOptions with 0 take these).
     rag_render_dpi: int = DEFAULT_DPI
@@ -42,3 +46,7 @@ class RagSettings(CommonSettings):
 
     def qdrant_local_path(self) -> Path:
         return self.qdrant_path or self.data_dir / "qdrant"
+
+    def edge_index_path(self) -> Path:
+        """Where Qdrant Edge keeps its shards (one folder per collection)."""
+        return self.qdrant_local_path() / "edge"

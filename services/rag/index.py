@@ -1,4 +1,14 @@
-"""The chunk index in Qdrant: dense + sparse vectors, per-user filtering, hybrid search.
+"""The chunk index: one ``Index`` protocol, two engines (dense + sparse vectors, per-user
+filtering, hybrid search).
+
+- ``services.rag.edge_index.EdgeIndex``: the embedded default (no ``QDRANT_URL``), Qdrant
+  Edge in process — why, and the figures, in that module's docstring.
+- ``QdrantIndex`` (here): a Qdrant server or cluster at ``QDRANT_URL``, the production
+  path; also qdrant-client's local mode (``RAG_INDEX=qdrant-local``), the previous
+  embedded default, kept as the baseline of ``bench/bench_rag.py``.
+
+``services.rag.server.open_index`` chooses from the settings. Both store the same points
+(id, vectors, payload) and answer the same queries, so hits, scores and filters agree.
 
 Collection layout: ONE collection for every user and knowledge base, with ``user_id``
 (a tenant index) and ``knowledge_base_id`` as indexed payload fields that every query
@@ -15,17 +25,18 @@ depend on the caller remembering it: every read and delete here requires ``user_
 Vectors per point: ``dense`` (cosine, the embedder's dimension) and ``sparse`` (BM25 term
 weights from services.rag.sparse, with ``Modifier.IDF`` so Qdrant applies IDF). Hybrid
 search is one Query API call: a dense and a sparse prefetch under the same filter, fused
-with reciprocal rank fusion (``FusionQuery(RRF)``).
+with reciprocal rank fusion (``FusionQuery(RRF)``, k = 2: a hit at rank r of one side
+adds 1 / (r + 2), r from 0).
 
 Point id: the chunk id, uuid5 of (document id, chunk index) (services.rag.chunking), so a
 re-ingest overwrites in place; ``replace_document`` also deletes what the new version no
 longer has. Every write uses ``wait=True``: when a call returns, searches see its effect
 (a deleted document is never returned afterwards).
 
-Local mode (``path=``) is qdrant-client's embedded engine, for development and tests; it
-ignores payload indexes (they are created against a server only), scans points with
-numpy, allows one client per folder per process, and gets its SQLite file switched to WAL
-(see ``_tune_local_storage``). ``url=`` (``QDRANT_URL``) talks to a server.
+Local mode (``path=``) is qdrant-client's embedded engine; it ignores payload indexes
+(they are created against a server only), scans points with numpy (hybrid search at 100k
+chunks: p50 1.75 s, p99 4.8 s), allows one client per folder per process, and gets its
+SQLite file switched to WAL (see ``_tune_local_storage``). ``url=`` talks to a server.
 """
 
 from __future__ import annotations
@@ -36,7 +47,7 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from qdrant_client import AsyncQdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
@@ -171,16 +182,160 @@ def _is_outage(exc: Exception) -> bool:
     return type(exc).__name__ in ("AioRpcError", "_InactiveRpcError")
 
 
+def check_scope(user_id: str, knowledge_base_ids: Sequence[str]) -> None:
+    """Every read names its user and at least one knowledge base (ValueError if not)."""
+    if not user_id:
+        raise ValueError("user_id is required")
+    if not knowledge_base_ids:
+        raise ValueError("at least one knowledge base id is required")
+
+
+def check_chunks(
+    document_id: str,
+    chunks: Sequence[Chunk],
+    dense: Sequence[Sequence[float]],
+    sparse: Sequence[SparseVector],
+) -> None:
+    if not (len(chunks) == len(dense) == len(sparse)):
+        raise ValueError("chunks, dense and sparse must have the same length")
+    for c in chunks:
+        if c.document_id != document_id:
+            raise ValueError("every chunk must belong to document_id")
+
+
+def check_query(
+    mode: SearchMode, dense: Sequence[float] | None, sparse: SparseVector | None
+) -> bool:
+    """Validate a search's vectors for its mode; True when the sparse query has terms."""
+    if mode in (SearchMode.HYBRID, SearchMode.DENSE) and dense is None:
+        raise ValueError(f"{mode.value} search needs a dense query vector")
+    if mode is SearchMode.SPARSE and sparse is None:
+        raise ValueError("sparse search needs a sparse query vector")
+    return sparse is not None and len(sparse.indices) > 0
+
+
+def prefetch_size(top_k: int, prefetch_limit: int | None) -> int:
+    """Candidates taken from each side of a hybrid search before fusion."""
+    return prefetch_limit or max(50, 4 * top_k)
+
+
+def chunk_payload(
+    *, user_id: str, knowledge_base_id: str, document_id: str, filename: str, chunk: Chunk
+) -> dict[str, Any]:
+    """A point's payload: the filter fields and what a hit carries back."""
+    return {
+        "user_id": user_id,
+        "knowledge_base_id": knowledge_base_id,
+        "document_id": document_id,
+        "filename": filename,
+        "chunk_index": chunk.index,
+        "page": chunk.page,
+        "block_ids": list(chunk.block_ids),
+        "box": chunk.box.to_dict() if chunk.box is not None else None,
+        "heading": chunk.heading,
+        "text": chunk.text,
+    }
+
+
+def hit_from(point_id: Any, score: float, payload: dict[str, Any] | None) -> Hit:
+    p: dict[str, Any] = payload or {}
+    box = p.get("box")
+    return Hit(
+        chunk_id=str(point_id),
+        score=float(score),
+        text=str(p.get("text", "")),
+        document_id=str(p.get("document_id", "")),
+        knowledge_base_id=str(p.get("knowledge_base_id", "")),
+        filename=str(p.get("filename", "")),
+        page=int(p.get("page", 0)),
+        block_ids=tuple(str(b) for b in p.get("block_ids", [])),
+        box=Box.from_dict(box) if isinstance(box, dict) else None,
+        chunk_index=int(p.get("chunk_index", 0)),
+    )
+
+
+class Index(Protocol):
+    """What the service needs of a chunk index (both engines; see the module docstring).
+
+    Every read and delete names the user; writes are visible to searches when they
+    return; an engine that cannot be reached raises IndexUnavailableError."""
+
+    async def ensure_collection(self) -> None:
+        """Create or open the collection (idempotent); ValueError on another dimension."""
+
+    async def ping(self) -> None:
+        """The dependency check: IndexUnavailableError unless the engine answers."""
+
+    async def close(self) -> None: ...
+
+    async def upsert_chunks(
+        self,
+        *,
+        user_id: str,
+        knowledge_base_id: str,
+        document_id: str,
+        filename: str,
+        chunks: Sequence[Chunk],
+        dense: Sequence[Sequence[float]],
+        sparse: Sequence[SparseVector],
+        batch_size: int = UPSERT_BATCH,
+    ) -> int:
+        """Write the chunks of one document with their vectors; the number written."""
+        ...
+
+    async def replace_document(
+        self,
+        *,
+        user_id: str,
+        knowledge_base_id: str,
+        document_id: str,
+        filename: str,
+        chunks: Sequence[Chunk],
+        dense: Sequence[Sequence[float]],
+        sparse: Sequence[SparseVector],
+    ) -> int:
+        """Delete a document's chunks, then write the new ones (a re-ingest)."""
+        ...
+
+    async def delete_document(self, *, user_id: str, document_id: str) -> None: ...
+
+    async def delete_knowledge_base(self, *, user_id: str, knowledge_base_id: str) -> None: ...
+
+    async def count(
+        self,
+        *,
+        user_id: str,
+        knowledge_base_ids: Sequence[str],
+        document_ids: Sequence[str] | None = None,
+    ) -> int:
+        """Exact number of chunks of the given knowledge bases (and documents)."""
+        ...
+
+    async def search(
+        self,
+        *,
+        user_id: str,
+        knowledge_base_ids: Sequence[str],
+        dense: Sequence[float] | None,
+        sparse: SparseVector | None,
+        top_k: int = 10,
+        document_ids: Sequence[str] | None = None,
+        pages: Sequence[int] | None = None,
+        mode: SearchMode = SearchMode.HYBRID,
+        prefetch_limit: int | None = None,
+    ) -> list[Hit]:
+        """The best ``top_k`` chunks of the user's given knowledge bases (see
+        QdrantIndex.search for the modes)."""
+        ...
+
+
 def _filter(
     user_id: str,
     knowledge_base_ids: Sequence[str],
     document_ids: Sequence[str] | None = None,
     pages: Sequence[int] | None = None,
 ) -> models.Filter:
-    if not user_id:
-        raise ValueError("user_id is required")
-    if not knowledge_base_ids:
-        raise ValueError("at least one knowledge base id is required")
+    check_scope(user_id, knowledge_base_ids)
     must: list[models.Condition] = [
         models.FieldCondition(key="user_id", match=models.MatchValue(value=user_id)),
         models.FieldCondition(
@@ -196,25 +351,9 @@ def _filter(
     return models.Filter(must=must)
 
 
-def _hit(point: models.ScoredPoint) -> Hit:
-    p: dict[str, Any] = point.payload or {}
-    box = p.get("box")
-    return Hit(
-        chunk_id=str(point.id),
-        score=float(point.score),
-        text=str(p.get("text", "")),
-        document_id=str(p.get("document_id", "")),
-        knowledge_base_id=str(p.get("knowledge_base_id", "")),
-        filename=str(p.get("filename", "")),
-        page=int(p.get("page", 0)),
-        block_ids=tuple(str(b) for b in p.get("block_ids", [])),
-        box=Box.from_dict(box) if isinstance(box, dict) else None,
-        chunk_index=int(p.get("chunk_index", 0)),
-    )
-
-
-class ChunkIndex:
-    """Chunks of all users in one Qdrant collection (see the module docstring)."""
+class QdrantIndex:
+    """Chunks of all users in one collection of a Qdrant server, or of qdrant-client's
+    local mode (see the module docstring)."""
 
     def __init__(
         self,
@@ -240,7 +379,7 @@ class ChunkIndex:
         path: str | Path | None = None,
         api_key: str | None = None,
         collection: str = DEFAULT_COLLECTION,
-    ) -> ChunkIndex:
+    ) -> QdrantIndex:
         """A server index when ``url`` is given (QDRANT_URL), else local mode at ``path``."""
         if url:
             return cls(
@@ -358,11 +497,7 @@ class ChunkIndex:
     ) -> int:
         """Write the chunks of one document with their vectors (same order); returns the
         number written. Visible to searches when it returns."""
-        if not (len(chunks) == len(dense) == len(sparse)):
-            raise ValueError("chunks, dense and sparse must have the same length")
-        for c in chunks:
-            if c.document_id != document_id:
-                raise ValueError("every chunk must belong to document_id")
+        check_chunks(document_id, chunks, dense, sparse)
         await self._ensure()
         points = [
             models.PointStruct(
@@ -371,18 +506,13 @@ class ChunkIndex:
                     DENSE: [float(x) for x in d],
                     SPARSE: models.SparseVector(indices=s.indices, values=s.values),
                 },
-                payload={
-                    "user_id": user_id,
-                    "knowledge_base_id": knowledge_base_id,
-                    "document_id": document_id,
-                    "filename": filename,
-                    "chunk_index": c.index,
-                    "page": c.page,
-                    "block_ids": list(c.block_ids),
-                    "box": c.box.to_dict() if c.box is not None else None,
-                    "heading": c.heading,
-                    "text": c.text,
-                },
+                payload=chunk_payload(
+                    user_id=user_id,
+                    knowledge_base_id=knowledge_base_id,
+                    document_id=document_id,
+                    filename=filename,
+                    chunk=c,
+                ),
             )
             for c, d, s in zip(chunks, dense, sparse, strict=True)
         ]
@@ -505,11 +635,7 @@ class ChunkIndex:
         if top_k <= 0:
             return []
         flt = _filter(user_id, knowledge_base_ids, document_ids, pages)
-        has_sparse = sparse is not None and len(sparse.indices) > 0
-        if mode in (SearchMode.HYBRID, SearchMode.DENSE) and dense is None:
-            raise ValueError(f"{mode.value} search needs a dense query vector")
-        if mode is SearchMode.SPARSE and sparse is None:
-            raise ValueError("sparse search needs a sparse query vector")
+        has_sparse = check_query(mode, dense, sparse)
         await self._ensure()
         dense_q = [float(x) for x in dense] if dense is not None else None
         sparse_q = (
@@ -529,7 +655,7 @@ class ChunkIndex:
                     self.collection, query=dense_q, using=DENSE, query_filter=flt, limit=top_k
                 )
             else:
-                limit = prefetch_limit or max(50, 4 * top_k)
+                limit = prefetch_size(top_k, prefetch_limit)
                 resp = await self.client.query_points(
                     self.collection,
                     prefetch=[
@@ -544,4 +670,4 @@ class ChunkIndex:
             if _is_outage(exc):
                 raise _unavailable(exc) from exc
             raise
-        return [_hit(p) for p in resp.points]
+        return [hit_from(p.id, p.score, p.payload) for p in resp.points]

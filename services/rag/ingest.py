@@ -55,7 +55,7 @@ from services.common.remote import StorageClient
 from services.rag import convert
 from services.rag.chunking import Chunk
 from services.rag.embedder import Embedder
-from services.rag.index import ChunkIndex
+from services.rag.index import Index
 from services.rag.model import DocumentFormat, FormatMismatchError, Page, ParsedDocument
 from services.rag.parsers import ParseOptions, PdfRenderer, detect_format, parse_document
 from services.rag.parsers.pdf import looks_like_pdf
@@ -134,7 +134,7 @@ class Ingestor:
         self,
         *,
         store: Store,
-        index: ChunkIndex,
+        index: Index,
         embedder: Embedder,
         storage: StorageClient,
         spawn: Spawn,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from services.common.errors import Reason, Unavailable, not_found
 from services.rag.embedder import Embedder
-from services.rag.index import ChunkIndex, Hit, SearchMode
+from services.rag.index import Hit, Index, SearchMode
 from services.rag.model import Block
 from services.rag.sparse import Bm25Encoder
 from services.rag.store import HitKey, PageRow, Store
@@ -55,7 +55,7 @@ def _hit_key(hit: Hit) -> HitKey | None:
 
 
 class Searcher:
-    def __init__(self, *, store: Store, index: ChunkIndex, embedder: Embedder) -> None:
+    def __init__(self, *, store: Store, index: Index, embedder: Embedder) -> None:
         self.store = store
         self.index = index
         self.embedder = embedder

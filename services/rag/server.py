@@ -6,10 +6,11 @@ Start-up (``on_ready``, after migrations): the embedding model is loaded in a wo
 thread *before* the service turns SERVING. Loading MiniLM takes a second or two and a
 few hundred MB; doing it lazily would put that on the first user's ingest or search (and
 hide a missing model until then), so readiness waits for it instead (RAG_EMBEDDER_PRELOAD=0
-loads it on first use, e.g. for tooling). The Qdrant index (server at QDRANT_URL, else
-local mode under QDRANT_PATH / DATA_DIR/qdrant) is opened in ``build`` and its collection
-ensured in ``on_ready``; when a Qdrant server is down at start-up the service still
-starts and the dependency check (bounded by the App's lookup deadline) keeps health
+loads it on first use, e.g. for tooling). The chunk index (``open_index``: a Qdrant server
+at QDRANT_URL, else the embedded engine of RAG_INDEX under QDRANT_PATH / DATA_DIR/qdrant —
+Qdrant Edge by default, see services.rag.edge_index) is made in ``build`` and its
+collection ensured in ``on_ready``; when a Qdrant server is down at start-up the service
+still starts and the dependency check (bounded by the App's lookup deadline) keeps health
 NOT_SERVING until the collection can be ensured.
 """
 
@@ -24,8 +25,9 @@ from aivera.rag.v1 import rag_pb2
 from services.common.errors import Unavailable
 from services.common.server import App, Servicers, ServiceSpec
 from services.rag.config import RagSettings
+from services.rag.edge_index import EdgeIndex
 from services.rag.embedder import Embedder, MiniLmEmbedder
-from services.rag.index import ChunkIndex
+from services.rag.index import Index, QdrantIndex
 from services.rag.ingest import Ingestor, Limits
 from services.rag.search import Searcher
 from services.rag.servicer import RagServiceServicer
@@ -41,7 +43,7 @@ class Rag:
     """The service's parts, built once from the App."""
 
     store: Store
-    index: ChunkIndex
+    index: Index
     embedder: Embedder
     ingestor: Ingestor
     searcher: Searcher
@@ -54,14 +56,23 @@ class RagSpec(ServiceSpec):
     rag: Rag | None = None
 
 
-def open_index(settings: RagSettings, dim: int) -> ChunkIndex:
-    api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
-    return ChunkIndex.open(
-        dim=dim,
-        url=settings.qdrant_url,
-        path=None if settings.qdrant_url else settings.qdrant_local_path(),
-        api_key=api_key,
-        collection=settings.qdrant_collection,
+def open_index(settings: RagSettings, dim: int) -> Index:
+    """The production Qdrant server when QDRANT_URL is set, else the embedded engine that
+    RAG_INDEX names (Qdrant Edge by default, qdrant-client's local mode on request)."""
+    if settings.qdrant_url:
+        api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
+        return QdrantIndex.open(
+            dim=dim,
+            url=settings.qdrant_url,
+            api_key=api_key,
+            collection=settings.qdrant_collection,
+        )
+    if settings.rag_index == "qdrant-local":
+        return QdrantIndex.open(
+            dim=dim, path=settings.qdrant_local_path(), collection=settings.qdrant_collection
+        )
+    return EdgeIndex.open(
+        dim=dim, path=settings.edge_index_path(), collection=settings.qdrant_collection
     )
 
 

@@ -3,7 +3,7 @@
 The servicer's ingest calls ``make_chunks`` (chunking + fitting to the embedder's window),
 then iterates ``vectorize`` (async; each batch runs in a worker thread, so the event loop
 stays free and a cancelled ingest stops between batches), reporting ``done``/``total``
-as the EMBEDDING stage, then hands the vectors to ChunkIndex.replace_document.
+as the EMBEDDING stage, then hands the vectors to Index.replace_document.
 """
 
 from __future__ import annotations

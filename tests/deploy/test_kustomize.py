@@ -5,6 +5,7 @@ policies, GPU placement, no committed secrets)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -316,7 +317,52 @@ def test_autoscaling_and_disruption_budgets(builds: dict[str, list[Doc]]) -> Non
 def test_datastores_in_cluster_for_dev_external_for_prod(builds: dict[str, list[Doc]]) -> None:
     dev_sets = {s["metadata"]["name"] for s in _of(builds["dev"], "StatefulSet")}
     assert {"postgres", "qdrant"} <= dev_sets
-    assert _of(builds["prod"], "StatefulSet") == []
+    # Prod: Postgres and S3 are external; Qdrant runs in the cluster (components/qdrant).
+    for name in ("prod", "prod+keda"):
+        assert {s["metadata"]["name"] for s in _of(builds[name], "StatefulSet")} == {"qdrant"}
+
+
+def _qdrant_client_version() -> str:
+    reqs = (ROOT / "requirements" / "rag.txt").read_text()
+    (version,) = re.findall(r"^qdrant-client==(\S+)$", reqs, re.MULTILINE)
+    return version
+
+
+def test_qdrant_is_a_stateful_set_with_a_volume_and_a_pinned_image(
+    builds: dict[str, list[Doc]],
+) -> None:
+    client = _qdrant_client_version().split(".")[:2]
+    for name, docs in builds.items():
+        qdrant = _named(docs, "StatefulSet", "qdrant")
+        assert qdrant["spec"]["replicas"] == 1, name  # one node: no cluster mode set up
+        (container,) = _containers(qdrant)
+        image = re.fullmatch(
+            r"qdrant/qdrant:v(\d+)\.(\d+)\.(\d+)(-unprivileged)?", container["image"]
+        )
+        assert image, container["image"]  # a pinned release, never a floating tag
+        assert list(image.groups()[:2]) == client, "server and qdrant-client versions differ"
+        # Its data on a PersistentVolumeClaim per pod, mounted where Qdrant keeps it.
+        (claim,) = qdrant["spec"]["volumeClaimTemplates"]
+        assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+        size = claim["spec"]["resources"]["requests"]["storage"]
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        assert mounts[claim["metadata"]["name"]] == "/qdrant/storage"
+        assert container["readinessProbe"] and container["resources"]["limits"]["memory"]
+        if name.startswith("prod"):
+            assert size == "50Gi"
+        # The Service QDRANT_URL names, reachable only from the platform's pods.
+        (cm,) = [
+            d for d in _of(docs, "ConfigMap") if d["metadata"]["name"].startswith("aivera-config")
+        ]
+        assert cm["data"]["QDRANT_URL"] == "http://qdrant:6333", name
+        service = _named(docs, "Service", "qdrant")
+        assert {p["port"] for p in service["spec"]["ports"]} == {6333, 6334}
+        assert _selects({"matchLabels": service["spec"]["selector"]}, _labels(qdrant))
+        policy = _named(docs, "NetworkPolicy", "qdrant")
+        assert _selects(policy["spec"]["podSelector"], _labels(qdrant))
+        (rule,) = policy["spec"]["ingress"]
+        (source,) = rule["from"]
+        assert source == {"podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "aivera"}}}
 
 
 # -- GPU pool ---------------------------------------------------------------------------

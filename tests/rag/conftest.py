@@ -1,5 +1,7 @@
 """Fixtures of the rag domain tests: a Unicode font for generated PDFs, the MiniLM embedder
-(loaded once per session) and a fresh local-mode Qdrant index per test."""
+(loaded once per session) and a fresh chunk index per test, once for each embedded engine
+(Qdrant Edge, the default, and qdrant-client's local mode, the QdrantIndex code path that
+also talks to a server)."""
 
 from __future__ import annotations
 
@@ -10,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from services.rag.edge_index import EdgeIndex
 from services.rag.embedder import MiniLmEmbedder
-from services.rag.index import ChunkIndex
+from services.rag.index import Index, QdrantIndex
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -52,9 +55,21 @@ def embedder() -> MiniLmEmbedder:
     return model
 
 
-@pytest.fixture
-async def index(tmp_path: Path, embedder: MiniLmEmbedder) -> AsyncIterator[ChunkIndex]:
-    idx = ChunkIndex.open(dim=embedder.dim, path=tmp_path / "qdrant")
+ENGINES = ("edge", "qdrant-local")
+
+
+def open_engine(engine: str, path: Path, dim: int) -> Index:
+    """An embedded index of either engine at ``path``."""
+    if engine == "edge":
+        return EdgeIndex.open(dim=dim, path=path)
+    return QdrantIndex.open(dim=dim, path=path)
+
+
+@pytest.fixture(params=ENGINES)
+async def index(
+    request: pytest.FixtureRequest, tmp_path: Path, embedder: MiniLmEmbedder
+) -> AsyncIterator[Index]:
+    idx = open_engine(request.param, tmp_path / "index", embedder.dim)
     await idx.ensure_collection()
     try:
         yield idx

@@ -1,6 +1,6 @@
-"""The Qdrant chunk index in local mode with real MiniLM vectors and BM25 sparse vectors:
-hybrid search finds exact codes that dense search misses, deletes stick, users and
-knowledge bases stay apart."""
+"""The chunk index, both embedded engines (Qdrant Edge and qdrant-client's local mode), with
+real MiniLM vectors and BM25 sparse vectors: hybrid search finds exact codes that dense
+search misses, deletes stick, users and knowledge bases stay apart."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from services.rag.chunking import chunk_blocks
 from services.rag.embedder import MiniLmEmbedder
-from services.rag.index import ChunkIndex, Hit, SearchMode
+from services.rag.index import Hit, Index, QdrantIndex, SearchMode
 from services.rag.model import Block, BlockKind, Box
 from services.rag.sparse import Bm25Encoder
 
@@ -40,7 +40,7 @@ CORPUS = {
 
 
 async def _ingest(
-    index: ChunkIndex,
+    index: Index,
     embedder: MiniLmEmbedder,
     *,
     user: str,
@@ -64,7 +64,7 @@ async def _ingest(
 
 
 async def _search(
-    index: ChunkIndex,
+    index: Index,
     embedder: MiniLmEmbedder,
     query: str,
     *,
@@ -88,7 +88,7 @@ async def _search(
 
 
 @pytest.fixture
-async def corpus(index: ChunkIndex, embedder: MiniLmEmbedder) -> ChunkIndex:
+async def corpus(index: Index, embedder: MiniLmEmbedder) -> Index:
     for doc, text in CORPUS.items():
         block = Block("p1-b1", 1, BlockKind.TEXT, text)
         await _ingest(index, embedder, user="alice", kb="kb-a", doc=doc, blocks=[block])
@@ -97,7 +97,7 @@ async def corpus(index: ChunkIndex, embedder: MiniLmEmbedder) -> ChunkIndex:
 
 @pytest.mark.parametrize(("query", "target"), [("ПВ-1", "pv1"), ("АР-12", "ar12")])
 async def test_hybrid_finds_exact_codes_where_dense_misses(
-    corpus: ChunkIndex, embedder: MiniLmEmbedder, query: str, target: str
+    corpus: Index, embedder: MiniLmEmbedder, query: str, target: str
 ) -> None:
     dense = await _search(corpus, embedder, query, mode=SearchMode.DENSE, top_k=3)
     assert target not in [h.document_id for h in dense], [h.document_id for h in dense]
@@ -109,7 +109,7 @@ async def test_hybrid_finds_exact_codes_where_dense_misses(
     assert hybrid[0].score > hybrid[1].score
 
 
-async def test_hits_carry_chunk_fields(index: ChunkIndex, embedder: MiniLmEmbedder) -> None:
+async def test_hits_carry_chunk_fields(index: Index, embedder: MiniLmEmbedder) -> None:
     box1 = Box.from_normalized(0.1, 0.1, 0.5, 0.2, 1000, 1400)
     box2 = Box.from_normalized(0.2, 0.15, 0.9, 0.3, 1000, 1400)
     blocks = [
@@ -128,7 +128,7 @@ async def test_hits_carry_chunk_fields(index: ChunkIndex, embedder: MiniLmEmbedd
 
 
 async def test_delete_document_then_search_returns_nothing_of_it(
-    corpus: ChunkIndex, embedder: MiniLmEmbedder
+    corpus: Index, embedder: MiniLmEmbedder
 ) -> None:
     assert await corpus.count(user_id="alice", knowledge_base_ids=["kb-a"]) == len(CORPUS)
     await corpus.delete_document(user_id="alice", document_id="ar12")
@@ -141,7 +141,7 @@ async def test_delete_document_then_search_returns_nothing_of_it(
     )
 
 
-async def test_delete_knowledge_base(index: ChunkIndex, embedder: MiniLmEmbedder) -> None:
+async def test_delete_knowledge_base(index: Index, embedder: MiniLmEmbedder) -> None:
     block = [Block("b", 1, BlockKind.TEXT, "Приточная установка ПВ-1")]
     await _ingest(index, embedder, user="alice", kb="kb-a", doc="d1", blocks=block)
     await _ingest(index, embedder, user="alice", kb="kb-b", doc="d2", blocks=block)
@@ -150,7 +150,7 @@ async def test_delete_knowledge_base(index: ChunkIndex, embedder: MiniLmEmbedder
     assert [h.document_id for h in hits] == ["d2"]
 
 
-async def test_users_are_isolated(index: ChunkIndex, embedder: MiniLmEmbedder) -> None:
+async def test_users_are_isolated(index: Index, embedder: MiniLmEmbedder) -> None:
     block = [Block("b", 1, BlockKind.TEXT, "Секретный отчёт АР-12 пользователя")]
     await _ingest(index, embedder, user="alice", kb="kb-a", doc="d1", blocks=block)
     # Bob names Alice's knowledge base and document: nothing comes back.
@@ -164,7 +164,7 @@ async def test_users_are_isolated(index: ChunkIndex, embedder: MiniLmEmbedder) -
     assert await index.count(user_id="bob", knowledge_base_ids=["kb-a"]) == 0
 
 
-async def test_document_and_page_filters(index: ChunkIndex, embedder: MiniLmEmbedder) -> None:
+async def test_document_and_page_filters(index: Index, embedder: MiniLmEmbedder) -> None:
     blocks = [
         Block(f"p{p}-b1", p, BlockKind.TEXT, f"Страница {p}: установка ПВ-1") for p in (1, 2, 3)
     ]
@@ -177,7 +177,7 @@ async def test_document_and_page_filters(index: ChunkIndex, embedder: MiniLmEmbe
     assert await _search(index, embedder, "ПВ-1", document_ids=["elsewhere"]) == []
 
 
-async def test_reingest_replaces_chunks(index: ChunkIndex, embedder: MiniLmEmbedder) -> None:
+async def test_reingest_replaces_chunks(index: Index, embedder: MiniLmEmbedder) -> None:
     many = [Block(f"p{p}-b1", p, BlockKind.TEXT, f"Старая версия, лист {p}") for p in range(1, 5)]
     await _ingest(index, embedder, user="alice", kb="kb-a", doc="d1", blocks=many)
     assert await index.count(user_id="alice", knowledge_base_ids=["kb-a"]) == 4
@@ -189,7 +189,7 @@ async def test_reingest_replaces_chunks(index: ChunkIndex, embedder: MiniLmEmbed
 
 
 async def test_queries_without_terms_and_bad_arguments(
-    corpus: ChunkIndex, embedder: MiniLmEmbedder
+    corpus: Index, embedder: MiniLmEmbedder
 ) -> None:
     assert await _search(corpus, embedder, "?!", mode=SearchMode.SPARSE) == []
     assert len(await _search(corpus, embedder, "?!", mode=SearchMode.HYBRID)) == 5
@@ -200,9 +200,9 @@ async def test_queries_without_terms_and_bad_arguments(
         await _search(corpus, embedder, "ПВ-1", user="")
 
 
-async def test_local_index_persists_on_disk(tmp_path: Path, embedder: MiniLmEmbedder) -> None:
+async def test_qdrant_local_mode_persists_on_disk(tmp_path: Path, embedder: MiniLmEmbedder) -> None:
     path = tmp_path / "q"
-    first = ChunkIndex.open(dim=embedder.dim, path=path)
+    first = QdrantIndex.open(dim=embedder.dim, path=path)
     block = [Block("b", 1, BlockKind.TEXT, "Долговечные данные АР-12")]
     await _ingest(first, embedder, user="alice", kb="kb-a", doc="d1", blocks=block)
     await first.close()
@@ -210,12 +210,12 @@ async def test_local_index_persists_on_disk(tmp_path: Path, embedder: MiniLmEmbe
     (sqlite_file,) = path.rglob("storage.sqlite")
     with sqlite3.connect(sqlite_file) as con:
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    second = ChunkIndex.open(dim=embedder.dim, path=path)
+    second = QdrantIndex.open(dim=embedder.dim, path=path)
     try:
         assert await second.count(user_id="alice", knowledge_base_ids=["kb-a"]) == 1
     finally:
         await second.close()
-    wrong = ChunkIndex.open(dim=8, path=path)
+    wrong = QdrantIndex.open(dim=8, path=path)
     try:
         with pytest.raises(ValueError, match="dense size"):
             await wrong.ensure_collection()

@@ -25,7 +25,7 @@ from aivera.storage.v1 import storage_pb2, storage_pb2_grpc
 from services.common.server import App
 from services.rag.config import RagSettings
 from services.rag.embedder import MiniLmEmbedder
-from services.rag.index import ChunkIndex, SearchMode
+from services.rag.index import Index, SearchMode
 from services.rag.search import Searcher, SearchRequest
 from services.rag.server import RagSpec
 from services.rag.server import make_spec as rag_spec
@@ -54,7 +54,7 @@ class Env:
         return bearer(self.keyring.mint(user))
 
     @property
-    def index(self) -> ChunkIndex:
+    def index(self) -> Index:
         spec = self.rag_app.spec
         assert isinstance(spec, RagSpec) and spec.rag is not None
         return spec.rag.index
