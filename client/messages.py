@@ -96,6 +96,18 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "Ход отменён; частичный ответ сохранён как незавершённый.",
         "Turn cancelled; the partial answer is stored as incomplete.",
     ),
+    "chat.reconnecting": (
+        "Связь потеряна, переподключение ({attempt}) с события {seq}…",
+        "Connection lost, reattaching ({attempt}) after event {seq}…",
+    ),
+    "chat.watch_gave_up": (
+        "Не удалось переподключиться к ходу; он продолжается (aivera chat watch).",
+        "Could not reattach to the turn; it goes on (aivera chat watch).",
+    ),
+    "chat.watch_stopped": (
+        "Наблюдение остановлено; ход продолжается (aivera chat watch {turn}).",
+        "Stopped watching; the turn goes on (aivera chat watch {turn}).",
+    ),
     "chat.attached": (
         "Файл {filename} прикреплён: {status}.",
         "File {filename} attached: {status}.",

@@ -42,7 +42,7 @@ from aivera.training.v1 import (
 )
 from client.config import Endpoints, credentials_path, split_address
 from client.credentials import Credentials, CredentialStore
-from client.errors import AuthRequired, NotFound, Unavailable, from_rpc
+from client.errors import AiveraError, AuthRequired, NotFound, Unavailable, from_rpc
 from client.messages import lang, t
 from client.session import Session
 
@@ -396,22 +396,123 @@ class AsyncClient:
             "messages",
         )
 
-    def send_message(
+    async def send_message(
         self,
         chat_id: str,
         text: str,
         *,
         file_ids: Sequence[str] = (),
         model_profile: chat_pb2.ModelProfile.ValueType = chat_pb2.MODEL_PROFILE_UNSPECIFIED,
+        retries: int = 10,
+        backoff: float = 0.5,
+        on_reconnect: Callable[[int, int], Awaitable[None] | None] | None = None,
     ) -> AsyncIterator[chat_pb2.ChatEvent]:
-        """The turn's events, `accepted` first and `final` or `error` last. Closing the
-        iterator early (or cancelling the task) cancels the turn."""
-        return self._stream(
+        """The turn's events, `accepted` first and `final` or `error` last. The turn runs
+        on the server whoever watches it: after a dropped connection (once `accepted`
+        arrived) this reattaches by itself with WatchTurn after the last seq seen, so no
+        event is missed or repeated (`on_reconnect(attempt, last_seq)` is told). Closing
+        the iterator early only stops watching; `cancel_turn` stops the turn."""
+        first = self._stream(
             self._chat.SendMessage,
             chat_pb2.SendMessageRequest(
                 chat_id=chat_id, text=text, file_ids=list(file_ids), model_profile=model_profile
             ),
         )
+        async for event in self._follow_turn(
+            first, chat_id, "", 0, retries=retries, backoff=backoff, on_reconnect=on_reconnect
+        ):
+            yield event
+
+    def watch_turn(
+        self, chat_id: str, turn_id: str, after_seq: int = 0
+    ) -> AsyncIterator[chat_pb2.ChatEvent]:
+        """One WatchTurn stream: the turn's events after `after_seq`, then live ones. See
+        `watch_turn_resilient` for one that reattaches after a dropped connection."""
+        return self._stream(
+            self._chat.WatchTurn,
+            chat_pb2.WatchTurnRequest(chat_id=chat_id, turn_id=turn_id, after_seq=after_seq),
+        )
+
+    async def watch_turn_resilient(
+        self,
+        chat_id: str,
+        turn_id: str,
+        *,
+        after_seq: int = 0,
+        retries: int = 10,
+        backoff: float = 0.5,
+        on_reconnect: Callable[[int, int], Awaitable[None] | None] | None = None,
+    ) -> AsyncIterator[chat_pb2.ChatEvent]:
+        """The turn's events after `after_seq` up to its terminal event, reattaching
+        after a drop from the last seq seen. Gives up after `retries` failures in a row."""
+        async for event in self._follow_turn(
+            None,
+            chat_id,
+            turn_id,
+            after_seq,
+            retries=retries,
+            backoff=backoff,
+            on_reconnect=on_reconnect,
+        ):
+            yield event
+
+    async def cancel_turn(self, chat_id: str, turn_id: str) -> None:
+        """Stops a running turn; its partial answer is stored (a finished one: no-op)."""
+        await self._unary(
+            self._chat.CancelTurn, chat_pb2.CancelTurnRequest(chat_id=chat_id, turn_id=turn_id)
+        )
+
+    async def _follow_turn(
+        self,
+        stream: AsyncIterator[chat_pb2.ChatEvent] | None,
+        chat_id: str,
+        turn_id: str,
+        last: int,
+        *,
+        retries: int,
+        backoff: float,
+        on_reconnect: Callable[[int, int], Awaitable[None] | None] | None,
+    ) -> AsyncIterator[chat_pb2.ChatEvent]:
+        """Events of one turn until its terminal event, each seq once, reattaching with
+        WatchTurn after a drop (UNAVAILABLE, a server that went away, an end without a
+        terminal event). A drop before `accepted` of SendMessage is raised: the turn may
+        not exist, and sending again could run it twice."""
+        failures = 0
+        while True:
+            if stream is None:
+                stream = self.watch_turn(chat_id, turn_id, last)
+            try:
+                async for event in stream:
+                    failures = 0
+                    turn_id = turn_id or event.message_id
+                    if event.seq <= last:
+                        continue  # seen before the drop
+                    last = event.seq
+                    yield event
+                    if event.WhichOneof("event") in ("final", "error"):
+                        return
+            except (Unavailable, AiveraError) as e:
+                dropped = isinstance(e, Unavailable) or e.code in (
+                    grpc.StatusCode.CANCELLED,
+                    grpc.StatusCode.UNKNOWN,
+                )
+                if not turn_id or not dropped:
+                    raise
+            finally:
+                close = getattr(stream, "aclose", None)
+                if close is not None:
+                    await close()
+            stream = None
+            if not turn_id:
+                raise Unavailable(t("chat.watch_gave_up"))
+            failures += 1
+            if failures > retries:
+                raise Unavailable(t("chat.watch_gave_up"))
+            if on_reconnect is not None:
+                maybe = on_reconnect(failures, last)
+                if maybe is not None:
+                    await maybe
+            await asyncio.sleep(min(backoff * 2 ** (failures - 1), 10.0))
 
     async def attach_file(self, chat_id: str, file_id: str) -> chat_pb2.Attachment:
         att: chat_pb2.Attachment = await self._unary(

@@ -61,7 +61,8 @@ class Client:
 
             return call
         if callable(attr) and (
-            inspect.isasyncgenfunction(attr) or name in {"send_message", "ingest", "watch_job"}
+            inspect.isasyncgenfunction(attr)
+            or name in {"send_message", "ingest", "watch_job", "watch_turn"}
         ):
 
             @functools.wraps(attr)

@@ -3,8 +3,10 @@
 Starts a local Postgres under .data/ when DATABASE_URL is unset, generates development
 secrets once (kept in .data/dev-secrets.json, mode 0600), starts the five services, a
 training worker and the local gRPC-web gateway as child processes, waits until they
-report SERVING, and prints what runs where. Ctrl-C (or SIGTERM) stops every child and the
-Postgres it started; children also die with this process (PR_SET_PDEATHSIG).
+report SERVING, and prints what runs where. A child that exits is started again (with a
+growing delay while it keeps failing), so one service's restart does not stop the mesh.
+Ctrl-C (or SIGTERM) stops every child and the Postgres it started; children also die with
+this process (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -118,6 +120,7 @@ def main() -> int:
     logs = DATA / "logs"
     logs.mkdir(exist_ok=True)
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    commands: dict[str, list[str]] = {}
     stopping = False
 
     def stop(*_: object) -> None:
@@ -138,6 +141,8 @@ def main() -> int:
             preexec_fn=_die_with_parent,
             start_new_session=True,  # Ctrl-C reaches us; we stop the children in order
         )
+        commands[name] = args
+        children[:] = [(n, p) for n, p in children if n != name]
         children.append((name, proc))
 
     try:
@@ -171,11 +176,28 @@ def main() -> int:
         print(f"\nAdmin static token (local use only): {admin}")
         print("Ctrl-C stops everything.")
 
+        # A child that exits (a crash, a SIGTERM of its own) is started again, with a
+        # growing delay while it keeps failing fast; the rest of the mesh runs on.
+        restarts: dict[str, tuple[int, float]] = {}  # name → (failures in a row, start)
         while not stopping:
-            for name, proc in children:
-                if proc.poll() is not None:
-                    print(f"{name} exited with code {proc.returncode}; see {logs}/{name}.log")
-                    stopping = True
+            for name, proc in list(children):
+                if proc.poll() is None:
+                    continue
+                failures, started = restarts.get(name, (0, 0.0))
+                failures = 1 if time.monotonic() - started > 60 else failures + 1
+                delay = min(0.5 * 2 ** (failures - 1), 30.0)
+                print(
+                    f"{name} exited with code {proc.returncode}; restarting in {delay:.1f}s "
+                    f"(see {logs}/{name}.log)",
+                    flush=True,
+                )
+                end = time.monotonic() + delay
+                while not stopping and time.monotonic() < end:
+                    time.sleep(0.1)
+                if stopping:
+                    break
+                spawn(name, commands[name])
+                restarts[name] = (failures, time.monotonic())
             time.sleep(0.5)
     finally:
         print("\nstopping...")

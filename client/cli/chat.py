@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -155,6 +157,47 @@ def chat_show(chat_id: Annotated[str | None, ChatOpt] = None, json_: bool = Json
     run(go)
 
 
+async def show_turn(
+    view: ChatView, events: AsyncIterator[chat_pb2.ChatEvent], *, as_json: bool
+) -> int:
+    """Shows a turn's events (live region on a terminal, lines elsewhere, or JSON lines);
+    1 when the turn ended with an error."""
+    if as_json:
+        async for ev in events:
+            view.apply(ev)
+            print_json_line(ev)
+        return 1 if view.error is not None else 0
+    if view.live:
+        with Live(view.renderable(), console=out, transient=True, refresh_per_second=12) as live:
+            async for ev in events:
+                view.apply(ev)
+                live.update(view.renderable())
+    else:
+        async for ev in events:
+            view.apply(ev)
+    view.finish()
+    return 1 if view.error is not None else 0
+
+
+def _reconnecting(view: ChatView) -> Callable[[int, int], None]:
+    def note(attempt: int, last: int) -> None:
+        if not view.live:
+            err.print(t("chat.reconnecting", attempt=attempt, seq=last), style="yellow")
+
+    return note
+
+
+def _stopped_watching(view: ChatView) -> Callable[[], None]:
+    def interrupted() -> None:
+        if view.live and view.text:
+            out.print(view.text, markup=False)  # the live region is gone; keep the partial text
+        elif view.text and view.echo:
+            out.print()
+        err.print(t("chat.watch_stopped", turn=view.turn_id or "<turn-id>"), style="yellow")
+
+    return interrupted
+
+
 @chat_app.command("send")
 def chat_send(
     text: Annotated[str, typer.Argument(help="Сообщение / the message")],
@@ -167,38 +210,38 @@ def chat_send(
         bool, typer.Option("--json", help="События построчно в JSON / events as JSON lines.")
     ] = False,
 ) -> None:
-    """Отправить сообщение и смотреть ответ вживую; Ctrl-C отменяет ход / send a message."""
+    """Отправить сообщение и смотреть ответ вживую; после обрыва связи наблюдение
+    возобновляется само; Ctrl-C отменяет ход / send a message and watch the answer live;
+    a dropped connection reattaches by itself; Ctrl-C cancels the turn."""
     if profile is not None and profile not in PROFILES:
         raise typer.BadParameter("simple | complex", param_hint="--profile")
     view = ChatView(live=out.is_terminal and not json_, echo=not json_)
+    target: dict[str, str] = {}
 
     async def go(c: AsyncClient) -> int:
-        cid = active_chat(c, chat_id)
+        cid = target["chat"] = active_chat(c, chat_id)
         events = c.send_message(
             cid,
             text,
             file_ids=files or [],
             model_profile=PROFILES[profile] if profile else chat_pb2.MODEL_PROFILE_UNSPECIFIED,
+            on_reconnect=_reconnecting(view),
         )
-        if json_:
-            async for ev in events:
-                view.apply(ev)
-                print_json_line(ev)
-            return 1 if view.error is not None else 0
-        if view.live:
-            with Live(
-                view.renderable(), console=out, transient=True, refresh_per_second=12
-            ) as live:
-                async for ev in events:
-                    view.apply(ev)
-                    live.update(view.renderable())
-        else:
-            async for ev in events:
-                view.apply(ev)
-        view.finish()
-        return 1 if view.error is not None else 0
+        try:
+            return await show_turn(view, events, as_json=json_)
+        except asyncio.CancelledError:
+            # Ctrl-C is the user's "stop": the turn itself is cancelled (a dropped
+            # connection is not: the SDK reattaches), its partial answer stored.
+            if view.turn_id:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(c.cancel_turn(cid, view.turn_id), 10)
+                    target["cancelled"] = view.turn_id
+            raise
 
     def interrupted() -> None:
+        if "cancelled" not in target:
+            _stopped_watching(view)()
+            return
         if view.live and view.text:
             out.print(view.text, markup=False)  # the live region is gone; keep the partial text
         elif view.text and view.echo:
@@ -206,6 +249,45 @@ def chat_send(
         err.print(t("chat.cancelled"), style="yellow")
 
     run(go, on_interrupt=interrupted)
+
+
+@chat_app.command("watch")
+def chat_watch(
+    turn_id: Annotated[str, typer.Argument(help="Ход: message_id его событий / turn id.")],
+    chat_id: Annotated[str | None, ChatOpt] = None,
+    after: Annotated[
+        int, typer.Option("--after", min=0, help="После события seq / after this seq.")
+    ] = 0,
+    json_: Annotated[
+        bool, typer.Option("--json", help="События построчно в JSON / events as JSON lines.")
+    ] = False,
+) -> None:
+    """Смотреть ход (с начала или после --after) до его конца, с любой реплики /
+    replay and follow a turn to its end."""
+    view = ChatView(live=out.is_terminal and not json_, echo=not json_)
+
+    async def go(c: AsyncClient) -> int:
+        cid = active_chat(c, chat_id)
+        events = c.watch_turn_resilient(
+            cid, turn_id, after_seq=after, on_reconnect=_reconnecting(view)
+        )
+        return await show_turn(view, events, as_json=json_)
+
+    run(go, on_interrupt=_stopped_watching(view))
+
+
+@chat_app.command("cancel")
+def chat_cancel(
+    turn_id: Annotated[str, typer.Argument(help="Ход / turn id.")],
+    chat_id: Annotated[str | None, ChatOpt] = None,
+) -> None:
+    """Остановить ход; частичный ответ сохраняется / stop a running turn."""
+
+    async def go(c: AsyncClient) -> None:
+        await c.cancel_turn(active_chat(c, chat_id), turn_id)
+        err.print(t("chat.cancelled"), style="yellow")
+
+    run(go)
 
 
 @chat_app.command("history")

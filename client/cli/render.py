@@ -120,9 +120,11 @@ class ChatView:
     error: chat_pb2.TurnError | None = None
     profile: int = 0
     models: list[str] = field(default_factory=list)
+    turn_id: str = ""  # the turn (its answer's message id), from the first event
 
     def apply(self, event: chat_pb2.ChatEvent) -> None:
         kind = event.WhichOneof("event")
+        self.turn_id = self.turn_id or event.message_id
         if kind == "accepted":
             self.profile = event.accepted.model_profile
             self.phase = t("chat.accepted")

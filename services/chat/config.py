@@ -38,9 +38,21 @@ class ChatSettings(CommonSettings):
     # long without a heartbeat a turn counts as cut short (crash of its replica).
     turn_flush_interval_seconds: float = 1.0
     turn_stale_seconds: float = 60.0
+    # The final write of a turn is retried with backoff this long; then the turn is
+    # spooled to local disk (chat_spool_dir) and written when the database answers again.
+    turn_finish_retry_seconds: float = 10.0
+    # WatchTurn of a turn that runs on another replica reads its event log this often.
+    turn_watch_poll_seconds: float = 0.25
+    # Local state; spooled turns live in chat_spool_dir (default DATA_DIR/chat-spool).
+    data_dir: Path = Path(".data")
+    chat_spool_dir: Path | None = None
     # Search results put into a turn's context.
     search_top_k: int = 8
     # Signed URLs of produced images.
     image_url_ttl_seconds: int = 3600
     # How long a turn waits for attachments still ingesting.
     attachment_wait_seconds: float = 60.0
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.chat_spool_dir or self.data_dir / "chat-spool"

@@ -1,11 +1,13 @@
 """Wiring of the chat service: `make_deps` builds the store, the clients of the other
 services and the local models from the App; `build` makes the domain objects
-(`Attachments`, `Turns`) and the servicers from them; `on_ready` starts the sweep that
-closes turns whose replica died."""
+(`Attachments`, `Turns`) and the servicers from them; `on_ready` writes turns spooled while the
+database was down and starts the sweep that closes turns whose replica died; `on_stop`
+drains the running turns before the pool closes."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Callable
@@ -21,6 +23,7 @@ from services.chat.providers.base import Provider
 from services.chat.providers.gemini import GeminiProvider
 from services.chat.providers.local import LocalModels
 from services.chat.servicer import ChatServiceServicer, PromptAdminServiceServicer
+from services.chat.spool import Spool
 from services.chat.store import Store
 from services.common.localmodels import default_models_dir, resolve_model
 from services.common.server import App, Servicers, ServiceSpec
@@ -73,7 +76,7 @@ def make_deps(app: App, settings: ChatSettings) -> Deps:
 
 async def sweep_stale_turns(store: Store, settings: ChatSettings) -> None:
     """At start-up and then periodically: answers whose turn lost its replica (no
-    heartbeat for turn_stale_seconds) are marked INCOMPLETE."""
+    heartbeat for turn_stale_seconds: its lease expired) are marked INCOMPLETE."""
     while True:
         try:
             closed = await store.close_stale_turns(settings.turn_stale_seconds)
@@ -84,8 +87,20 @@ async def sweep_stale_turns(store: Store, settings: ChatSettings) -> None:
         await asyncio.sleep(max(1.0, settings.turn_stale_seconds / 2))
 
 
+async def drain_spool(spool: Spool, store: Store, interval: float = 1.0) -> None:
+    """Writes turns spooled while the database was down, as soon as it answers."""
+    while True:
+        with contextlib.suppress(Exception):
+            await spool.drain(store)
+        await asyncio.sleep(interval)
+
+
 def make_spec(settings: ChatSettings) -> ChatSpec:
+    spool = Spool(settings.spool_dir)
+    turns: Turns | None = None
+
     async def build(app: App) -> Servicers:
+        nonlocal turns
         deps = spec.deps = spec.deps or make_deps(app, settings)
         attachments = Attachments(deps.store, deps.documents, deps.files, deps.spawn)
         turns = Turns(
@@ -100,6 +115,7 @@ def make_spec(settings: ChatSettings) -> ChatSpec:
             settings=settings,
             adapters_dir=deps.adapters_dir,
             spawn=deps.spawn,
+            spool=spool,
         )
         services = chat_pb2.DESCRIPTOR.services_by_name
         return [
@@ -112,7 +128,20 @@ def make_spec(settings: ChatSettings) -> ChatSpec:
 
     async def on_ready(app: App) -> None:
         assert spec.deps is not None
+        # Turns spooled before a restart are written before the service takes new ones.
+        written = await spool.drain(spec.deps.store)
+        if written:
+            log.info("wrote %d spooled turn(s) to the database", written)
+        app.spawn(drain_spool(spool, spec.deps.store), name="chat-spool")
         app.spawn(sweep_stale_turns(spec.deps.store, settings), name="chat-stale-turns")
+
+    async def on_stop(app: App) -> None:
+        # Runs after the server stopped taking calls and before the pool closes: turns
+        # get what is left of the grace period, then are checkpointed (reason SHUTDOWN).
+        if turns is not None:
+            loop = asyncio.get_running_loop()
+            deadline = app.drain_deadline or loop.time()
+            await turns.drain(deadline)
 
     spec = ChatSpec(
         name="chat",
@@ -122,5 +151,6 @@ def make_spec(settings: ChatSettings) -> ChatSpec:
         schema="chat",
         migrations=MIGRATIONS,
         on_ready=on_ready,
+        on_stop=on_stop,
     )
     return spec

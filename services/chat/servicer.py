@@ -147,6 +147,30 @@ class ChatServiceServicer:
         finally:
             await stream.aclose()
 
+    async def WatchTurn(
+        self, request: chat_pb2.WatchTurnRequest, context: Any
+    ) -> AsyncIterator[chat_pb2.ChatEvent]:
+        user_id = require_user_id()
+        chat_id = parse_uuid(request.chat_id, field="chat_id")
+        turn_id = parse_uuid(request.turn_id, field="turn_id")
+        if request.after_seq < 0:
+            raise InvalidArgument("after_seq must not be negative", field="after_seq")
+        stream = self.turns.watch(user_id, chat_id, turn_id, request.after_seq)
+        try:
+            async for event in stream:
+                yield event
+        finally:
+            await stream.aclose()
+
+    async def CancelTurn(
+        self, request: chat_pb2.CancelTurnRequest, context: Any
+    ) -> empty_pb2.Empty:
+        user_id = require_user_id()
+        chat_id = parse_uuid(request.chat_id, field="chat_id")
+        turn_id = parse_uuid(request.turn_id, field="turn_id")
+        await self.turns.cancel(user_id, chat_id, turn_id)
+        return empty_pb2.Empty()
+
     async def AttachFile(
         self, request: chat_pb2.AttachFileRequest, context: Any
     ) -> chat_pb2.Attachment:

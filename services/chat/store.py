@@ -179,6 +179,29 @@ class TurnOutcome:
     search_results: list[SearchRow]
 
 
+# What a running turn learns at each flush (`flush_turn`).
+TURN_RUNNING = "running"
+TURN_CANCELLED = "cancelled"  # CancelTurn on another replica
+TURN_DELETED = "deleted"  # the chat was deleted
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One event of a turn's log: its seq and the serialized ChatEvent."""
+
+    seq: int
+    event: bytes
+    terminal: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WatchedTurn:
+    """A turn as WatchTurn sees it in the database."""
+
+    message: MessageRow
+    stale: bool  # IN_PROGRESS without a heartbeat for stale_seconds (its replica is gone)
+
+
 @dataclass(frozen=True, slots=True)
 class SystemSettingsRow:
     allowed_models: tuple[str, ...]
@@ -666,23 +689,38 @@ class Store:
             )
         return _message(user), _message(answer)
 
-    async def flush_turn(self, message_id: uuid.UUID, content: str) -> bool:
-        """Writes the partial answer and the heartbeat; False when the chat was deleted
-        meanwhile (the turn should stop)."""
-        alive: bool | None = await self.pool.fetchval(
-            """UPDATE messages m SET content = $2, heartbeat_time = clock_timestamp()
-               FROM chats c
-               WHERE m.id = $1 AND m.status = $3 AND c.id = m.chat_id
-               RETURNING c.delete_time IS NULL""",
-            message_id,
-            content,
-            STATUS_IN_PROGRESS,
-        )
-        return bool(alive)
-
-    async def finish_turn(self, message_id: uuid.UUID, outcome: TurnOutcome) -> MessageRow:
-        """Stores the answer, its images and search results; returns the message."""
+    async def flush_turn(
+        self, message_id: uuid.UUID, content: str, events: Sequence[StoredEvent] = ()
+    ) -> str:
+        """Appends the turn's new events to its log and writes the partial answer and
+        the heartbeat (the renewal of the turn's lease) in one transaction. Returns
+        TURN_RUNNING, TURN_CANCELLED (CancelTurn was asked on another replica) or
+        TURN_DELETED (the chat was deleted): the turn should stop."""
         async with self.pool.acquire() as conn, conn.transaction():
+            await _append_events(conn, message_id, events)
+            row = await conn.fetchrow(
+                """UPDATE messages m
+                   SET content = CASE WHEN m.status = $3 THEN $2 ELSE m.content END,
+                       heartbeat_time = CASE WHEN m.status = $3 THEN clock_timestamp() END
+                   FROM chats c
+                   WHERE m.id = $1 AND c.id = m.chat_id
+                   RETURNING c.delete_time IS NULL AS alive, m.cancel_requested""",
+                message_id,
+                content,
+                STATUS_IN_PROGRESS,
+            )
+        if row is None or not row["alive"]:
+            return TURN_DELETED
+        return TURN_CANCELLED if row["cancel_requested"] else TURN_RUNNING
+
+    async def finish_turn(
+        self, message_id: uuid.UUID, outcome: TurnOutcome, events: Sequence[StoredEvent] = ()
+    ) -> MessageRow:
+        """Stores the answer, its images and search results, and the rest of its event
+        log (the terminal event included) in one transaction; returns the message. Safe
+        to repeat (a retried or spooled write): the same outcome is stored once."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await _append_events(conn, message_id, events)
             row = await conn.fetchrow(
                 f"""UPDATE messages SET status = $2, content = $3, models_used = $4,
                         input_tokens = $5, output_tokens = $6, total_tokens = $7, error = $8,
@@ -750,6 +788,77 @@ class Store:
             images=tuple(outcome.images),
             search_results=tuple(outcome.search_results),
         )
+
+    async def watched_turn(
+        self, user_id: str, chat_id: uuid.UUID, message_id: uuid.UUID, stale_seconds: float
+    ) -> WatchedTurn | None:
+        """The user's turn (its answer message) in the user's chat; None for a turn or
+        chat that is missing, deleted or another user's."""
+        row = await self.pool.fetchrow(
+            f"""SELECT {", ".join("m." + c for c in _MESSAGE_COLUMNS.split(", "))},
+                       (m.status = $5 AND (m.heartbeat_time IS NULL OR m.heartbeat_time
+                            < clock_timestamp() - make_interval(secs => $6))) AS stale
+                FROM messages m JOIN chats c ON c.id = m.chat_id
+                WHERE m.id = $1 AND m.chat_id = $2 AND c.user_id = $3
+                  AND c.delete_time IS NULL AND m.role = $4""",
+            message_id,
+            chat_id,
+            user_id,
+            ROLE_ASSISTANT,
+            STATUS_IN_PROGRESS,
+            stale_seconds,
+        )
+        if row is None:
+            return None
+        message = _message(row)
+        if message.status != STATUS_IN_PROGRESS:
+            message = (await self._with_extras([message]))[0]
+        return WatchedTurn(message, bool(row["stale"]))
+
+    async def turn_events(
+        self, message_id: uuid.UUID, after_seq: int, limit: int = 1000
+    ) -> list[StoredEvent]:
+        """The turn's logged events with a seq above `after_seq`, in order."""
+        rows = await self.pool.fetch(
+            """SELECT seq, event, terminal FROM turn_events
+               WHERE message_id = $1 AND seq > $2 ORDER BY seq LIMIT $3""",
+            message_id,
+            after_seq,
+            limit,
+        )
+        return [StoredEvent(r["seq"], bytes(r["event"]), r["terminal"]) for r in rows]
+
+    async def turn_log_end(self, message_id: uuid.UUID) -> tuple[int, bool]:
+        """(last seq of the turn's log, 0 when empty; whether it holds the terminal event)."""
+        row = await self.pool.fetchrow(
+            """SELECT coalesce(max(seq), 0) AS last, coalesce(bool_or(terminal), false) AS ended
+               FROM turn_events WHERE message_id = $1""",
+            message_id,
+        )
+        return int(row["last"]), bool(row["ended"])
+
+    async def close_turn_log(self, message_id: uuid.UUID, event: StoredEvent) -> None:
+        """Ends the log of a turn that ended without its terminal event (its replica
+        died): the first writer wins, so every watcher replays the same end."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await _append_events(conn, message_id, [event])
+
+    async def request_cancel(self, user_id: str, chat_id: uuid.UUID, message_id: uuid.UUID) -> bool:
+        """Flags the user's running turn for its replica to stop; False for a turn or
+        chat that is missing, deleted or another user's (a finished turn: True, no-op)."""
+        row = await self.pool.fetchrow(
+            """UPDATE messages m SET cancel_requested = (m.status = $5)
+               FROM chats c
+               WHERE m.id = $1 AND m.chat_id = $2 AND c.id = m.chat_id AND c.user_id = $3
+                 AND c.delete_time IS NULL AND m.role = $4
+               RETURNING m.id""",
+            message_id,
+            chat_id,
+            user_id,
+            ROLE_ASSISTANT,
+            STATUS_IN_PROGRESS,
+        )
+        return row is not None
 
     async def close_stale_turns(self, stale_seconds: float) -> int:
         """Start-up sweep: answers whose turn lost its replica become INCOMPLETE."""
@@ -958,6 +1067,22 @@ class Store:
         except asyncpg.UniqueViolationError:
             raise _role_exists(str(values.get("name", ""))) from None
         return _role(row)
+
+
+async def _append_events(conn: Any, message_id: uuid.UUID, events: Sequence[StoredEvent]) -> None:
+    """Appends to a turn's log; an event already there (a repeated write) is kept."""
+    if not events:
+        return
+    await conn.execute(
+        """INSERT INTO turn_events (message_id, seq, event, terminal)
+           SELECT $1, s, e, t
+           FROM unnest($2::bigint[], $3::bytea[], $4::boolean[]) AS x(s, e, t)
+           ON CONFLICT DO NOTHING""",
+        message_id,
+        [e.seq for e in events],
+        [e.event for e in events],
+        [e.terminal for e in events],
+    )
 
 
 def _role_exists(name: str) -> AlreadyExists:

@@ -137,6 +137,10 @@ CATALOGUE: dict[int, tuple[str, str]] = {
     ),
     Reason.IN_USE: ("Ресурс ещё используется.", "The resource is still in use."),
     Reason.MODEL_NOT_READY: ("Модель ещё не готова.", "The model is not ready yet."),
+    Reason.SHUTDOWN: (
+        "Сервис перезапускается: сделанное сохранено, продолжение доступно через повтор.",
+        "The service is restarting: what was done is saved; retry to continue.",
+    ),
 }
 
 

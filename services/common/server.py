@@ -61,6 +61,8 @@ class ServiceSpec:
     http_routes: Callable[[App, web.Application], None] | None = None
     # Defaults to the auth service's GetJwks over gRPC; auth itself passes its own keys.
     verifier: Callable[[App], JwksVerifier] | None = None
+    # Extra gRPC server options (channel args), after the runtime's own defaults.
+    grpc_options: list[tuple[str, Any]] = field(default_factory=list)
 
 
 class App:
@@ -82,6 +84,9 @@ class App:
         self._server: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
         self._stopped = False
+        # Loop time by which a draining service should be done (set by `stop`; on_stop
+        # hooks give running work what is left of the grace period).
+        self.drain_deadline: float | None = None
         pages.configure(settings.page_token_key.get_secret_value())
         self.deadlines = Deadlines.from_settings(settings)
         verifier = spec.verifier(self) if spec.verifier else self._auth_verifier()
@@ -219,6 +224,7 @@ class App:
                 ("grpc.max_send_message_length", 16 * 1024 * 1024),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                *self.spec.grpc_options,
             ]
         )
         for descriptor, servicer in await self.spec.build(self):
@@ -253,11 +259,14 @@ class App:
         self.spawn(self._bring_up(), name=f"{self.spec.name}-bring-up")
 
     async def stop(self, grace: float | None = None) -> None:
-        """Drain and stop: NOT_SERVING, refuse new calls, let in-flight ones finish."""
+        """Drain and stop: NOT_SERVING, refuse new calls, let in-flight ones finish;
+        background tasks are cancelled, then `on_stop` runs while channels and the pool
+        are still open, then they close."""
         if self._stopped:
             return
         self._stopped = True
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        self.drain_deadline = asyncio.get_running_loop().time() + grace
         self.ready = False
         with contextlib.suppress(Exception):
             await self.health.enter_graceful_shutdown()

@@ -187,7 +187,10 @@ def _rag_spec(fake: FakeRag, settings: CommonSettings, real: bool, data: Path) -
 
 
 @asynccontextmanager
-async def build_mesh(database_url: str, *, real_rag: bool = False) -> AsyncIterator[Mesh]:
+async def build_mesh(
+    database_url: str, *, real_rag: bool = False, **chat_settings: Any
+) -> AsyncIterator[Mesh]:
+    """The mesh; `chat_settings` override the chat service's test settings."""
     internal = "itok-" + uuid.uuid4().hex
     data = Path(tempfile.mkdtemp(prefix="aivera-chat-"))
     a_settings = auth_settings(database_url, aivera_internal_token=internal)
@@ -227,6 +230,9 @@ async def build_mesh(database_url: str, *, real_rag: bool = False) -> AsyncItera
                     local_max_new_tokens=10,
                     chat_adapters_dir=data / "adapters",
                     attachment_wait_seconds=5,
+                    chat_spool_dir=data / "spool",
+                    turn_watch_poll_seconds=0.05,
+                    **chat_settings,
                 )
                 async with (
                     running(chat_spec(c_settings), c_settings) as chat_app,

@@ -36,13 +36,16 @@ from services.chat.providers.local import LocalModels
 from services.chat.store import (
     STATUS_COMPLETE,
     STATUS_IN_PROGRESS,
+    TURN_RUNNING,
     AttachmentRow,
     ChatRow,
     MessageRow,
     RoleRef,
+    StoredEvent,
     SystemSettingsRow,
     TurnContext,
     TurnOutcome,
+    WatchedTurn,
     turn_in_progress,
 )
 from services.common.errors import FailedPrecondition, Reason, ServiceError
@@ -77,6 +80,7 @@ class MemoryStore:
         self.messages: list[MessageRow] = []
         self.running = False
         self.flushes: list[str] = []
+        self.events: list[StoredEvent] = []
 
     async def turn_context(
         self, user_id: str, chat_id: uuid.UUID, *, history: int, stale_seconds: float
@@ -145,12 +149,18 @@ class MemoryStore:
         self.messages[n] = dataclasses.replace(self.messages[n], **changes)
         return self.messages[n]
 
-    async def flush_turn(self, message_id: uuid.UUID, content: str) -> bool:
+    async def flush_turn(
+        self, message_id: uuid.UUID, content: str, events: Sequence[StoredEvent] = ()
+    ) -> str:
         self.flushes.append(content)
+        self.events.extend(events)
         self._replace(message_id, content=content)
-        return True
+        return TURN_RUNNING
 
-    async def finish_turn(self, message_id: uuid.UUID, outcome: TurnOutcome) -> MessageRow:
+    async def finish_turn(
+        self, message_id: uuid.UUID, outcome: TurnOutcome, events: Sequence[StoredEvent] = ()
+    ) -> MessageRow:
+        self.events.extend(events)
         return self._replace(
             message_id,
             status=outcome.status,
@@ -163,6 +173,26 @@ class MemoryStore:
             images=tuple(outcome.images),
             search_results=tuple(outcome.search_results),
         )
+
+    async def watched_turn(
+        self, user_id: str, chat_id: uuid.UUID, message_id: uuid.UUID, stale_seconds: float
+    ) -> WatchedTurn | None:
+        found = [m for m in self.messages if m.id == message_id]
+        return WatchedTurn(found[0], False) if found and user_id == self.chat.user_id else None
+
+    async def turn_events(
+        self, message_id: uuid.UUID, after_seq: int, limit: int = 1000
+    ) -> list[StoredEvent]:
+        return [e for e in self.events if e.seq > after_seq][:limit]
+
+    async def turn_log_end(self, message_id: uuid.UUID) -> tuple[int, bool]:
+        return len(self.events), any(e.terminal for e in self.events)
+
+    async def close_turn_log(self, message_id: uuid.UUID, event: StoredEvent) -> None:
+        self.events.append(event)
+
+    async def request_cancel(self, user_id: str, chat_id: uuid.UUID, message_id: uuid.UUID) -> bool:
+        return user_id == self.chat.user_id
 
     # Attachments: none in these turns.
     async def list_attachments(
@@ -329,6 +359,9 @@ async def test_a_turn_runs_against_the_store_protocol() -> None:
     request = chat_pb2.SendMessageRequest(chat_id=str(store.chat.id), text="Какой узел?")
     prepared = await turns.prepare(USER, request)
     events = [e async for e in turns.run(prepared)]
+    # The event log holds exactly what the stream sent.
+    await asyncio.gather(*turns.tasks)
+    assert [chat_pb2.ChatEvent.FromString(e.event) for e in store.events] == events
     kinds = [e.WhichOneof("event") for e in events]
     assert kinds[0] == "accepted" and kinds[-1] == "final"
     assert [e.seq for e in events] == list(range(1, len(events) + 1))

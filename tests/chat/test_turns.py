@@ -317,7 +317,7 @@ async def test_failure_mid_stream_keeps_partial_answer(
     assert stored.error.reason == "PROVIDER_UNAVAILABLE"
 
 
-async def test_client_cancel_stops_and_stores_incomplete(mesh: Mesh, gemini: GeminiServer) -> None:
+async def test_cancel_turn_stops_and_stores_incomplete(mesh: Mesh, gemini: GeminiServer) -> None:
     user = await mesh.new_user(KEY)
     chat = await mesh.stub.CreateChat(chat_pb2.CreateChatRequest(), metadata=user.md)
     gemini.script(Reply.tokens(["Часть ", "ответа"], hang=True))
@@ -346,10 +346,18 @@ async def test_client_cancel_stops_and_stores_incomplete(mesh: Mesh, gemini: Gem
         )
         == grpc.StatusCode.FAILED_PRECONDITION
     )
-    call.cancel()
+    await mesh.stub.CancelTurn(
+        chat_pb2.CancelTurnRequest(chat_id=chat.id, turn_id=seen[0].message_id),
+        metadata=user.md,
+    )
+    # The stream ends with the terminal `error` CANCELLED, seq without gaps.
+    seen += [event async for event in call]
+    assert [e.seq for e in seen] == list(range(1, len(seen) + 1))
+    assert seen[-1].error.reason == "CANCELLED" and not seen[-1].error.retryable
     stored = await mesh.wait_settled(user, chat.id)
     assert [m.content for m in stored] == ["Долгий вопрос", "Часть ответа"]
     assert stored[-1].status == chat_pb2.MESSAGE_STATUS_INCOMPLETE
+    assert stored[-1].error.reason == "CANCELLED"
     for _ in range(50):
         if gemini.disconnects:
             break
@@ -448,13 +456,17 @@ async def test_cancel_right_after_acceptance(mesh: Mesh, gemini: GeminiServer) -
     async for event in call:
         assert event.HasField("accepted")
         break
-    call.cancel()
+    await mesh.stub.CancelTurn(
+        chat_pb2.CancelTurnRequest(chat_id=chat.id, turn_id=event.message_id), metadata=user.md
+    )
+    rest = [e async for e in call]
+    assert rest[-1].error.reason == "CANCELLED"
     stored = await mesh.wait_settled(user, chat.id)
     assert [(m.content, m.status) for m in stored] == [
         ("Отмена", chat_pb2.MESSAGE_STATUS_COMPLETE),
         ("", chat_pb2.MESSAGE_STATUS_INCOMPLETE),
     ]
-    assert not stored[1].HasField("error")
+    assert stored[1].error.reason == "CANCELLED"
 
 
 async def test_second_turn_while_one_runs_is_turn_in_progress(
@@ -474,6 +486,9 @@ async def test_second_turn_while_one_runs_is_turn_in_progress(
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert reason(info.value) == "TURN_IN_PROGRESS"
     assert "ещё формируется" in localized(info.value).message
+    await mesh.stub.CancelTurn(
+        chat_pb2.CancelTurnRequest(chat_id=chat.id, turn_id=event.message_id), metadata=user.md
+    )
     call.cancel()
     stored = await mesh.wait_settled(user, chat.id)
     assert [m.content for m in stored] == ["Первый", "Идёт"]  # nothing of the second

@@ -77,6 +77,7 @@ async def start_mesh(database_url: str, **auth_overrides: Any) -> AsyncIterator[
                     turn_flush_interval_seconds=0.1,
                     chat_models_dir=data / "models",
                     attachment_wait_seconds=5,
+                    chat_spool_dir=data / "chat-spool",
                 )
                 async with running(chat_spec(c_settings), c_settings) as chat_app:
                     yield Mesh(

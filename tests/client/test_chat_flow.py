@@ -1,6 +1,7 @@
 """The CLI's chat and file flows against the real auth, storage, RAG and chat services
 (and the loopback Gemini server): a streamed answer, the model profile naming the models, file
-upload and attach, history, and Ctrl-C cancelling a turn."""
+upload and attach, history, Ctrl-C cancelling a turn, a turn outliving its stream
+(reattach after a network drop, `chat watch`, CancelTurn)."""
 
 from __future__ import annotations
 
@@ -159,7 +160,7 @@ async def test_upload_and_attach(mesh: Mesh, gemini: object, tmp_path: Path) -> 
     assert r.exit_code == EXIT_NOT_FOUND
 
 
-async def test_closing_the_stream_cancels_the_turn(
+async def test_closing_the_stream_leaves_the_turn_running_cancel_turn_stops_it(
     mesh: Mesh, gemini: object, tmp_path: Path
 ) -> None:
     cli = await signed_in(mesh, tmp_path)
@@ -169,20 +170,121 @@ async def test_closing_the_stream_cancels_the_turn(
         mesh.gemini.script(Reply.tokens(["Часть ", "ответа"], hang=True))
         tokens = 0
         events = c.send_message(chat.id, "Долгий вопрос")
+        seen = []
         async for ev in events:
+            seen.append(ev)
             tokens += ev.HasField("llm_token")
             if tokens == 2:
                 break
         await events.aclose()  # type: ignore[attr-defined]
-        for _ in range(100):
-            msgs = await c.list_messages(chat.id)
-            if msgs[-1].status != chat_pb2.MESSAGE_STATUS_IN_PROGRESS:
-                break
-            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # the turn goes on without a watcher
+        msgs = await c.list_messages(chat.id)
+        assert msgs[-1].status == chat_pb2.MESSAGE_STATUS_IN_PROGRESS
+        turn_id = seen[0].message_id
+        await c.cancel_turn(chat.id, turn_id)
+        rest = [ev async for ev in c.watch_turn_resilient(chat.id, turn_id, after_seq=seen[-1].seq)]
+        assert rest[-1].error.reason == "CANCELLED"
+        assert [e.seq for e in seen + rest] == list(range(1, len(seen) + len(rest) + 1))
+        msgs = await c.list_messages(chat.id)
         assert msgs[-1].status == chat_pb2.MESSAGE_STATUS_INCOMPLETE
         assert msgs[-1].content == "Часть ответа"
         with pytest.raises(NotFound):
             await c.get_chat(str(uuid.uuid4()))
+        with pytest.raises(NotFound):
+            await c.cancel_turn(chat.id, str(uuid.uuid4()))
+
+
+class DroppingProxy:
+    """A TCP proxy on loopback whose open connections `drop()` cuts (a network drop);
+    new connections go through as before."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.writers: list[asyncio.StreamWriter] = []
+        self.port = 0
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> DroppingProxy:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.drop()
+        assert self.server is not None
+        self.server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.writers += [writer, up_writer]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def drop(self) -> None:
+        for w in self.writers:
+            transport = w.transport
+            transport.abort()
+        self.writers.clear()
+
+
+async def test_sdk_reattaches_after_a_network_drop_and_prints_nothing_twice(
+    mesh: Mesh, gemini: object, tmp_path: Path
+) -> None:
+    cli = await signed_in(mesh, tmp_path)
+    creds = Credentials(**json.loads(cli.credentials.read_text()))
+    tokens = [f"t{n} " for n in range(10)]
+    async with DroppingProxy(mesh.chat.grpc_port) as proxy:
+        env = {**mesh.env(), "AIVERA_CHAT_ADDR": f"127.0.0.1:{proxy.port}"}
+        async with AsyncClient(Endpoints.resolve(env=env), store=False, credentials=creds) as c:
+            chat = await c.create_chat("Обрыв")
+            mesh.gemini.script(Reply.tokens(tokens, delay=0.1))
+            reconnects: list[tuple[int, int]] = []
+            seen = []
+            async for ev in c.send_message(
+                chat.id,
+                "Вопрос",
+                backoff=0.05,
+                on_reconnect=lambda n, last: reconnects.append((n, last)),
+            ):
+                seen.append(ev)
+                if sum(e.HasField("llm_token") for e in seen) == 3 and not reconnects:
+                    proxy.drop()  # the network goes away mid-stream
+            assert reconnects and reconnects[0][1] == seen[reconnects[0][1] - 1].seq
+            assert [e.seq for e in seen] == list(range(1, len(seen) + 1))
+            assert "".join(e.llm_token.text for e in seen if e.HasField("llm_token")) == "".join(
+                tokens
+            )
+            assert seen[-1].final.message.content == "".join(tokens)
+
+
+async def test_cli_chat_watch_replays_a_turn(mesh: Mesh, gemini: object, tmp_path: Path) -> None:
+    cli = await signed_in(mesh, tmp_path)
+    assert (await cli("chat", "new", "Повтор")).exit_code == 0
+    mesh.gemini.script(Reply.tokens(["Один ", "два."]))
+    r = await cli("chat", "send", "Вопрос", "--json")
+    assert r.exit_code == 0, r.output
+    events = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+    turn_id = events[0]["messageId"] if "messageId" in events[0] else events[0]["message_id"]
+    r = await cli("chat", "watch", turn_id, "--json")
+    assert r.exit_code == 0, r.output
+    assert [json.loads(line) for line in r.stdout.splitlines() if line.strip()] == events
+    r = await cli("chat", "watch", turn_id, "--after", "2", "--json")
+    replay = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+    assert replay == events[2:]
+    r = await cli("chat", "watch", turn_id)
+    assert r.exit_code == 0 and "Один два." in r.stdout
+    r = await cli("chat", "watch", str(uuid.uuid4()))
+    assert r.exit_code == EXIT_NOT_FOUND
 
 
 async def test_ctrl_c_cancels_the_turn_cleanly(mesh: Mesh, gemini: object, tmp_path: Path) -> None:

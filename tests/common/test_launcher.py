@@ -1,9 +1,11 @@
 """`make run` end to end: the launcher brings up all five services on a bare machine
 (its own Postgres under the data dir), each reports SERVING and lists its aivera services
-through reflection, and Ctrl-C leaves no process behind — Postgres included."""
+through reflection, a service that exits is restarted while the rest stays up, and Ctrl-C
+leaves no process behind — Postgres included."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -19,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.common.devpg import free_port
+from tests.helpers.faults import kill
 
 EXPECTED = {
     "auth": {
@@ -93,6 +96,16 @@ def _children_of(pid: int) -> list[int]:
     return found
 
 
+def _pid_of(root: int, module: str) -> int:
+    """The launcher's child running `python -m <module>`."""
+    for pid in _children_of(root):
+        with contextlib.suppress(OSError):
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if module.encode() in args:
+                return pid
+    raise AssertionError(f"no {module} process")
+
+
 def test_make_run_brings_up_the_mesh_and_stops_cleanly() -> None:
     # Not pytest's tmp_path: its parents are private to root, and Postgres runs as
     # the postgres user when the tests run as root.
@@ -141,6 +154,20 @@ def test_make_run_brings_up_the_mesh_and_stops_cleanly() -> None:
         )
         pg_pid_file = tmp_path / "data" / "postgres" / "postmaster.pid"
         assert pg_pid_file.exists()
+        # A service that exits (here: SIGTERM to chat, as a rollout would) is started
+        # again; the rest of the mesh stays up.
+        chat = _pid_of(proc.pid, "services.chat")
+        kill(chat, signal.SIGTERM)
+        line = proc.stdout.readline()
+        assert "chat exited with code 0; restarting" in line, line
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with contextlib.suppress(grpc.RpcError):
+                if _serving(ports["chat"]):
+                    break
+            time.sleep(0.5)
+        assert _serving(ports["chat"]) and _pid_of(proc.pid, "services.chat") != chat
+        assert _serving(ports["auth"])
         tree = _children_of(proc.pid)
         assert len(tree) >= 5
     finally:

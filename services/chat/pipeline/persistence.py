@@ -3,7 +3,8 @@ Postgres store (services.chat.store.Store) implements and a test can implement i
 
 A turn reads its context once (`turn_context`), stores the user message and the running
 answer together (`begin_turn`, the turn lock), writes the growing answer and a heartbeat
-while it runs (`flush_turn`) and stores the outcome once (`finish_turn`); files sent with
+while it runs with its new events (`flush_turn`) and stores the outcome with the rest of
+its event log once (`finish_turn`); files sent with
 the message go through the attachment methods (`AttachmentStore`).
 """
 
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from services.chat.attachments import AttachmentStore
-from services.chat.store import MessageRow, TurnContext, TurnOutcome
+from services.chat.store import MessageRow, StoredEvent, TurnContext, TurnOutcome, WatchedTurn
 
 
 class TurnStore(AttachmentStore, Protocol):
@@ -40,10 +41,41 @@ class TurnStore(AttachmentStore, Protocol):
         live turn runs in the chat."""
         ...
 
-    async def flush_turn(self, message_id: uuid.UUID, content: str) -> bool:
-        """Partial answer + heartbeat; False when the chat was deleted meanwhile."""
+    async def flush_turn(
+        self, message_id: uuid.UUID, content: str, events: Sequence[StoredEvent] = ()
+    ) -> str:
+        """Appends events to the turn's log, writes the partial answer and the heartbeat
+        (the lease); returns TURN_RUNNING, TURN_CANCELLED or TURN_DELETED."""
         ...
 
-    async def finish_turn(self, message_id: uuid.UUID, outcome: TurnOutcome) -> MessageRow:
-        """Stores the outcome; returns the answer with its images and search results."""
+    async def finish_turn(
+        self, message_id: uuid.UUID, outcome: TurnOutcome, events: Sequence[StoredEvent] = ()
+    ) -> MessageRow:
+        """Stores the outcome and the rest of the log, terminal event included, at once;
+        idempotent. Returns the answer with its images and search results."""
+        ...
+
+    # -- watching and cancelling (WatchTurn, CancelTurn) ----------------------------------
+    async def watched_turn(
+        self, user_id: str, chat_id: uuid.UUID, message_id: uuid.UUID, stale_seconds: float
+    ) -> WatchedTurn | None:
+        """The user's turn; None when missing, deleted or another user's."""
+        ...
+
+    async def turn_events(
+        self, message_id: uuid.UUID, after_seq: int, limit: int = 1000
+    ) -> list[StoredEvent]:
+        """The logged events after `after_seq`, in order."""
+        ...
+
+    async def turn_log_end(self, message_id: uuid.UUID) -> tuple[int, bool]:
+        """(last seq of the log, 0 when empty; whether it holds the terminal event)."""
+        ...
+
+    async def close_turn_log(self, message_id: uuid.UUID, event: StoredEvent) -> None:
+        """Appends the terminal event of a turn that lost its replica (first one wins)."""
+        ...
+
+    async def request_cancel(self, user_id: str, chat_id: uuid.UUID, message_id: uuid.UUID) -> bool:
+        """Flags the user's running turn to stop; False when not the user's."""
         ...

@@ -5,11 +5,13 @@
    runs): the chat, the text, the files, then the model (a clone's adapter, the user's
    Gemini key, or the local model). Errors here are statuses with an ErrorInfo reason
    (TURN_IN_PROGRESS, PROVIDER_KEY_MISSING, CLONE_NOT_READY, …).
-2. `run` — stores the user message with the running answer (the turn lock), yields
-   `accepted`, then the events of the pipeline task.
+2. `start` — stores the user message with the running answer (the turn's lease), emits
+   `accepted` and starts the pipeline task, which runs to its end on the server whoever
+   watches; `run` (SendMessage) and `watch` (WatchTurn) stream the turn's events,
+   `cancel` (CancelTurn) stops it, `drain` checkpoints the running turns at shutdown.
 3. the pipeline task — attaches files sent along, runs the simple, complex or local
-   pipeline, and stores the outcome whatever happens (answer, failure, client gone, chat
-   deleted); failures become the terminal `error` event.
+   pipeline, and stores the outcome whatever happens (answer, failure, CancelTurn, chat
+   deleted, shutdown); failures and stops become the terminal `error` event.
 
 `Turns` depends on the `TurnStore` protocol, not on Postgres.
 """
@@ -41,16 +43,25 @@ from services.chat.pipeline.persistence import TurnStore
 from services.chat.pipeline.simple import run_simple
 from services.chat.providers.base import Provider, ProviderError
 from services.chat.providers.local import LocalModels
+from services.chat.spool import Spool
 from services.chat.store import (
     STATUS_COMPLETE,
+    STATUS_IN_PROGRESS,
     STATUS_INCOMPLETE,
     ChatRow,
     MessageRow,
+    StoredEvent,
     TurnContext,
     turn_in_progress,
 )
 from services.chat.tools import ToolRunner
-from services.chat.turns import Turn
+from services.chat.turns import (
+    STOP_CANCELLED,
+    STOP_DELETED,
+    STOP_SHUTDOWN,
+    Turn,
+    stop_error,
+)
 from services.common import context as ctx
 from services.common import messages
 from services.common.errors import (
@@ -108,6 +119,7 @@ class Turns:
         settings: ChatSettings,
         adapters_dir: Path,
         spawn: Spawn,
+        spool: Spool | None = None,
     ) -> None:
         self.store = store
         self.keys = keys
@@ -120,15 +132,19 @@ class Turns:
         self.settings = settings
         self.adapters_dir = adapters_dir
         self.spawn = spawn
-        # Running turns of this replica by chat id (DeleteChat stops them).
+        self.spool = spool
+        # Running turns of this replica by chat id (DeleteChat stops them) and by turn
+        # (message) id (WatchTurn, CancelTurn); their pipeline tasks (drain).
         self.running: dict[str, Turn] = {}
+        self.by_message: dict[str, Turn] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
 
     def stop(self, chat_id: uuid.UUID) -> None:
         """Stops the chat's running turn on this replica (its chat was deleted); a turn
         on another replica stops at its next flush."""
         turn = self.running.get(str(chat_id))
         if turn is not None:
-            turn.chat_deleted()
+            turn.stop(STOP_DELETED)
 
     # -- 1. before anything is stored ------------------------------------------------------
     async def prepare(self, user_id: str, request: chat_pb2.SendMessageRequest) -> Prepared:
@@ -258,9 +274,13 @@ class Turns:
         return folder
 
     # -- 2. the stored turn and its stream -------------------------------------------------
-    async def run(self, prepared: Prepared) -> AsyncGenerator[chat_pb2.ChatEvent, None]:
-        """Stores the user message, then streams the turn's events (seq from 1)."""
+    async def start(self, prepared: Prepared) -> Turn:
+        """Stores the user message with the running answer (the turn's lease) and starts
+        the pipeline, which runs to its end whoever watches it. `accepted` is seq 1."""
         chat_id = prepared.chat.id
+        if self.spool is not None and self.spool.pending():
+            # A turn spooled while the database was down still holds its chat's lease.
+            await self.spool.drain(self.store)
         user_row, answer_row = await self.store.begin_turn(
             chat_id,
             text=prepared.inp.text,
@@ -270,63 +290,148 @@ class Turns:
             role_prompt_version=prepared.role_version,
             stale_seconds=self.settings.turn_stale_seconds,
         )
-        message_id = str(answer_row.id)
         turn = Turn(
             self.store,
-            chat_id=chat_id,
-            message_id=answer_row.id,
+            user_id=prepared.user_id,
+            answer=answer_row,
             flush_interval=self.settings.turn_flush_interval_seconds,
+            finish_retry_seconds=self.settings.turn_finish_retry_seconds,
+            spool=self.spool,
         )
-        accepted = chat_pb2.ChatEvent(
-            message_id=message_id,
-            seq=1,
+        turn.emit(
             accepted=chat_pb2.TurnAccepted(
                 user_message=convert.message(user_row),
                 model_profile=prepared.inp.profile,
                 role_prompt_id=prepared.role_id,
-            ),
+            )
         )
-        # Pipeline events queue up behind `accepted`, which is always sent first.
-        task = asyncio.create_task(self._pipeline(prepared, turn), name=f"turn-{message_id}")
-        key = str(chat_id)
+        key, message_key = str(chat_id), str(answer_row.id)
         self.running[key] = turn
-        turn.on_deleted(task.cancel)
-        seq = 1
-        try:
-            yield accepted
-            while True:
-                event = await turn.events.get()
-                if event is None:
-                    return
-                seq += 1
-                event.message_id = message_id
-                event.seq = seq
-                yield event
-        finally:
-            # The client went away (or the stream ended): stop the pipeline; it stores
-            # what it has as INCOMPLETE on its way out.
-            if not task.done():
-                task.cancel()
-                # Also covers a task cancelled before it started running.
-                self.spawn(_settle(task, turn), name="turn-settle")
+        self.by_message[message_key] = turn
+        # Not an App task: the service's stop cancels those before `drain` runs, while a
+        # turn gets the grace period and is checkpointed through the still open pool.
+        task = asyncio.create_task(self._pipeline(prepared, turn), name=f"turn-{message_key}")
+        turn.task = task
+        self.tasks.add(task)
+
+        def done(_: asyncio.Task[None]) -> None:
+            self.tasks.discard(task)
             if self.running.get(key) is turn:
                 del self.running[key]
+            if self.by_message.get(message_key) is turn:
+                del self.by_message[message_key]
+
+        task.add_done_callback(done)
+        return turn
+
+    async def run(self, prepared: Prepared) -> AsyncGenerator[chat_pb2.ChatEvent, None]:
+        """SendMessage: starts the turn and streams its events (seq from 1). Closing the
+        stream does not stop the turn (CancelTurn does)."""
+        # Shielded: a client gone while the turn is being stored still gets a turn that
+        # runs (not an IN_PROGRESS answer nobody runs, holding the chat until it is stale).
+        turn = await asyncio.shield(self.start(prepared))
+        async for event in turn.follow(0):
+            yield event
+
+    # -- watching, cancelling, draining ----------------------------------------------------
+    async def watch(
+        self, user_id: str, chat_id: uuid.UUID, turn_id: uuid.UUID, after_seq: int
+    ) -> AsyncGenerator[chat_pb2.ChatEvent, None]:
+        """WatchTurn: the turn's events after `after_seq` up to its terminal event. A turn
+        of this replica is followed in memory (even while the database is down); any
+        other is read from the log in Postgres, polled every turn_watch_poll_seconds."""
+        local = self.by_message.get(str(turn_id))
+        if local is not None and local.user_id == user_id and local.chat_id == chat_id:
+            async for event in local.follow(after_seq):
+                yield event
+            return
+        stale = self.settings.turn_stale_seconds
+        watched = await self.store.watched_turn(user_id, chat_id, turn_id, stale)
+        if watched is None:
+            raise not_found("turn", str(turn_id))
+        last = after_seq
+        while True:
+            for stored in await self.store.turn_events(turn_id, last):
+                event = chat_pb2.ChatEvent.FromString(stored.event)
+                last = stored.seq
+                yield event
+                if stored.terminal:
+                    return
+            local = self.by_message.get(str(turn_id))
+            if local is not None:  # it moved here? follow it in memory from now on
+                async for event in local.follow(last):
+                    yield event
+                return
+            if watched.message.status != STATUS_IN_PROGRESS or watched.stale:
+                # Ended (or lost its replica): the log is complete. Without a terminal
+                # event in it, it is closed with one derived from the stored answer,
+                # once for all watchers.
+                end, ended = await self.store.turn_log_end(turn_id)
+                if end > last:
+                    continue
+                if ended:  # the caller has seen the whole turn already
+                    return
+                await self._close_log(turn_id, end, watched.message)
+                continue
+            await asyncio.sleep(self.settings.turn_watch_poll_seconds)
+            refreshed = await self.store.watched_turn(user_id, chat_id, turn_id, stale)
+            if refreshed is None:  # the chat was deleted meanwhile
+                raise not_found("turn", str(turn_id))
+            watched = refreshed
+
+    async def _close_log(self, turn_id: uuid.UUID, end: int, message: MessageRow) -> None:
+        seq = end + 1
+        if message.status == STATUS_COMPLETE:
+            event = chat_pb2.ChatEvent(final=chat_pb2.TurnFinal(message=convert.message(message)))
+        elif message.error is not None:
+            e = message.error
+            event = chat_pb2.ChatEvent(
+                error=chat_pb2.TurnError(
+                    code=e.code, reason=e.reason, message=e.message, retryable=e.retryable
+                )
+            )
+        else:  # its replica died (a crash, or a sweep of a stale turn)
+            event = chat_pb2.ChatEvent(error=stop_error(STOP_SHUTDOWN))
+        event.message_id = str(turn_id)
+        event.seq = seq
+        await self.store.close_turn_log(
+            turn_id, StoredEvent(seq, event.SerializeToString(), terminal=True)
+        )
+
+    async def cancel(self, user_id: str, chat_id: uuid.UUID, turn_id: uuid.UUID) -> None:
+        """CancelTurn: stops the turn here, or flags it for the replica that runs it."""
+        local = self.by_message.get(str(turn_id))
+        if local is not None and local.user_id == user_id and local.chat_id == chat_id:
+            local.stop(STOP_CANCELLED)
+            return
+        if not await self.store.request_cancel(user_id, chat_id, turn_id):
+            raise not_found("turn", str(turn_id))
+
+    async def drain(self, deadline: float) -> None:
+        """Shutdown: lets running turns finish until `deadline` (loop time), then stops
+        the rest with reason SHUTDOWN; each stores its partial answer and terminal event
+        (or spools them) before this returns, while the pool is still open."""
+        loop = asyncio.get_running_loop()
+        if self.tasks:
+            log.info("draining: %d running turn(s)", len(self.tasks))
+            await asyncio.wait(set(self.tasks), timeout=max(0.0, deadline - loop.time()))
+        for turn in list(self.by_message.values()):
+            turn.stop(STOP_SHUTDOWN)
+        if self.tasks:
+            log.info("draining: %d turn(s) checkpointed", len(self.tasks))
+            await asyncio.wait(set(self.tasks), timeout=self.settings.turn_finish_retry_seconds + 5)
 
     # -- 3. the pipeline task --------------------------------------------------------------
     async def _pipeline(self, prepared: Prepared, turn: Turn) -> None:
+        """Runs the pipeline, then stores the outcome whatever happened: the answer, a
+        failure (terminal `error`), or a stop (CancelTurn, chat deleted, shutdown)."""
         flusher = asyncio.create_task(turn.flusher())
-
-        async def store_outcome(
-            status: int, error: chat_pb2.TurnError | None = None
-        ) -> MessageRow | None:
-            # Shielded in its own task: the write finishes even when this turn is cancelled.
-            stored: MessageRow | None = await asyncio.shield(
-                self.spawn(turn.finish(status, error), name="turn-finish")
-            )
-            return stored
-
         provider = prepared.model.provider
+        status, error = STATUS_COMPLETE, None
+        turn.started = True
         try:
+            if turn.stopped:
+                raise asyncio.CancelledError
             inp = prepared.inp
             tools = ToolRunner(
                 turn,
@@ -345,32 +450,32 @@ class Turns:
                 await run_complex(turn, inp, provider, self.documents, tools)
             else:
                 await run_simple(turn, inp, provider, self.documents, tools)
-            async with turn.phase(chat_pb2.PHASE_SAVE, "Сохранение ответа"):
-                row = await store_outcome(STATUS_COMPLETE)
-            if row is not None:
-                turn.emit(final=chat_pb2.TurnFinal(message=convert.message(row)))
+            turn.saving()
         except asyncio.CancelledError:
-            error = None
-            if turn.deleted:
-                error = _turn_error(
-                    code_pb2.CANCELLED, Reason.CANCELLED, "Чат удалён: ход остановлен.", False
-                )
-                turn.emit(error=error)
-            self.spawn(turn.finish(STATUS_INCOMPLETE, error), name="turn-finish-cancelled")
-            raise
+            # Stopped on purpose (turn.stopped says why), or the loop is going away.
+            status, error = STATUS_INCOMPLETE, stop_error(turn.stopped or STOP_SHUTDOWN)
         except Exception as exc:
-            error = turn_error(exc)
+            status, error = STATUS_INCOMPLETE, turn_error(exc)
             if error.code == code_pb2.INTERNAL and not isinstance(exc, ProviderError):
                 log.exception("turn %s failed", turn.message_id)
-            await store_outcome(STATUS_INCOMPLETE, error)
-            turn.emit(error=error)
         finally:
             flusher.cancel()
-            turn.events.put_nowait(None)
+            with contextlib.suppress(BaseException):
+                await flusher
             close = getattr(provider, "aclose", None)
             if close is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(close())
+                    await close()
+        try:
+            await turn.finish(status, error)
+        except BaseException as exc:
+            log.exception("turn %s: the outcome could not be stored", turn.message_id)
+            # Watchers on this replica still get an end; the stale sweep closes the answer.
+            turn.abandon(
+                _turn_error(code_pb2.INTERNAL, Reason.INTERNAL, _localized(Reason.INTERNAL), True)
+            )
+            if isinstance(exc, asyncio.CancelledError):
+                raise
 
     async def _attach_files(self, prepared: Prepared, turn: Turn) -> None:
         """Attaches the files sent with the message and waits (a while) until they are
@@ -398,13 +503,6 @@ class Turns:
         for row in waiting:
             turn.warning("ATTACHMENT_NOT_READY", f"Файл {row.filename} ещё обрабатывается.")
         turn.progress(chat_pb2.PHASE_CONTEXT, len(ready), len(attached), "files")
-
-
-async def _settle(task: asyncio.Task[None], turn: Turn) -> None:
-    """Waits for a cancelled pipeline, then makes sure its answer is stored."""
-    with contextlib.suppress(BaseException):
-        await task
-    await turn.finish(STATUS_INCOMPLETE)
 
 
 def _turn_error(code: int, reason: int, message: str, retryable: bool) -> chat_pb2.TurnError:
