@@ -172,7 +172,9 @@ class RpcRuntime:
             # A database outage is retryable, never INTERNAL: clients back off and retry.
             log.warning("database unreachable in %s: %s", info.path, type(exc).__name__)
             exc = Unavailable(
-                "the database is unavailable; retry shortly", reason=Reason.DATABASE_UNAVAILABLE
+                "the database is unavailable; retry shortly",
+                reason=Reason.DATABASE_UNAVAILABLE,
+                metadata={"dependency": "postgres"},
             )
         if isinstance(exc, ServiceError):
             await _abort(context, info, exc)

@@ -16,7 +16,7 @@ from services.common import context
 from services.common.config import CommonSettings
 from services.common.devpg import LocalPostgres, temporary_cluster
 from services.common.server import App, Servicers, ServiceSpec
-from tests.helpers.errors import localized, reason
+from tests.helpers.errors import error_info, localized, reason
 from tests.helpers.services import bearer, channel, running
 from tests.helpers.tokens import Keyring
 
@@ -71,6 +71,7 @@ async def test_database_down_is_unavailable_then_recovers(
                 await stub.GetCurrentUser(auth_pb2.GetCurrentUserRequest(), metadata=md)
             assert info.value.code() is grpc.StatusCode.UNAVAILABLE
             assert reason(info.value) == "DATABASE_UNAVAILABLE"
+            assert error_info(info.value).metadata["dependency"] == "postgres"
             assert "База данных" in localized(info.value).message
         finally:
             cluster.start(fast=True)
