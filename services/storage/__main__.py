@@ -2,8 +2,8 @@
 
 from services.common.main import main
 from services.storage.config import StorageSettings
-from services.storage.memory import cap_malloc_arenas
+from services.storage.memory import tune_malloc
 from services.storage.server import make_spec, sync_command
 
-cap_malloc_arenas()
+tune_malloc()
 main(make_spec, StorageSettings, commands={"sync": sync_command})

@@ -40,6 +40,9 @@ class StorageSettings(CommonSettings):
     # at least 5 MiB per part but the last).
     storage_multipart_threshold: int = 8 * MiB
     storage_multipart_part_size: int = 8 * MiB
+    # Per-stream HTTP/2 flow-control window of the gRPC port (fixed; BDP probing off):
+    # what one Upload may have in flight before the service reads it.
+    storage_grpc_stream_window_bytes: int = 4 * MiB
 
     # S3 unreachable on write: store the file locally instead (synced later).
     storage_fallback_local: bool = False

@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aivera.storage.v1 import storage_pb2
 from services.common import pages
@@ -37,7 +37,7 @@ from services.common.errors import (
     not_found,
 )
 from services.common.protoutil import parse_uuid
-from services.storage.backends.aio import run_io
+from services.storage.backends.aio import SerialJobs
 from services.storage.backends.base import CHUNK, Backend, BackendUnavailable, Writer
 from services.storage.backends.local import LocalBackend
 from services.storage.buckets import (
@@ -99,14 +99,6 @@ class SignedUrl:
     url: str
     expire_time: dt.datetime
     headers: dict[str, str]
-
-
-async def _consume(hasher: Any, writer: Writer, chunk: bytes) -> None:
-    if len(chunk) >= 64 * 1024:
-        await asyncio.gather(run_io(hasher.update, chunk), writer.write(chunk))
-    else:
-        hasher.update(chunk)
-        await writer.write(chunk)
 
 
 class Files:
@@ -182,9 +174,11 @@ class Files:
             upload_expires_at=_now() + ttl,
         )
         committed = False
-        pending: asyncio.Future[None] | None = None
+        hasher = hashlib.sha256()
+        # Hashing (which releases the GIL) runs behind the stream on the I/O pool, as
+        # the local writer's disk writes do: the loop only receives and hands chunks on.
+        hashing: SerialJobs[bytes] = SerialJobs(hasher.update)
         try:
-            hasher = hashlib.sha256()
             sniffer = Sniffer()
             total = 0
             async for msg in it:
@@ -209,14 +203,9 @@ class Files:
                         reason=Reason.CHECKSUM_MISMATCH,
                     )
                 sniffer.feed(chunk)
-                # One chunk in flight: hashing (which releases the GIL) and the write
-                # overlap with receiving the next message.
-                if pending is not None:
-                    await pending
-                pending = asyncio.ensure_future(_consume(hasher, writer, chunk))
-            if pending is not None:
-                await pending
-                pending = None
+                await hashing.put(chunk)
+                await writer.write(chunk)
+            await hashing.join()
             if total != size:
                 raise InvalidArgument(
                     f"received {total} bytes but header.size_bytes is {size}",
@@ -247,12 +236,20 @@ class Files:
                 )
             return row
         except BaseException:
-            if pending is not None:  # not cancelled: a half-done open or write would leak
-                await asyncio.gather(pending, return_exceptions=True)
-            await asyncio.shield(self._discard(writer, committed, key, file_id))
+            # Shielded: a cancelled call still waits for the hash job and removes the
+            # partial object and its row.
+            await asyncio.shield(self._discard(writer, committed, key, file_id, hashing))
             raise
 
-    async def _discard(self, writer: Writer, committed: bool, key: str, file_id: uuid.UUID) -> None:
+    async def _discard(
+        self,
+        writer: Writer,
+        committed: bool,
+        key: str,
+        file_id: uuid.UUID,
+        hashing: SerialJobs[bytes],
+    ) -> None:
+        await hashing.close()
         try:
             if committed:
                 await self.backend(writer.kind).delete(key)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -124,7 +124,18 @@ class Wiring:
             on_stop=self.on_stop,
             checks=checks,
             http_routes=self.http_routes,
+            grpc_options=grpc_options(self.settings),
         )
+
+
+def grpc_options(settings: StorageSettings) -> list[tuple[str, Any]]:
+    """Flow control of the storage port: a fixed per-stream HTTP/2 window instead of
+    one grown by BDP probing. An upload whose bytes go out slower than they come in
+    (S3) then holds at most this window in gRPC's buffers, not tens of MiB."""
+    return [
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.http2.lookahead_bytes", settings.storage_grpc_stream_window_bytes),
+    ]
 
 
 def make_spec(settings: StorageSettings) -> ServiceSpec:

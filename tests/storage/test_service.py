@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
@@ -541,3 +542,43 @@ async def test_empty_file(svc: Svc) -> None:
         )
     )
     assert code is grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_upload_writes_behind_the_stream_with_bounded_queues(
+    svc: Svc, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However far the sender could run ahead, a slow disk holds the stream back: the
+    chunks received but not yet written never exceed the write queue (plus the one in
+    hand). Domain level, so gRPC's own window does not blur the bound."""
+    if svc.backend != "local":
+        pytest.skip("the S3 writer's bound is covered in test_streaming.py")
+    from services.storage.backends.aio import DEPTH
+    from services.storage.backends.local import LocalWriter
+
+    written = 0
+    original = LocalWriter._write
+
+    def slow_write(self: LocalWriter, chunk: bytes) -> None:
+        nonlocal written
+        time.sleep(0.002)  # a slow disk: the stream must wait for it, not pile up
+        original(self, chunk)
+        written += 1
+
+    monkeypatch.setattr(LocalWriter, "_write", slow_write)
+    chunks = 48
+    data = safetensors(chunks * MiB)
+    ahead: list[int] = []
+
+    async def stream() -> AsyncIterator[storage_pb2.UploadRequest]:
+        for i, req in enumerate(
+            requests(data, bucket=storage_pb2.BUCKET_MODELS, filename="w.safetensors")
+        ):
+            if i:
+                ahead.append(i - 1 - written)  # chunks handed over, not yet on disk
+            yield req
+
+    row = await svc.files.upload(user(), stream())
+    assert row.size_bytes == len(data) and row.sha256 == sha(data)
+    assert written == chunks
+    assert max(ahead) <= DEPTH + 1, ahead
+    assert max(ahead) >= 2  # the sender did get ahead: the queue was used

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from services.storage.backends.aio import run_io
+from services.storage.backends.aio import DEPTH, SerialJobs, run_io
 from services.storage.backends.base import CHUNK, Kind, Presigned
 from services.storage.signing import UrlSigner
 
@@ -21,17 +21,20 @@ PARTIAL = ".partial"
 
 
 class LocalWriter:
-    """Writes `<key>.partial`, renamed to `<key>` on commit. Each step runs on the I/O
-    pool; a step keeps running when its caller is cancelled, and `abort` waits for it,
-    so nothing opened late is left behind."""
+    """Writes `<key>.partial`, renamed to `<key>` on commit. Chunks are written behind
+    the stream, in order, on the I/O pool (`SerialJobs`: at most `depth` chunks queued),
+    so receiving the next chunk overlaps writing this one. Each step keeps running when
+    its caller is cancelled, and `abort` waits for it, so nothing opened late is left
+    behind."""
 
     kind: Kind = "local"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, depth: int = DEPTH) -> None:
         self._path = path
         self._tmp = path.with_name(path.name + PARTIAL)
         self._file: BinaryIO | None = None
         self._busy: asyncio.Future[None] | None = None
+        self.jobs: SerialJobs[bytes] = SerialJobs(self._write, depth)
 
     def _ensure_open(self) -> BinaryIO:
         if self._file is None:
@@ -52,17 +55,16 @@ class LocalWriter:
         with contextlib.suppress(FileNotFoundError):
             self._tmp.unlink()
 
-    async def _step(self, fn: Callable[..., None], *args: bytes) -> None:
-        self._busy = asyncio.ensure_future(run_io(fn, *args))
-        await asyncio.shield(self._busy)
-
     async def write(self, chunk: bytes) -> None:
-        await self._step(self._write, chunk)
+        await self.jobs.put(chunk)
 
     async def commit(self) -> None:
-        await self._step(self._commit)
+        await self.jobs.join()
+        self._busy = asyncio.ensure_future(run_io(self._commit))
+        await asyncio.shield(self._busy)
 
     async def abort(self) -> None:
+        await self.jobs.close()
         if self._busy is not None:
             await asyncio.gather(self._busy, return_exceptions=True)
         await run_io(self._abort)

@@ -1,14 +1,15 @@
 """The S3 backend (aioboto3; any S3-compatible endpoint).
 
-Small objects are buffered (at most the multipart threshold) and stored with one
-PutObject; larger ones go up as a multipart upload, one part in flight while the next is
-received, so a stream holds at most two parts in memory whatever the file size.
+Small objects are buffered (at most one part) and stored with one PutObject; larger ones
+go up as a multipart upload, one part in flight while the next is received, so a stream
+holds at most two parts in memory whatever the file size (see `S3Writer`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -48,6 +49,16 @@ async def _call(aw: Awaitable[T]) -> T:
 
 
 class S3Writer:
+    """Streams one object to S3: a single PutObject while it fits in one part, else a
+    multipart upload.
+
+    Chunks are written into the part being filled as they arrive (a `BytesIO` sized
+    once, handed to botocore as the part's body, which aiohttp sends in 64 KiB pieces),
+    so a part is never joined or copied whole. At most one part is in flight while the
+    next fills: a stream holds at most two parts (2 x `part_size`) whatever the file
+    size, and a slow S3 slows the stream down through gRPC flow control.
+    """
+
     kind: Kind = "s3"
 
     def __init__(
@@ -56,47 +67,56 @@ class S3Writer:
         self._client = client
         self._bucket = bucket
         self._key = key
-        self._multipart = multipart
+        # Announced as bigger than one part: size each part's buffer once up front.
+        self._presize = multipart
         self._part_size = part_size
-        # Received chunks not yet sent, joined into a part only when one is full: a
-        # growing bytearray would be reallocated and copied over and over.
-        self._chunks: list[bytes] = []
-        self._buffered = 0
+        self._part = self._new_part()
+        self._filled = 0  # bytes of `_part` written so far
+        # A chunk a failed write could not place (only before anything left the
+        # process): still part of `buffered()`, so the fallback replays every byte.
+        self._unplaced = b""
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
         self._pending: asyncio.Task[None] | None = None
+
+    def _new_part(self) -> io.BytesIO:
+        part = io.BytesIO()
+        if self._presize:  # one allocation per part instead of growing it chunk by chunk
+            part.seek(self._part_size - 1)
+            part.write(b"\0")
+            part.seek(0)
+        return part
 
     @property
     def replayable(self) -> bool:
         """Nothing has left this process yet: every byte is still in the buffer."""
         return self._upload_id is None and not self._parts
 
-    def buffered(self) -> bytes:
-        return b"".join(self._chunks)
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes held in memory: the part being filled (a part in flight not counted)."""
+        return self._filled + len(self._unplaced)
 
-    def _take(self, size: int) -> bytes:
-        """The first `size` buffered bytes (all of them when fewer), removed."""
-        taken: list[bytes] = []
-        got = 0
-        while self._chunks and got < size:
-            chunk = self._chunks.pop(0)
-            if got + len(chunk) > size:
-                cut = size - got
-                self._chunks.insert(0, chunk[cut:])
-                chunk = chunk[:cut]
-            taken.append(chunk)
-            got += len(chunk)
-        self._buffered -= got
-        return b"".join(taken)
+    def buffered(self) -> bytes:
+        """Every byte received and not yet sent (a copy; for the local fallback)."""
+        return self._part.getvalue()[: self._filled] + self._unplaced
 
     async def write(self, chunk: bytes) -> None:
-        self._chunks.append(chunk)
-        self._buffered += len(chunk)
-        if not self._multipart and self._buffered > self._part_size:
-            self._multipart = True  # more than announced: switch to parts
-        if self._multipart and self._buffered >= self._part_size:
-            await self._start_multipart()  # before taking: a failure keeps the buffer whole
-            await self._send_part(self._take(self._part_size))
+        if self._unplaced:
+            raise BackendUnavailable("object storage failed earlier in this upload")
+        view = memoryview(chunk)
+        while view:
+            if self._filled == self._part_size:  # a full part and more bytes: send it
+                try:
+                    await self._start_multipart()
+                except BaseException:
+                    self._unplaced = bytes(view)
+                    raise
+                await self._send_part()
+            n = min(len(view), self._part_size - self._filled)
+            self._part.write(view[:n])
+            self._filled += n
+            view = view[n:]
 
     async def _start_multipart(self) -> None:
         if self._upload_id is None:
@@ -105,35 +125,47 @@ class S3Writer:
             )
             self._upload_id = str(created["UploadId"])
 
-    async def _send_part(self, data: bytes) -> None:
-        if self._pending is not None:
+    def _body(self) -> io.BytesIO:
+        """The part being filled as a request body: cut to its bytes, positioned at 0.
+        It stays the current part (so `buffered()` still has it) until replaced."""
+        body = self._part
+        if self._presize and self._filled < self._part_size:
+            body.truncate(self._filled)  # the last part: drop the unused room
+        body.seek(0)
+        return body
+
+    async def _send_part(self, *, last: bool = False) -> None:
+        if self._pending is not None:  # one part in flight at a time
             pending, self._pending = self._pending, None
             await pending
         number = len(self._parts) + 1
         self._parts.append({"PartNumber": number})
-        self._pending = asyncio.create_task(self._upload_part(number, data))
+        body = self._body()
+        # The next part's buffer is allocated only now, once the previous part is sent.
+        self._part = io.BytesIO() if last else self._new_part()
+        self._filled = 0
+        self._pending = asyncio.create_task(self._upload_part(number, body))
 
-    async def _upload_part(self, number: int, data: bytes) -> None:
+    async def _upload_part(self, number: int, body: io.BytesIO) -> None:
         resp = await _call(
             self._client.upload_part(
                 Bucket=self._bucket,
                 Key=self._key,
                 UploadId=self._upload_id,
                 PartNumber=number,
-                Body=data,
+                Body=body,
             )
         )
         self._parts[number - 1]["ETag"] = resp["ETag"]
 
     async def commit(self) -> None:
         if self._upload_id is None:
-            body = self.buffered()
+            body = self._body()
             await _call(self._client.put_object(Bucket=self._bucket, Key=self._key, Body=body))
-            self._chunks.clear()
-            self._buffered = 0
+            self._part, self._filled = io.BytesIO(), 0
             return
-        if self._buffered:
-            await self._send_part(self._take(self._buffered))
+        if self._filled:
+            await self._send_part(last=True)
         if self._pending is not None:
             pending, self._pending = self._pending, None
             await pending
@@ -147,8 +179,9 @@ class S3Writer:
         )
 
     async def abort(self) -> None:
-        self._chunks.clear()
-        self._buffered = 0
+        self._part = io.BytesIO()
+        self._filled = 0
+        self._unplaced = b""
         if self._pending is not None:
             self._pending.cancel()
             with contextlib.suppress(BaseException):
