@@ -34,6 +34,18 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _release(conn: asyncpg.Connection) -> None:
+    """What a connection goes through when it returns to the pool, beyond asyncpg's own
+    clean-up (a stray transaction rolled back, listeners removed).
+
+    asyncpg's default would also send `pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+    RESET ALL` — a second round trip after every query, ~7% of the auth service's CPU
+    per token exchange. No code leaves session state on a pooled connection: locks are
+    transaction-scoped (`pg_advisory_xact_lock`), and LISTEN and the migrations' session
+    lock use connections of their own. So nothing more is needed here."""
+    return None
+
+
 async def create_pool(dsn: str, *, schema: str, service: str, min_size: int, max_size: int) -> Any:
     """A pool whose connections see `schema` first: SQL in a service names its tables
     unqualified and cannot reach another service's schema by accident."""
@@ -42,6 +54,7 @@ async def create_pool(dsn: str, *, schema: str, service: str, min_size: int, max
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
+        reset=_release,
         server_settings={"search_path": schema, "application_name": f"aivera-{service}"},
     )
 
