@@ -818,20 +818,30 @@ class Store:
     async def turn_events(
         self, message_id: uuid.UUID, after_seq: int, limit: int = 1000
     ) -> list[StoredEvent]:
-        """The turn's logged events with a seq above `after_seq`, in order."""
+        """The turn's logged events with a seq above `after_seq`, in order (from at most
+        `limit` batches)."""
         rows = await self.pool.fetch(
-            """SELECT seq, event, terminal FROM turn_events
-               WHERE message_id = $1 AND seq > $2 ORDER BY seq LIMIT $3""",
+            """SELECT first_seq, events, terminal FROM turn_events
+               WHERE message_id = $1 AND last_seq > $2 ORDER BY first_seq LIMIT $3""",
             message_id,
             after_seq,
             limit,
         )
-        return [StoredEvent(r["seq"], bytes(r["event"]), r["terminal"]) for r in rows]
+        out: list[StoredEvent] = []
+        last = after_seq
+        for row in rows:
+            batch = _unpack_events(int(row["first_seq"]), bytes(row["events"]), row["terminal"])
+            for event in batch:
+                if event.seq > last:  # overlapping batches (a repeated write) count once
+                    out.append(event)
+                    last = event.seq
+        return out
 
     async def turn_log_end(self, message_id: uuid.UUID) -> tuple[int, bool]:
         """(last seq of the turn's log, 0 when empty; whether it holds the terminal event)."""
         row = await self.pool.fetchrow(
-            """SELECT coalesce(max(seq), 0) AS last, coalesce(bool_or(terminal), false) AS ended
+            """SELECT coalesce(max(last_seq), 0) AS last,
+                      coalesce(bool_or(terminal), false) AS ended
                FROM turn_events WHERE message_id = $1""",
             message_id,
         )
@@ -1070,19 +1080,38 @@ class Store:
 
 
 async def _append_events(conn: Any, message_id: uuid.UUID, events: Sequence[StoredEvent]) -> None:
-    """Appends to a turn's log; an event already there (a repeated write) is kept."""
+    """Appends a batch (consecutive seqs) to a turn's log as one row. A repeated write
+    starts at the same seq (a turn advances what it persisted only on success) and may
+    carry more events: the longer batch wins. A log that has ended takes nothing more."""
     if not events:
         return
     await conn.execute(
-        """INSERT INTO turn_events (message_id, seq, event, terminal)
-           SELECT $1, s, e, t
-           FROM unnest($2::bigint[], $3::bytea[], $4::boolean[]) AS x(s, e, t)
-           ON CONFLICT DO NOTHING""",
+        """INSERT INTO turn_events (message_id, first_seq, last_seq, events, terminal)
+           SELECT $1, $2, $3, $4, $5
+           WHERE NOT EXISTS (SELECT 1 FROM turn_events WHERE message_id = $1 AND terminal)
+           ON CONFLICT (message_id, first_seq) DO UPDATE
+             SET last_seq = EXCLUDED.last_seq, events = EXCLUDED.events,
+                 terminal = EXCLUDED.terminal
+             WHERE EXCLUDED.last_seq > turn_events.last_seq""",
         message_id,
-        [e.seq for e in events],
-        [e.event for e in events],
-        [e.terminal for e in events],
+        events[0].seq,
+        events[-1].seq,
+        b"".join(len(e.event).to_bytes(4, "big") + e.event for e in events),
+        any(e.terminal for e in events),
     )
+
+
+def _unpack_events(first_seq: int, data: bytes, terminal: bool) -> list[StoredEvent]:
+    """The events of one logged batch; only the last can be the terminal one."""
+    out: list[StoredEvent] = []
+    view, pos = memoryview(data), 0
+    while pos < len(data):
+        size = int.from_bytes(view[pos : pos + 4], "big")
+        out.append(StoredEvent(first_seq + len(out), bytes(view[pos + 4 : pos + 4 + size]), False))
+        pos += 4 + size
+    if out and terminal:
+        out[-1] = StoredEvent(out[-1].seq, out[-1].event, True)
+    return out
 
 
 def _role_exists(name: str) -> AlreadyExists:

@@ -204,3 +204,43 @@ async def test_a_turn_whose_replica_died_ends_its_log(mesh: Mesh, gemini: Gemini
 
 async def _collect(call: Any) -> list[chat_pb2.ChatEvent]:
     return [e async for e in call]
+
+
+async def test_the_event_log_is_stored_in_batches_and_read_back_by_seq(
+    mesh: Mesh, gemini: GeminiServer
+) -> None:
+    """One row per flushed batch: read back split by seq from any point; a repeated,
+    longer write of an ended log does not change its end."""
+    import uuid
+
+    from services.chat.store import Store, StoredEvent, _append_events
+
+    user = await mesh.new_user(KEY)
+    chat = await mesh.stub.CreateChat(chat_pb2.CreateChatRequest(), metadata=user.md)
+    gemini.script(Reply.tokens(TOKENS, delay=0.05))
+    live = [
+        e
+        async for e in mesh.stub.SendMessage(
+            chat_pb2.SendMessageRequest(chat_id=chat.id, text="Ответ"), metadata=user.md
+        )
+    ]
+    check_turn(live)
+    store = Store(mesh.chat)
+    turn = uuid.UUID(live[0].message_id)
+    batches = await mesh.chat.pool.fetchval(
+        "SELECT count(*) FROM turn_events WHERE message_id = $1", turn
+    )
+    assert 1 < batches < len(live)  # flushed in batches while it ran, not row per event
+    for after in (0, 1, len(live) // 2, len(live) - 1, len(live)):
+        logged = await store.turn_events(turn, after)
+        assert [e.seq for e in logged] == [e.seq for e in live[after:]]
+        assert [chat_pb2.ChatEvent.FromString(e.event) for e in logged] == live[after:]
+        assert [e.terminal for e in logged] == [e is live[-1] for e in live[after:]]
+    assert await store.turn_log_end(turn) == (len(live), True)
+    # A late, longer write of the same batch (a replica that lost its lease) cannot
+    # replace a log that has ended.
+    longer = [StoredEvent(n, b"late", terminal=False) for n in range(1, len(live) + 3)]
+    async with mesh.chat.pool.acquire() as conn:
+        await _append_events(conn, turn, longer)
+    again = await store.turn_events(turn, 0)
+    assert [chat_pb2.ChatEvent.FromString(e.event) for e in again] == live
