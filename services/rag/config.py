@@ -10,7 +10,14 @@ from pydantic import SecretStr
 from services.common.config import CommonSettings
 from services.common.ports import SERVICES
 from services.rag.chunking import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE
-from services.rag.parsers.base import DEFAULT_DPI
+from services.rag.parsers.base import (
+    DEFAULT_DPI,
+    DEFAULT_MAX_DOCUMENT_PIXELS,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_JSON_DEPTH,
+    DEFAULT_MAX_PAGE_PIXELS,
+    DEFAULT_MAX_TEXT_BYTES,
+)
 
 
 class RagSettings(CommonSettings):
@@ -35,6 +42,16 @@ class RagSettings(CommonSettings):
     # Document limits: over them IngestDocument answers RESOURCE_EXHAUSTED.
     rag_max_pages: int = 2000
     rag_max_blocks: int = 200_000
+    # Input budgets (0 = none); over them IngestDocument answers INVALID_ARGUMENT naming
+    # the limit. Pixels of one page image, from the page size before rendering (a larger
+    # page renders at a lower dpi, down to 72, else is refused); of all page images of a
+    # PDF; bytes of an HTML/Markdown/text/JSON file; nesting depth of a JSON annotation;
+    # pixels of one image in a PDF (its declared size, checked before it is decoded).
+    rag_max_page_pixels: int = DEFAULT_MAX_PAGE_PIXELS
+    rag_max_document_pixels: int = DEFAULT_MAX_DOCUMENT_PIXELS
+    rag_max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
+    rag_max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
+    rag_max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     # Chunks per embedding batch (one EMBEDDING progress event each).
     rag_embed_batch: int = 64
     # Load the embedding model at start-up (health turns SERVING only with it loaded);

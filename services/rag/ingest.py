@@ -58,6 +58,13 @@ from services.rag.embedder import Embedder
 from services.rag.index import Index
 from services.rag.model import DocumentFormat, FormatMismatchError, Page, ParsedDocument
 from services.rag.parsers import ParseOptions, PdfRenderer, detect_format, parse_document
+from services.rag.parsers.base import (
+    DEFAULT_MAX_DOCUMENT_PIXELS,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_JSON_DEPTH,
+    DEFAULT_MAX_PAGE_PIXELS,
+    DEFAULT_MAX_TEXT_BYTES,
+)
 from services.rag.parsers.pdf import looks_like_pdf
 from services.rag.sparse import SparseVector
 from services.rag.store import DocumentRow, Store
@@ -92,6 +99,12 @@ class Limits:
     max_blocks: int
     embed_batch: int
     stale_seconds: float
+    # Input budgets of the parsers (ParseOptions; over them INVALID_ARGUMENT).
+    max_page_pixels: int = DEFAULT_MAX_PAGE_PIXELS
+    max_document_pixels: int = DEFAULT_MAX_DOCUMENT_PIXELS
+    max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
 
 def phase(
@@ -221,13 +234,16 @@ class Ingestor:
                 metadata={"file_id": params.file_id},
             )
         data = await self.storage.download(params.file_id)
+        opts = self._parse_options(params)
         fmt = params.format
         if fmt is None:
-            fmt = await asyncio.to_thread(detect_format, data, file.filename, file.content_type)
+            fmt = await asyncio.to_thread(
+                detect_format, data, file.filename, file.content_type, opts
+            )
         # Text formats parse fast: parse them before anything changes, so a file that is
         # not what it claims (or over the limits) is refused without leaving a document.
-        # PDFs parse (and render) as the first stage of the run.
-        opts = self._parse_options(params)
+        # PDFs parse (and render) as the first stage of the run; a PDF over a pixel budget
+        # ends FAILED with the INVALID_ARGUMENT in the stream, before any page is rendered.
         parsed: ParsedDocument | None = None
         if fmt is not DocumentFormat.PDF:
             parsed = await asyncio.to_thread(
@@ -337,6 +353,11 @@ class Ingestor:
             render=False,
             max_pages=self.limits.max_pages,
             max_blocks=self.limits.max_blocks,
+            max_page_pixels=self.limits.max_page_pixels,
+            max_document_pixels=self.limits.max_document_pixels,
+            max_text_bytes=self.limits.max_text_bytes,
+            max_json_depth=self.limits.max_json_depth,
+            max_image_pixels=self.limits.max_image_pixels,
         )
 
     async def _beat(self, run: _Run, *, force: bool = False) -> None:
@@ -467,7 +488,13 @@ class Ingestor:
         renderer = await asyncio.to_thread(PdfRenderer, data)
         try:
             for page in parsed.pages:
-                image = await asyncio.to_thread(renderer.render, page.number, params.dpi)
+                image = await asyncio.to_thread(
+                    renderer.render,
+                    page.number,
+                    params.dpi,
+                    self.limits.max_page_pixels,
+                    self.limits.max_image_pixels,
+                )
                 assert image.png is not None
                 name = f"{stem[:180]}.page-{page.number:04d}.png"
                 stored = await self.storage.upload(

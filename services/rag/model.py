@@ -250,6 +250,16 @@ class FormatMismatchError(InvalidArgument):
         super().__init__(message, reason=Reason.UNSUPPORTED_FORMAT)
 
 
+class InputLimitError(InvalidArgument):
+    """The input is over one of the parsers' budgets (page or document pixels, text size,
+    JSON depth, image size) (INVALID_ARGUMENT; the metadata names the ``limit`` —
+    "page_pixels", "document_pixels", "image_pixels", "text_bytes" or "json_depth" — and
+    its ``maximum``)."""
+
+    def __init__(self, message: str, *, limit: str, maximum: int) -> None:
+        super().__init__(message, metadata={"limit": limit, "maximum": str(maximum)})
+
+
 class EncryptedPdfError(FailedPrecondition):
     """The PDF needs a password (FAILED_PRECONDITION; the message says so)."""
 

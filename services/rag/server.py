@@ -90,6 +90,11 @@ def build_rag(app: App, settings: RagSettings, embedder: Embedder) -> Rag:
             max_blocks=settings.rag_max_blocks,
             embed_batch=settings.rag_embed_batch,
             stale_seconds=settings.rag_ingest_stale_seconds,
+            max_page_pixels=settings.rag_max_page_pixels,
+            max_document_pixels=settings.rag_max_document_pixels,
+            max_text_bytes=settings.rag_max_text_bytes,
+            max_json_depth=settings.rag_max_json_depth,
+            max_image_pixels=settings.rag_max_image_pixels,
         ),
         internal=bool(settings.internal_token()),
     )

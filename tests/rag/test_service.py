@@ -26,6 +26,7 @@ from services.common.server import App
 from services.rag.config import RagSettings
 from services.rag.embedder import MiniLmEmbedder
 from services.rag.index import Index, SearchMode
+from services.rag.parsers.base import DEFAULT_MAX_PAGE_PIXELS
 from services.rag.search import Searcher, SearchRequest
 from services.rag.server import RagSpec
 from services.rag.server import make_spec as rag_spec
@@ -35,6 +36,7 @@ from services.storage.server import make_spec as storage_spec
 from tests.helpers.errors import bad_field, error_info, localized, reason
 from tests.helpers.services import bearer, channel, running
 from tests.helpers.tokens import Keyring
+from tests.rag.test_budgets import giant_page_pdf
 
 A4_W, A4_H = 595.28, 841.89
 DPI = 100
@@ -145,6 +147,7 @@ async def env(database_url: str, embedder: MiniLmEmbedder) -> AsyncIterator[Env]
                 storage_addr=f"127.0.0.1:{s_app.grpc_port}",
                 rag_render_dpi=DPI,
                 rag_max_pages=20,
+                rag_max_text_bytes=1_000_000,
             )
             async with (
                 running(
@@ -796,6 +799,47 @@ async def test_error_reasons(env: Env, cyrillic_font: Path) -> None:
     # The PDF failed in its run (PDFs parse as its first stage); the JSON file was refused
     # before anything changed.
     assert [(d.file_id, d.status) for d in docs.documents] == [(big, P.DOCUMENT_STATUS_FAILED)]
+
+
+async def test_hostile_inputs_are_invalid_argument(env: Env) -> None:
+    u = user()
+    kb_id = await env.kb(u)
+
+    def limit(error: grpc.aio.AioRpcError) -> tuple[str, str]:
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+        meta = dict(error_info(error).metadata)
+        return meta["limit"], meta["maximum"]
+
+    # A ~550-byte PDF with one 14400 x 14400 pt page: refused from its size in points,
+    # before any render; the document ends FAILED with the reason, no page images.
+    giant = await env.upload(u, giant_page_pdf(), "poster.pdf")
+    events, error = await env.ingest(u, kb_id, giant)
+    assert error is not None and limit(error) == ("page_pixels", str(DEFAULT_MAX_PAGE_PIXELS))
+    assert all(e.WhichOneof("event") != "done" for e in events)
+    detail = await env.rag.GetDocument(
+        P.GetDocumentRequest(id=events[0].document_id), metadata=env.md(u)
+    )
+    assert detail.document.status == P.DOCUMENT_STATUS_FAILED
+    assert "pixels" in detail.document.error and not detail.pages
+
+    # 100k nested brackets in a JSON annotation: INVALID_ARGUMENT, not INTERNAL.
+    deep = await env.upload(u, b"[" * 100_000 + b"]" * 100_000, "deep.json")
+    _, error = await env.ingest(u, kb_id, deep)
+    assert error is not None and limit(error) == ("json_depth", "64")
+
+    # HTML or Markdown over the size budget (1 MB in this module).
+    for name, body in (
+        ("big.html", b"<html><body>" + b"<p>text</p>" * 100_000 + b"</body></html>"),
+        ("big.md", b"# Big\n\n" + b"text " * 250_000),
+    ):
+        file_id = await env.upload(u, body, name)
+        _, error = await env.ingest(u, kb_id, file_id)
+        assert error is not None and limit(error) == ("text_bytes", "1000000")
+    # Refused before anything changed: only the PDF left a (FAILED) document.
+    docs = await env.rag.ListDocuments(
+        P.ListDocumentsRequest(knowledge_base_id=kb_id), metadata=env.md(u)
+    )
+    assert [(d.file_id, d.status) for d in docs.documents] == [(giant, P.DOCUMENT_STATUS_FAILED)]
 
 
 # --- page tokens --------------------------------------------------------------------------

@@ -5,7 +5,8 @@ format unless one is forced, runs its parser, applies the block limit and return
 ParsedDocument. Errors (all subclasses of the shared service errors):
 UnsupportedFormatError / FormatMismatchError → INVALID_ARGUMENT,
 EncryptedPdfError / CorruptPdfError → FAILED_PRECONDITION,
-DocumentTooLargeError → RESOURCE_EXHAUSTED.
+DocumentTooLargeError → RESOURCE_EXHAUSTED, InputLimitError (over an input budget of
+ParseOptions: page or document pixels, text size, JSON depth) → INVALID_ARGUMENT.
 
 Detection, first match wins: the PDF header; a JSON body in the annotation schema (by
 content, or a .json name / application/json type, which then must parse as the schema);
@@ -17,7 +18,6 @@ not Cyrillic Windows-1251 text) and known non-document types are unsupported.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 from collections.abc import Callable
@@ -29,7 +29,7 @@ from services.rag.model import (
     ParsedDocument,
     UnsupportedFormatError,
 )
-from services.rag.parsers.base import ParseOptions
+from services.rag.parsers.base import ParseOptions, check_text_size, json_depth
 from services.rag.parsers.html import parse_html
 from services.rag.parsers.json_annotation import looks_like_annotation, parse_json_annotation
 from services.rag.parsers.markdown import parse_markdown
@@ -98,8 +98,27 @@ def _is_text(data: bytes) -> bool:
     return letters >= 0.8 * len(decoded)
 
 
-def detect_format(data: bytes, filename: str = "", content_type: str = "") -> DocumentFormat:
-    """The format of a file from its content, name and content type.
+def _sniff_json(data: bytes, opts: ParseOptions) -> bool:
+    """Whether the body parses as a JSON annotation; bodies over the size or depth budget
+    are not parsed here (parse_document refuses them once the format is known)."""
+    if opts.max_text_bytes and len(data) > opts.max_text_bytes:
+        return False
+    if opts.max_json_depth and json_depth(data.decode("utf-8", "replace")) > opts.max_json_depth:
+        return False
+    try:
+        return looks_like_annotation(json.loads(data))
+    except (ValueError, RecursionError):
+        return False  # not valid JSON: text of some other kind
+
+
+def detect_format(
+    data: bytes,
+    filename: str = "",
+    content_type: str = "",
+    options: ParseOptions | None = None,
+) -> DocumentFormat:
+    """The format of a file from its content, name and content type (``options`` bound the
+    JSON sniffing).
 
     Raises UnsupportedFormatError when it is none of the supported formats.
     """
@@ -117,11 +136,8 @@ def detect_format(data: bytes, filename: str = "", content_type: str = "") -> Do
             "JSON annotation or plain text"
         )
     stripped = data.lstrip()[:1]
-    if stripped in (b"{", b"["):
-        # Not valid JSON: fall through, it is text of some other kind.
-        with contextlib.suppress(ValueError, RecursionError):
-            if looks_like_annotation(json.loads(data)):
-                return DocumentFormat.JSON_ANNOTATION
+    if stripped in (b"{", b"[") and _sniff_json(data, options or ParseOptions()):
+        return DocumentFormat.JSON_ANNOTATION
     if by_name is not None:
         return by_name
     if _HTML_START.match(data[:4096]):
@@ -144,7 +160,7 @@ def parse_document(
     """Parse a file. ``format`` forces a parser (FormatMismatchError if the file is not of
     it); otherwise the format is detected. See the module docstring for the errors."""
     opts = options or ParseOptions()
-    fmt = format or detect_format(data, filename, content_type)
+    fmt = format or detect_format(data, filename, content_type, opts)
     if fmt is DocumentFormat.PDF:
         if format is not None and not looks_like_pdf(data):
             raise FormatMismatchError("the file is not a PDF (no PDF header)")
@@ -154,8 +170,9 @@ def parse_document(
             raise FormatMismatchError(f"the file is a PDF, not {fmt.value}")
         if format is not None and not _is_text(data):
             raise FormatMismatchError(f"the file is binary, not {fmt.value}")
+        check_text_size(data, opts.max_text_bytes)
         if fmt is DocumentFormat.JSON_ANNOTATION:
-            doc = parse_json_annotation(data)
+            doc = parse_json_annotation(data, opts.max_json_depth)
         else:
             doc = _PARSERS[fmt](data)
         if opts.max_pages and doc.page_count > opts.max_pages:

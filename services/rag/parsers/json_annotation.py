@@ -43,10 +43,11 @@ from services.rag.model import (
     Box,
     DocumentFormat,
     FormatMismatchError,
+    InputLimitError,
     Page,
     ParsedDocument,
 )
-from services.rag.parsers.base import decode_text
+from services.rag.parsers.base import DEFAULT_MAX_JSON_DEPTH, check_json_depth, decode_text
 
 _KINDS = {k.value: k for k in BlockKind} | {"paragraph": BlockKind.TEXT, "title": BlockKind.HEADING}
 
@@ -91,12 +92,19 @@ def looks_like_annotation(obj: Any) -> bool:
     return False
 
 
-def parse_json_annotation(data: bytes) -> ParsedDocument:
+def parse_json_annotation(data: bytes, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> ParsedDocument:
+    """Parse the annotation. The nesting depth is checked before parsing (InputLimitError
+    over ``max_depth``, 0 = none); the caller bounds the size."""
     text, warnings = decode_text(data)
+    check_json_depth(text, max_depth)
     try:
         root = json.loads(text)
     except json.JSONDecodeError as exc:
         raise _bad(f"not JSON ({exc.msg} at line {exc.lineno})") from exc
+    except RecursionError as exc:  # only without a depth budget
+        raise InputLimitError(
+            "the JSON nests too deep to parse", limit="json_depth", maximum=max_depth
+        ) from exc
     if isinstance(root, list):
         raw_blocks: Any = root
         raw_pages: Any = []

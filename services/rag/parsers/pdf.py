@@ -31,6 +31,17 @@ will produce (ceil(points x dpi / 72)), so boxes match images rendered later by
 PdfRenderer. For long documents parse with ``render=False`` and render page by page with
 PdfRenderer (bounded memory, a progress event per page). PDFium is not thread-safe: every
 call into it here holds one module lock (run parse and render in worker threads).
+
+Pixel budgets, checked from the page size in points before anything is rendered: a page
+whose image at the requested dpi would exceed ``max_page_pixels`` is rendered at the
+highest lower dpi that fits (a warning names it; crops stay useful down to 72 dpi, the
+PDF's own unit); when even 72 dpi does not fit (a poster-sized or hostile page) the
+document is refused with InputLimitError (limit "page_pixels"). The page images together
+may not exceed ``max_document_pixels`` (limit "document_pixels"). ``page_dpi`` is the one
+rule, so parse and PdfRenderer agree on each page's size. An image object whose declared
+size (its /Width x /Height, read without decoding) exceeds ``max_image_pixels`` refuses
+the document too (limit "image_pixels"): rendering would decode it at full size. The
+parsers decode no image themselves.
 """
 
 from __future__ import annotations
@@ -53,11 +64,18 @@ from services.rag.model import (
     DocumentFormat,
     DocumentTooLargeError,
     EncryptedPdfError,
+    InputLimitError,
     Page,
     ParsedDocument,
     ParseWarning,
 )
-from services.rag.parsers.base import ParseOptions, block_id
+from services.rag.parsers.base import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_PAGE_PIXELS,
+    MIN_DPI,
+    ParseOptions,
+    block_id,
+)
 
 _LOCK = threading.Lock()
 
@@ -342,10 +360,56 @@ def _image_regions(page: pdfium.PdfPage, mapper: _Mapper) -> list[_Rect]:
     return regions
 
 
-def _render_size(page: pdfium.PdfPage, dpi: int) -> tuple[int, int]:
-    """The size PdfPage.render(scale=dpi/72) gives (its own formula)."""
+def pixel_size(width_pt: float, height_pt: float, dpi: int) -> tuple[int, int]:
+    """The size PdfPage.render(scale=dpi/72) gives for a page of that size (its formula)."""
     scale = dpi / 72.0
-    return math.ceil(page.get_width() * scale), math.ceil(page.get_height() * scale)
+    return math.ceil(max(width_pt, 0.0) * scale), math.ceil(max(height_pt, 0.0) * scale)
+
+
+def page_dpi(width_pt: float, height_pt: float, dpi: int, max_pixels: int, number: int = 1) -> int:
+    """The dpi to render a page at: ``dpi``, or the highest lower one whose image has at
+    most ``max_pixels`` pixels (0 = no budget). InputLimitError when even MIN_DPI is over."""
+    if not max_pixels:
+        return dpi
+    w, h = pixel_size(width_pt, height_pt, dpi)
+    if w * h <= max_pixels:
+        return dpi
+    area = max(width_pt, 1e-6) * max(height_pt, 1e-6)
+    fit = min(dpi, int(72.0 * math.sqrt(max_pixels / area)))
+    while fit >= MIN_DPI:
+        w, h = pixel_size(width_pt, height_pt, fit)
+        if w * h <= max_pixels:
+            return fit
+        fit -= 1
+    w, h = pixel_size(width_pt, height_pt, MIN_DPI)
+    raise InputLimitError(
+        f"page {number} is {width_pt:.0f}x{height_pt:.0f} pt: even at {MIN_DPI} dpi its image "
+        f"would have {w * h} pixels; at most {max_pixels} are allowed",
+        limit="page_pixels",
+        maximum=max_pixels,
+    )
+
+
+def check_images(page: pdfium.PdfPage, max_pixels: int, number: int) -> None:
+    """InputLimitError when an image object of the page declares over ``max_pixels``
+    pixels (0 = none); the size comes from the image's dictionary, nothing is decoded."""
+    if not max_pixels:
+        return
+    for obj in page.get_objects(filter=(pdfium_c.FPDF_PAGEOBJ_IMAGE,), max_depth=8):
+        w, h = ctypes.c_uint(), ctypes.c_uint()
+        if not pdfium_c.FPDFImageObj_GetImagePixelSize(obj, w, h):
+            continue
+        if w.value * h.value > max_pixels:
+            raise InputLimitError(
+                f"page {number} has an image of {w.value}x{h.value} pixels; at most "
+                f"{max_pixels} pixels per image are allowed",
+                limit="image_pixels",
+                maximum=max_pixels,
+            )
+
+
+def _page_dpi(page: pdfium.PdfPage, dpi: int, max_pixels: int, number: int) -> int:
+    return page_dpi(page.get_width(), page.get_height(), dpi, max_pixels, number)
 
 
 def _render(page: pdfium.PdfPage, dpi: int) -> tuple[bytes, int, int]:
@@ -371,6 +435,41 @@ def parse_pdf(data: bytes, options: ParseOptions | None = None) -> ParsedDocumen
         return _parse_locked(data, opts)
 
 
+def _check_pixels(
+    doc: pdfium.PdfDocument, n_pages: int, opts: ParseOptions, warnings: list[ParseWarning]
+) -> list[int]:
+    """Each page's dpi under the page budget, and the document budget, from the page sizes
+    alone (before any text extraction or render)."""
+    dpis: list[int] = []
+    total = 0
+    for index in range(n_pages):
+        number = index + 1
+        try:
+            width_pt, height_pt = doc.get_page_size(index)
+        except pdfium.PdfiumError as exc:
+            raise CorruptPdfError(f"the PDF is corrupt: page {number} cannot be read") from exc
+        dpi = page_dpi(width_pt, height_pt, opts.dpi, opts.max_page_pixels, number)
+        if dpi < opts.dpi:
+            warnings.append(
+                ParseWarning(
+                    f"the page is too large to render at {opts.dpi} dpi; rendered at {dpi} dpi",
+                    number,
+                )
+            )
+        w, h = pixel_size(width_pt, height_pt, dpi)
+        total += w * h
+        if opts.max_document_pixels and total > opts.max_document_pixels:
+            raise InputLimitError(
+                f"the page images of the PDF would have over {opts.max_document_pixels} "
+                f"pixels in all (at page {number}); at most {opts.max_document_pixels} "
+                "are allowed",
+                limit="document_pixels",
+                maximum=opts.max_document_pixels,
+            )
+        dpis.append(dpi)
+    return dpis
+
+
 def _parse_locked(data: bytes, opts: ParseOptions) -> ParsedDocument:
     doc = _open(data)
     try:
@@ -386,6 +485,7 @@ def _parse_locked(data: bytes, opts: ParseOptions) -> ParsedDocument:
         per_page: list[tuple[_Mapper, bool, list[_RawBlock], list[_Rect]]] = []
         pages: list[Page] = []
         warnings: list[ParseWarning] = []
+        dpis = _check_pixels(doc, n_pages, opts, warnings)
         for index in range(n_pages):
             number = index + 1
             try:
@@ -393,6 +493,7 @@ def _parse_locked(data: bytes, opts: ParseOptions) -> ParsedDocument:
             except pdfium.PdfiumError as exc:
                 raise CorruptPdfError(f"the PDF is corrupt: page {number} cannot be read") from exc
             try:
+                check_images(page, opts.max_image_pixels, number)
                 mapper = _Mapper(page.get_bbox(), page.get_rotation())
                 textpage = page.get_textpage()
                 try:
@@ -410,10 +511,10 @@ def _parse_locked(data: bytes, opts: ParseOptions) -> ParsedDocument:
                 raw_blocks = _blocks(lines)
                 images = _image_regions(page, mapper)
                 if opts.render:
-                    png, width, height = _render(page, opts.dpi)
+                    png, width, height = _render(page, dpis[index])
                     pages.append(Page(number, width, height, png))
                 else:
-                    width, height = _render_size(page, opts.dpi)
+                    width, height = pixel_size(page.get_width(), page.get_height(), dpis[index])
                     pages.append(Page(number, width, height, None))
             except pdfium.PdfiumError as exc:
                 raise CorruptPdfError(f"the PDF is corrupt: page {number}: {exc}") from exc
@@ -476,15 +577,26 @@ class PdfRenderer:
         with _LOCK:
             self._doc.close()
 
-    def render(self, number: int, dpi: int) -> Page:
-        """Page ``number`` (1-based) as a PNG at ``dpi``."""
+    def render(
+        self,
+        number: int,
+        dpi: int,
+        max_pixels: int = DEFAULT_MAX_PAGE_PIXELS,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    ) -> Page:
+        """Page ``number`` (1-based) as a PNG at ``dpi``, or at the lower dpi that keeps it
+        within ``max_pixels`` (``page_dpi``: the size parse_pdf reported with the same
+        budget; InputLimitError when even 72 dpi is over, or an image of the page declares
+        over ``max_image_pixels``)."""
         if not 1 <= number <= self.page_count:
             raise ValueError(f"page {number} is outside 1–{self.page_count}")
         with _LOCK:
             try:
                 page = self._doc[number - 1]
                 try:
-                    png, width, height = _render(page, dpi)
+                    fit = _page_dpi(page, dpi, max_pixels, number)
+                    check_images(page, max_image_pixels, number)
+                    png, width, height = _render(page, fit)
                 finally:
                     page.close()
             except pdfium.PdfiumError as exc:
