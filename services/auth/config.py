@@ -33,9 +33,18 @@ class AuthSettings(CommonSettings):
     # but keeps the session (a retried request whose reply was lost, or racing duplicate
     # requests); after it, the whole session is revoked (reuse detection).
     refresh_reuse_grace_seconds: float = 10.0
-    # Failed static-token exchanges allowed per client address per window; past it, every
-    # exchange from that address answers RESOURCE_EXHAUSTED until the window slides on.
+    # A session (a refresh-token family) ends this long after its sign-in however often
+    # it is refreshed (absolute lifetime), or once it goes unrefreshed this long (idle
+    # timeout); then the static token must be exchanged again.
+    session_max_lifetime_seconds: int = 90 * 24 * 3600
+    session_idle_timeout_seconds: int = 30 * 24 * 3600
+    # The shared sign-in limiter (ratelimit.py), counted in Postgres across replicas.
+    # Failed exchanges per client address per window: past it, failing exchanges from
+    # that address answer RESOURCE_EXHAUSTED (a valid token still signs in).
     exchange_failure_limit: int = 10
+    # Failed exchanges per token prefix per window: past it, every exchange presenting
+    # that prefix answers RESOURCE_EXHAUSTED until the window ends.
+    exchange_token_failure_limit: int = 5
     exchange_failure_window_seconds: float = 60.0
     # Comma-separated CIDRs of the gateways in front of this service. When the direct
     # peer is one of them, the client address for rate limiting comes from

@@ -3,7 +3,8 @@
 Handlers (servicer.py) validate requests and convert protos; `Auth` decides, and reads
 and writes only through its `store.Store` (built with the service's `App` in
 `server.Wiring.build`). Every failure a program may branch on carries its contract
-reason: BAD_STATIC_TOKEN, BAD_REFRESH_TOKEN, TOO_MANY_FAILURES (sign-in rate limit),
+reason: BAD_STATIC_TOKEN, BAD_REFRESH_TOKEN, TOO_MANY_FAILURES (the shared sign-in
+limiter, see ratelimit.py),
 ADMIN_REQUIRED, ALREADY_EXISTS (username taken, from the store), PROVIDER_KEY_MISSING.
 ListUsers pages with the mesh's signed keyset page tokens (`services.common.pages`).
 
@@ -23,7 +24,7 @@ from services.auth import tokens
 from services.auth.config import AuthSettings
 from services.auth.crypto import DecryptError, Sealed, SecretBox
 from services.auth.keys import Keyring
-from services.auth.ratelimit import FailureLimiter, client_of, parse_networks
+from services.auth.ratelimit import SignInLimiter, client_of, parse_networks
 from services.auth.store import ProviderKeyRow, Store, UserRow
 from services.common import pages
 from services.common.errors import (
@@ -46,7 +47,7 @@ PROVIDER_KEY_SHAPES = {"gemini": GEMINI_KEY}
 # One message for every failed sign-in: wrong, unknown, disabled (no user enumeration).
 BAD_STATIC_TOKEN = "static token is not valid"
 BAD_REFRESH_TOKEN = "refresh token is not valid"
-TOO_MANY_FAILURES = "too many failed sign-ins from this address; retry later"
+TOO_MANY_FAILURES = "too many failed sign-ins; retry later"
 ADMIN_REQUIRED = "this RPC needs the admin role"
 
 
@@ -74,8 +75,12 @@ class Auth:
         self.keyring = keyring
         self.box = box
         self.hasher = hasher
-        self.limiter = FailureLimiter(
-            settings.exchange_failure_limit, settings.exchange_failure_window_seconds
+        self.limiter = SignInLimiter(
+            store,
+            hasher,
+            address_limit=settings.exchange_failure_limit,
+            prefix_limit=settings.exchange_token_failure_limit,
+            window=settings.exchange_failure_window_seconds,
         )
         self.trusted_proxies = parse_networks(settings.auth_trusted_proxies)
 
@@ -88,22 +93,39 @@ class Auth:
             user_id=str(user.id), role=user.role, ttl=self.settings.access_token_ttl_seconds
         )
 
+    def _first_refresh_ttl(self) -> float:
+        """A refresh token lives no longer than the idle timeout or the session."""
+        s = self.settings
+        return min(
+            s.refresh_token_ttl_seconds,
+            s.session_idle_timeout_seconds,
+            s.session_max_lifetime_seconds,
+        )
+
     # -- sessions ---------------------------------------------------------------------
     async def exchange(self, static_token: str, *, client: str) -> Session:
-        if self.limiter.blocked(client):
-            raise ResourceExhausted(TOO_MANY_FAILURES, reason=Reason.TOO_MANY_FAILURES)
-        issued = None
+        limit = self.limiter.query(client, static_token)
         refresh = tokens.new_refresh_token()
         if tokens.plausible(static_token, tokens.STATIC_PREFIX):
-            issued = await self.store.exchange(
+            # One statement: the limiter's read, and the session unless the prefix is
+            # limited (see ratelimit.py).
+            outcome = await self.store.exchange(
                 static_hash=self.hasher.hash(static_token),
                 session_id=uuid.uuid4(),
                 token_id=uuid.uuid4(),
                 refresh_hash=self.hasher.hash(refresh),
-                refresh_ttl=self.settings.refresh_token_ttl_seconds,
+                refresh_ttl=self._first_refresh_ttl(),
+                limit=limit,
             )
+            counts, issued = outcome.counts, outcome.issued
+        else:
+            counts, issued = await self.limiter.counts(limit), None
         if issued is None:
-            self.limiter.record_failure(client)
+            if self.limiter.prefix_blocked(counts):  # refused unchecked: not a new failure
+                raise ResourceExhausted(TOO_MANY_FAILURES, reason=Reason.TOO_MANY_FAILURES)
+            await self.limiter.record_failure(limit)
+            if self.limiter.address_over(counts):  # not logged one by one: it floods
+                raise ResourceExhausted(TOO_MANY_FAILURES, reason=Reason.TOO_MANY_FAILURES)
             log.info("static token exchange refused", extra=fields(client=client))
             raise Unauthenticated(BAD_STATIC_TOKEN, reason=Reason.BAD_STATIC_TOKEN)
         log.info("session started", extra=fields(subject=str(issued.user.id)))
@@ -124,7 +146,11 @@ class Auth:
             old_hash=old_hash,
             token_id=uuid.uuid4(),
             new_hash=self.hasher.hash(new),
-            refresh_ttl=self.settings.refresh_token_ttl_seconds,
+            refresh_ttl=min(
+                self.settings.refresh_token_ttl_seconds, self.settings.session_idle_timeout_seconds
+            ),
+            session_lifetime=self.settings.session_max_lifetime_seconds,
+            idle_timeout=self.settings.session_idle_timeout_seconds,
         )
         if issued is None:
             revoked = await self.store.revoke_on_reuse(

@@ -1,66 +1,90 @@
-"""Failed-exchange limiter: a sliding window of failures per client address.
+"""Sign-in limiter shared by every replica: failed static-token exchanges counted in
+Postgres (table `sign_in_failures`, SQL in store.py), under two keys per failure.
 
-In process memory, so each replica counts its own (N replicas allow N× the limit); that
-is enough to make guessing 256-bit static tokens pointless and to stop log flooding. A
-shared limiter (Postgres or Envoy's rate-limit service) is the step up if needed.
+- **Token prefix** (`exchange_token_failure_limit`, default 5 per window): the first
+  `PREFIX_CHARS` characters of the presented token (`avs_` + 12 random characters, 72
+  bits), stored only as an HMAC. Past the limit every exchange with that prefix, valid
+  or not, answers RESOURCE_EXHAUSTED TOO_MANY_FAILURES until the window ends: this is
+  the limit that refuses. Only failures with the same prefix count, and another token's
+  prefix is unguessable and never shown, so failures of other tokens (from any address)
+  never lock a valid token out.
+- **Client address** (`exchange_failure_limit`, default 10 per window; the address from
+  `client_of`). Past it, *failing* exchanges from the address answer TOO_MANY_FAILURES
+  and are no longer logged one by one, but every token is still checked and a valid one
+  signs in. Refusing before the check would save nothing (the check is one indexed
+  lookup, the same cost as the limiter's read) and would lock out every client behind
+  that address: without AUTH_TRUSTED_PROXIES that is every client of a gateway or of
+  the machine. Guessing is no threat here (static tokens are 256-bit); the address count
+  tells a misbehaving client to back off and keeps it out of the logs.
+
+A check is one statement, folded into the exchange statement itself (a sign-in stays one
+round trip; a token of the wrong shape costs one read of both keys instead), and a
+failure one upsert of both keys. Windows are fixed, starting at a key's first failure, so
+a key allows at most `limit` failures per `window` seconds (up to twice that across a
+window boundary). Ended windows are purged by the service's purge loop.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import time
 import urllib.parse
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+
+from services.auth.store import FailureCounts, LimitQuery, Store
+from services.auth.tokens import TokenHasher
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+# Characters of a presented token that key its failures: the 4-character kind prefix and
+# 12 random characters (72 bits; a guess never lands on another user's prefix).
+PREFIX_CHARS = 16
 
-class FailureLimiter:
+
+class SignInLimiter:
     def __init__(
         self,
-        limit: int,
-        window: float,
+        store: Store,
+        hasher: TokenHasher,
         *,
-        clock: Callable[[], float] = time.monotonic,
-        max_clients: int = 100_000,
+        address_limit: int,
+        prefix_limit: int,
+        window: float,
     ) -> None:
-        self.limit = limit
+        self.store = store
+        self.hasher = hasher
+        self.address_limit = address_limit
+        self.prefix_limit = prefix_limit
         self.window = window
-        self._clock = clock
-        self._max_clients = max_clients
-        self._failures: dict[str, deque[float]] = {}
 
-    def _recent(self, client: str) -> deque[float] | None:
-        q = self._failures.get(client)
-        if q is None:
-            return None
-        cutoff = self._clock() - self.window
-        while q and q[0] <= cutoff:
-            q.popleft()
-        if not q:
-            del self._failures[client]
-            return None
-        return q
+    def prefix_key(self, token: str) -> str:
+        digest = self.hasher.hash("sign-in-limit:" + token[:PREFIX_CHARS])
+        return "p:" + digest.hex()[:32]
 
-    def blocked(self, client: str) -> bool:
-        q = self._recent(client)
-        return q is not None and len(q) >= self.limit
+    def query(self, client: str, token: str) -> LimitQuery:
+        """The keys of an exchange by `client` presenting `token` (no I/O)."""
+        return LimitQuery(
+            address_key="a:" + client,
+            prefix_key=self.prefix_key(token),
+            window=self.window,
+            prefix_limit=self.prefix_limit,
+        )
 
-    def record_failure(self, client: str) -> None:
-        if client not in self._failures and len(self._failures) >= self._max_clients:
-            self._sweep()
-        q = self._failures.setdefault(client, deque())
-        q.append(self._clock())
-        while len(q) > self.limit:  # only the last `limit` failures matter
-            q.popleft()
+    def prefix_blocked(self, counts: FailureCounts) -> bool:
+        """Refuse without checking the token."""
+        return counts.prefix >= self.prefix_limit
 
-    def _sweep(self) -> None:
-        for client in list(self._failures):
-            self._recent(client)
-        if len(self._failures) >= self._max_clients:  # still full: forget the oldest
-            oldest = min(self._failures, key=lambda c: self._failures[c][-1])
-            del self._failures[oldest]
+    def address_over(self, counts: FailureCounts) -> bool:
+        """The token was checked; if it failed, answer TOO_MANY_FAILURES."""
+        return counts.address >= self.address_limit
+
+    async def counts(self, query: LimitQuery) -> FailureCounts:
+        return await self.store.sign_in_failures(query)
+
+    async def record_failure(self, query: LimitQuery) -> None:
+        await self.store.record_sign_in_failure(query)
+
+    async def purge(self) -> int:
+        return await self.store.purge_sign_in_failures(window=self.window)
 
 
 def client_address(peer: str | None) -> str:

@@ -1,5 +1,5 @@
 """Wiring of the auth service: keys, the domain, servicers, JWKS over HTTP, the bootstrap
-admin, the refresh-token purge, and the `rotate-master-key` command.
+admin, the refresh-token and sign-in failure purges, and the `rotate-master-key` command.
 
 The wiring pattern (the same in every service; storage's server.py follows it too):
 
@@ -132,7 +132,16 @@ class Wiring:
                     log.info("purged %d expired refresh tokens", n)
             except Exception as exc:  # the next round retries
                 log.warning("refresh-token purge failed: %s", type(exc).__name__)
-            await asyncio.sleep(PURGE_INTERVAL_SECONDS)
+            # Ended sign-in failure windows go every window (at least every minute), so
+            # the table holds about one window of failures.
+            window = self.settings.exchange_failure_window_seconds
+            interval = min(max(window, 60.0), PURGE_INTERVAL_SECONDS)
+            for _ in range(max(1, int(PURGE_INTERVAL_SECONDS // interval))):
+                try:
+                    await self.auth.limiter.purge()
+                except Exception as exc:
+                    log.warning("sign-in failure purge failed: %s", type(exc).__name__)
+                await asyncio.sleep(interval)
 
 
 def make_spec(settings: AuthSettings) -> ServiceSpec:

@@ -29,9 +29,15 @@ _USERS_USER_COLS = ", ".join("users." + c for c in _USER_COLS.split(", "))
 
 # The two hot statements (ExchangeStaticToken, RefreshToken), built once: one round trip
 # each, prepared once per connection by asyncpg's statement cache.
-_EXCHANGE_SQL = f"""WITH u AS (
+_EXCHANGE_SQL = f"""WITH lim AS (
+        SELECT coalesce(max(failures) FILTER (WHERE key = $6), 0) AS address_failures,
+               coalesce(max(failures) FILTER (WHERE key = $7), 0) AS prefix_failures
+        FROM sign_in_failures
+        WHERE key IN ($6, $7) AND window_start > now() - make_interval(secs => $8)),
+    u AS (
         UPDATE users SET last_seen_at = now()
         WHERE static_token_hash = $1 AND status = 'active'
+          AND (SELECT prefix_failures FROM lim) < $9
         RETURNING {_USER_COLS}),
     s AS (
         INSERT INTO sessions (id, user_id) SELECT $2, id FROM u
@@ -40,17 +46,27 @@ _EXCHANGE_SQL = f"""WITH u AS (
         INSERT INTO refresh_tokens (id, session_id, user_id, token_hash, expires_at)
         SELECT $3, s.id, s.user_id, $4, now() + make_interval(secs => $5) FROM s
         RETURNING expires_at)
-    SELECT u.*, t.expires_at AS refresh_expires_at FROM u, t"""
+    SELECT lim.address_failures, lim.prefix_failures, u.*, t.expires_at AS refresh_expires_at
+    FROM lim LEFT JOIN (u CROSS JOIN t) ON true"""
+_FAILURES_SQL = """SELECT
+        coalesce(max(failures) FILTER (WHERE key = $1), 0) AS address_failures,
+        coalesce(max(failures) FILTER (WHERE key = $2), 0) AS prefix_failures
+    FROM sign_in_failures
+    WHERE key IN ($1, $2) AND window_start > now() - make_interval(secs => $3)"""
 _ROTATE_SQL = f"""WITH old AS (
         UPDATE refresh_tokens t SET used_at = now()
         FROM sessions s, users u
         WHERE t.token_hash = $1 AND t.used_at IS NULL AND t.expires_at > now()
+          AND t.created_at > now() - make_interval(secs => $6)
           AND s.id = t.session_id AND s.revoked_at IS NULL
+          AND s.created_at > now() - make_interval(secs => $5)
           AND u.id = t.user_id AND u.status = 'active'
-        RETURNING t.session_id, t.user_id),
+        RETURNING t.session_id, t.user_id, s.created_at AS session_created_at),
     n AS (
         INSERT INTO refresh_tokens (id, session_id, user_id, token_hash, expires_at)
-        SELECT $2, session_id, user_id, $3, now() + make_interval(secs => $4)
+        SELECT $2, session_id, user_id, $3,
+               least(now() + make_interval(secs => $4),
+                     session_created_at + make_interval(secs => $5))
         FROM old
         RETURNING user_id, expires_at),
     u AS (
@@ -99,6 +115,36 @@ class RevokedSession:
 
     session_id: uuid.UUID
     user_id: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class LimitQuery:
+    """The sign-in limiter's keys of one exchange (built by ratelimit.SignInLimiter)."""
+
+    address_key: str
+    prefix_key: str
+    window: float
+    prefix_limit: int  # the exchange statement issues nothing at or past this
+
+
+@dataclass(frozen=True, slots=True)
+class FailureCounts:
+    """Failed sign-ins in the current window of a client address and of a token prefix."""
+
+    address: int
+    prefix: int
+
+    @classmethod
+    def of(cls, row: Any) -> FailureCounts:
+        return cls(address=row["address_failures"], prefix=row["prefix_failures"])
+
+
+@dataclass(frozen=True, slots=True)
+class Exchanged:
+    """An exchange's outcome: the limiter's counts as read, and the session if issued."""
+
+    counts: FailureCounts
+    issued: Issued | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,12 +264,18 @@ class Store:
         return UserRow.of(row)
 
     async def set_static_token(self, user_id: uuid.UUID, token_hash: bytes) -> UserRow | None:
-        row = await self.pool.fetchrow(
-            f"UPDATE users SET static_token_hash = $2 WHERE id = $1 RETURNING {_USER_COLS}",
-            user_id,
-            token_hash,
-        )
-        return None if row is None else UserRow.of(row)
+        """Replace the static token and revoke every session of the user, in the same
+        transaction: whoever held the old token keeps no refresh token either."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"UPDATE users SET static_token_hash = $2 WHERE id = $1 RETURNING {_USER_COLS}",
+                user_id,
+                token_hash,
+            )
+            if row is None:
+                return None
+            await _revoke_user_sessions(conn, user_id, "static token rotated")
+        return UserRow.of(row)
 
     async def bootstrap_admin(self, token_hash: bytes) -> BootstrapOutcome:
         """Create user `admin` with the given token hash unless an admin exists."""
@@ -251,8 +303,11 @@ class Store:
         token_id: uuid.UUID,
         refresh_hash: bytes,
         refresh_ttl: float,
-    ) -> Issued | None:
-        """A new session for the active user holding the static token; None otherwise."""
+        limit: LimitQuery,
+    ) -> Exchanged:
+        """A new session for the active user holding the static token, unless the
+        token's prefix is at its failure limit; in the same statement, the limiter's
+        counts (one round trip for a sign-in, limiter included)."""
         row = await self.pool.fetchrow(
             _EXCHANGE_SQL,
             static_hash,
@@ -260,10 +315,15 @@ class Store:
             token_id,
             refresh_hash,
             float(refresh_ttl),
+            limit.address_key,
+            limit.prefix_key,
+            float(limit.window),
+            limit.prefix_limit,
         )
-        if row is None:
-            return None
-        return Issued(user=UserRow.of(row), refresh_expires_at=row["refresh_expires_at"])
+        issued = None
+        if row["id"] is not None:
+            issued = Issued(user=UserRow.of(row), refresh_expires_at=row["refresh_expires_at"])
+        return Exchanged(counts=FailureCounts.of(row), issued=issued)
 
     async def rotate_refresh(
         self,
@@ -272,18 +332,25 @@ class Store:
         token_id: uuid.UUID,
         new_hash: bytes,
         refresh_ttl: float,
+        session_lifetime: float,
+        idle_timeout: float,
     ) -> Issued | None:
         """Retire a live refresh token and issue its successor in the same session.
 
-        None when the token is unknown, expired, already retired, its session revoked or
-        its user disabled. Of concurrent calls with one token exactly one gets a row: the
-        others wait on the row lock, then see `used_at` set and match nothing."""
+        None when the token is unknown, expired, already retired, its session revoked,
+        older than `session_lifetime` or unused for `idle_timeout` (the live token of a
+        family was issued at its last use), or its user disabled. The successor expires
+        no later than the session's end. Of concurrent calls with one token exactly one
+        gets a row: the others wait on the row lock, then see `used_at` set and match
+        nothing."""
         row = await self.pool.fetchrow(
             _ROTATE_SQL,
             old_hash,
             token_id,
             new_hash,
             float(refresh_ttl),
+            float(session_lifetime),
+            float(idle_timeout),
         )
         if row is None:
             return None
@@ -331,6 +398,37 @@ class Store:
             """DELETE FROM sessions s WHERE s.created_at < now() - make_interval(secs => $1)
                AND NOT EXISTS (SELECT 1 FROM refresh_tokens t WHERE t.session_id = s.id)""",
             float(keep_seconds),
+        )
+        return _count(result)
+
+    # -- sign-in failures (ratelimit.SignInLimiter) ------------------------------------
+    async def sign_in_failures(self, limit: LimitQuery) -> FailureCounts:
+        """Both keys' failures in their current window: one indexed read."""
+        row = await self.pool.fetchrow(
+            _FAILURES_SQL, limit.address_key, limit.prefix_key, float(limit.window)
+        )
+        return FailureCounts.of(row)
+
+    async def record_sign_in_failure(self, limit: LimitQuery) -> None:
+        """Count one failure for each key: a window that ended starts again at 1. Keys
+        are upserted in sorted order, so concurrent failures lock rows in one order."""
+        await self.pool.execute(
+            """INSERT INTO sign_in_failures AS f (key, window_start, failures)
+               SELECT k, now(), 1 FROM unnest($1::text[]) AS k ORDER BY k
+               ON CONFLICT (key) DO UPDATE SET
+                 failures = CASE WHEN f.window_start > now() - make_interval(secs => $2)
+                                 THEN f.failures + 1 ELSE 1 END,
+                 window_start = CASE WHEN f.window_start > now() - make_interval(secs => $2)
+                                     THEN f.window_start ELSE now() END""",
+            sorted({limit.address_key, limit.prefix_key}),
+            float(limit.window),
+        )
+
+    async def purge_sign_in_failures(self, *, window: float) -> int:
+        """Forget keys whose window ended (they count as 0 already)."""
+        result: str = await self.pool.execute(
+            "DELETE FROM sign_in_failures WHERE window_start <= now() - make_interval(secs => $1)",
+            float(window),
         )
         return _count(result)
 

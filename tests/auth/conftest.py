@@ -24,7 +24,8 @@ from tests.helpers.auth import (  # noqa: F401 - re-exported for the auth tests
 
 @pytest.fixture(scope="module")
 def settings(database_url: str) -> AuthSettings:
-    return make_settings(database_url)
+    # Tests present wrong tokens freely; the limiter's own tests set small limits.
+    return make_settings(database_url, exchange_token_failure_limit=1000)
 
 
 @pytest.fixture(scope="module")

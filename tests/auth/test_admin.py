@@ -285,3 +285,53 @@ async def test_list_users_page_token_is_bound_to_the_admin(client: Client) -> No
         err = await error_of(client.admin.ListUsers(request, metadata=who))
         assert err.code() is grpc.StatusCode.INVALID_ARGUMENT, bad
         assert reason(err) == "INVALID_PAGE_TOKEN" and bad_field(err) == "page_token", bad
+
+
+async def _refresh_reason(c: Client, token: str) -> tuple[grpc.StatusCode, str]:
+    err = await error_of(c.auth.RefreshToken(auth_pb2.RefreshTokenRequest(refresh_token=token)))
+    return err.code(), reason(err)
+
+
+async def test_rotating_the_static_token_ends_every_session(client: Client) -> None:
+    md = bearer(await client.admin_token())
+    user, static, s1 = await client.new_user()
+    s2 = await client.exchange(static)  # a second family
+    renewed = await client.auth.RefreshToken(
+        auth_pb2.RefreshTokenRequest(refresh_token=s2.refresh_token)
+    )
+    _other, _ot, other_session = await client.new_user()
+    rotated = await client.admin.RotateStaticToken(
+        auth_pb2.RotateStaticTokenRequest(user_id=user.id), metadata=md
+    )
+    for token in (s1.refresh_token, renewed.refresh_token):
+        assert await _refresh_reason(client, token) == (
+            grpc.StatusCode.UNAUTHENTICATED,
+            "BAD_REFRESH_TOKEN",
+        )
+    # Other users keep their sessions; the new static token starts a fresh one.
+    await client.auth.RefreshToken(
+        auth_pb2.RefreshTokenRequest(refresh_token=other_session.refresh_token)
+    )
+    fresh = await client.exchange(rotated.static_token)
+    await client.auth.RefreshToken(auth_pb2.RefreshTokenRequest(refresh_token=fresh.refresh_token))
+
+
+async def test_disabling_a_user_ends_every_session(client: Client) -> None:
+    md = bearer(await client.admin_token())
+    user, static, s1 = await client.new_user()
+    s2 = await client.exchange(static)
+    await client.admin.UpdateUser(
+        update(user.id, ["status"], status=auth_pb2.USER_STATUS_DISABLED), metadata=md
+    )
+    for token in (s1.refresh_token, s2.refresh_token):
+        assert await _refresh_reason(client, token) == (
+            grpc.StatusCode.UNAUTHENTICATED,
+            "BAD_REFRESH_TOKEN",
+        )
+    # Enabled again: the old sessions stay dead (they were revoked, not just paused).
+    await client.admin.UpdateUser(
+        update(user.id, ["status"], status=auth_pb2.USER_STATUS_ACTIVE), metadata=md
+    )
+    for token in (s1.refresh_token, s2.refresh_token):
+        assert (await _refresh_reason(client, token))[1] == "BAD_REFRESH_TOKEN"
+    await client.exchange(static)

@@ -73,11 +73,14 @@ async def test_reused_refresh_token_is_bad_refresh_token(
 
 
 async def test_sign_in_rate_limit_is_too_many_failures(settings: AuthSettings) -> None:
-    limited = variant(settings, exchange_failure_limit=2, exchange_failure_window_seconds=30.0)
+    limited = variant(
+        settings, exchange_token_failure_limit=2, exchange_failure_window_seconds=30.0
+    )
+    wrong = "avs_" + uuid.uuid4().hex  # a prefix no other test presented
     async with serve(limited) as c:
         for _ in range(2):
-            assert reason(await error_of(c.exchange(WRONG_STATIC))) == "BAD_STATIC_TOKEN"
-        err = await error_of(c.exchange(WRONG_STATIC))
+            assert reason(await error_of(c.exchange(wrong))) == "BAD_STATIC_TOKEN"
+        err = await error_of(c.exchange(wrong))
         assert err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
         assert reason(err) == "TOO_MANY_FAILURES"
 

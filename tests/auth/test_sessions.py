@@ -323,18 +323,24 @@ def test_keys_required_outside_dev(database_url: str) -> None:
 
 
 async def test_failed_exchanges_are_rate_limited(settings: AuthSettings) -> None:
-    limited = variant(settings, exchange_failure_limit=3, exchange_failure_window_seconds=1.0)
+    # More in test_sign_in_limit.py (two replicas, address vs prefix).
+    limited = variant(
+        settings,
+        exchange_token_failure_limit=3,
+        exchange_failure_limit=3,
+        exchange_failure_window_seconds=1.0,
+    )
     good = limited.aivera_bootstrap_admin_token.get_secret_value()
+    bad = "avs_" + uuid.uuid4().hex + "x" * 30
     async with serve(limited) as c:
         await c.exchange(good)  # successes do not count
         for _ in range(3):
-            assert await code_of(c.exchange("avs_wrong_" + "x" * 30)) is (
-                grpc.StatusCode.UNAUTHENTICATED
-            )
-        err = await error_of(c.exchange(good))  # even the right token, until the window passes
+            assert await code_of(c.exchange(bad)) is grpc.StatusCode.UNAUTHENTICATED
+        err = await error_of(c.exchange(bad))  # that token (prefix) is limited now
         assert err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        await c.exchange(good)  # the other failures never lock out a valid token
         await asyncio.sleep(1.1)
-        await c.exchange(good)
+        assert await code_of(c.exchange(bad)) is grpc.StatusCode.UNAUTHENTICATED
 
 
 async def test_get_current_user_is_the_callers_own(client: Client) -> None:
@@ -367,16 +373,22 @@ async def test_rate_limit_behind_a_trusted_gateway(settings: AuthSettings) -> No
         return (("x-forwarded-for", address),)
 
     async with serve(behind) as c:
+
+        async def exchange(token: str, address: str) -> grpc.StatusCode:
+            req = auth_pb2.ExchangeStaticTokenRequest(static_token=token)
+            return await code_of(c.auth.ExchangeStaticToken(req, metadata=via(address)))
+
         for _ in range(2):
-            await code_of(
-                c.auth.ExchangeStaticToken(
-                    auth_pb2.ExchangeStaticTokenRequest(static_token="avs_bad_" + "b" * 30),
-                    metadata=via("203.0.113.1"),
-                )
-            )
-        req = auth_pb2.ExchangeStaticTokenRequest(static_token=good)
-        code = await code_of(c.auth.ExchangeStaticToken(req, metadata=via("203.0.113.1")))
+            code = await exchange("avs_bad_" + uuid.uuid4().hex, "203.0.113.1")
+            assert code is grpc.StatusCode.UNAUTHENTICATED
+        # That client's failures are limited now (its address, from x-forwarded-for) ...
+        code = await exchange("avs_bad_" + uuid.uuid4().hex, "203.0.113.1")
         assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
-        # Other clients behind the same gateway are not locked out.
+        # ... other clients behind the same gateway are not ...
+        code = await exchange("avs_bad_" + uuid.uuid4().hex, "203.0.113.2")
+        assert code is grpc.StatusCode.UNAUTHENTICATED
+        # ... and a valid token signs in from anywhere, the limited client included.
+        req = auth_pb2.ExchangeStaticTokenRequest(static_token=good)
+        await c.auth.ExchangeStaticToken(req, metadata=via("203.0.113.1"))
         await c.auth.ExchangeStaticToken(req, metadata=via("203.0.113.2"))
         await c.auth.ExchangeStaticToken(req)

@@ -1,10 +1,11 @@
-"""Pure parts: the failure limiter, client addresses, master-key and PEM parsing."""
+"""Pure parts: the sign-in limiter's keys, client addresses, master-key and PEM parsing."""
 
 from __future__ import annotations
 
 import base64
 import os
 from collections.abc import Callable
+from typing import cast
 
 import jwt
 import pytest
@@ -17,30 +18,34 @@ from services.auth.crypto import (
     parse_master_keys,
 )
 from services.auth.keys import KeyConfigError, Keyring, parse_pems
-from services.auth.ratelimit import FailureLimiter, client_address, client_of, parse_networks
+from services.auth.ratelimit import (
+    PREFIX_CHARS,
+    SignInLimiter,
+    client_address,
+    client_of,
+    parse_networks,
+)
+from services.auth.store import Store
+from services.auth.tokens import TokenHasher
 from tests.auth.conftest import ed25519_pem, p256_pem
 
 
-def test_limiter_window_slides() -> None:
-    now = [100.0]
-    lim = FailureLimiter(3, 10.0, clock=lambda: now[0])
-    for _ in range(3):
-        assert not lim.blocked("a")
-        lim.record_failure("a")
-    assert lim.blocked("a") and not lim.blocked("b")
-    now[0] += 5
-    assert lim.blocked("a")
-    now[0] += 5.1
-    assert not lim.blocked("a")
-
-
-def test_limiter_memory_is_bounded() -> None:
-    now = [0.0]
-    lim = FailureLimiter(2, 10.0, clock=lambda: now[0], max_clients=100)
-    for i in range(1000):
-        now[0] += 0.001
-        lim.record_failure(f"c{i}")
-    assert len(lim._failures) <= 100
+def test_limiter_prefix_key() -> None:
+    lim = SignInLimiter(
+        cast(Store, None), TokenHasher("k"), address_limit=10, prefix_limit=5, window=60.0
+    )
+    token = "avs_" + "a1B2c3D4e5F6" + "x" * 31
+    key = lim.prefix_key(token)
+    assert key.startswith("p:") and len(key) == 34
+    assert "a1B2c3D4e5F6" not in key  # stored only as an HMAC
+    # Only the first PREFIX_CHARS characters count: a token and its typo'd tail share a key.
+    assert lim.prefix_key(token[:PREFIX_CHARS] + "y" * 31) == key
+    assert lim.prefix_key("avs_" + "a1B2c3D4e5F7" + "x" * 31) != key
+    other = SignInLimiter(
+        cast(Store, None), TokenHasher("k2"), address_limit=10, prefix_limit=5, window=60.0
+    )
+    assert other.prefix_key(token) != key  # keyed by TOKEN_HASH_KEY
+    assert lim.prefix_key("") != lim.prefix_key("nope")
 
 
 @pytest.mark.parametrize(
