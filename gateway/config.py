@@ -2,14 +2,18 @@
 
 | variable | default | meaning |
 |---|---|---|
-| GATEWAY_HOST | 0.0.0.0 | public listener address |
+| GATEWAY_HOST | 127.0.0.1 | public listener address (`0.0.0.0` to serve other machines) |
 | GATEWAY_PORT | 8080 | public listener port (PUBLIC and USER services) |
 | GATEWAY_ADMIN_HOST | 127.0.0.1 | admin listener address (keep it off public networks) |
 | GATEWAY_ADMIN_PORT | 8081 | admin listener port (ADMIN services) |
-| GATEWAY_CORS_ORIGINS | localhost dev origins | comma-separated origins, or `*` |
+| GATEWAY_CORS_ORIGINS | localhost dev origins (none in prod) | comma-separated, or `*` |
 | GATEWAY_MAX_REQUEST_BYTES | 16 MiB | largest request body accepted |
+| GATEWAY_REQUEST_TIMEOUT_SECONDS | 120 | longest unary call and body read |
 | AUTH_ADDR … TRAINING_ADDR | 127.0.0.1:5005x | upstream gRPC addresses |
 | LOG_LEVEL | INFO | log level |
+
+With AIVERA_ENV=prod, GATEWAY_CORS_ORIGINS must be set: production origins come from
+configuration only. A shorter `grpc-timeout` than the request timeout wins.
 """
 
 from __future__ import annotations
@@ -31,27 +35,40 @@ DEV_CORS_ORIGINS = (
     "http://127.0.0.1:8080",
 )
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # the services' own gRPC limit
+# The longest a unary call may last at either gateway (Envoy's route timeout is the same):
+# a call without `grpc-timeout`, or with a longer one, ends DEADLINE_EXCEEDED by then.
+# Streaming calls are bounded by their own `grpc-timeout` (and Envoy's idle timeout).
+REQUEST_TIMEOUT_SECONDS = 120.0
+
+
+class ConfigError(ValueError):
+    """A setting missing or invalid for this environment."""
 
 
 def default_upstreams() -> dict[str, str]:
     return {name: f"127.0.0.1:{port}" for name, port in GRPC_PORTS.items()}
 
 
-def parse_origins(value: str | None) -> tuple[str, ...]:
+def parse_origins(value: str | None, *, env_name: str = "dev") -> tuple[str, ...]:
+    """Origins from `GATEWAY_CORS_ORIGINS`; unset, the localhost dev origins, except in
+    production, where the origins come from configuration only."""
     if value is None:
+        if env_name == "prod":
+            raise ConfigError("GATEWAY_CORS_ORIGINS is required when AIVERA_ENV=prod")
         return DEV_CORS_ORIGINS
     return tuple(o.strip().rstrip("/") for o in value.split(",") if o.strip())
 
 
 @dataclass(frozen=True, slots=True)
 class GatewaySettings:
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     port: int = GATEWAY_PUBLIC
     admin_host: str = "127.0.0.1"
     admin_port: int = GATEWAY_ADMIN
     upstreams: dict[str, str] = field(default_factory=default_upstreams)
-    cors_origins: tuple[str, ...] = DEV_CORS_ORIGINS
+    cors_origins: tuple[str, ...] = ()
     max_request_bytes: int = MAX_MESSAGE_BYTES
+    request_timeout_seconds: float = REQUEST_TIMEOUT_SECONDS
     log_level: str = "INFO"
 
     @classmethod
@@ -62,12 +79,17 @@ class GatewaySettings:
             for name, addr in default_upstreams().items()
         }
         return cls(
-            host=env.get("GATEWAY_HOST", "0.0.0.0"),
+            host=env.get("GATEWAY_HOST", "127.0.0.1"),
             port=int(env.get("GATEWAY_PORT", str(GATEWAY_PUBLIC))),
             admin_host=env.get("GATEWAY_ADMIN_HOST", "127.0.0.1"),
             admin_port=int(env.get("GATEWAY_ADMIN_PORT", str(GATEWAY_ADMIN))),
             upstreams=upstreams,
-            cors_origins=parse_origins(env.get("GATEWAY_CORS_ORIGINS")),
+            cors_origins=parse_origins(
+                env.get("GATEWAY_CORS_ORIGINS"), env_name=env.get("AIVERA_ENV", "dev")
+            ),
             max_request_bytes=int(env.get("GATEWAY_MAX_REQUEST_BYTES", str(MAX_MESSAGE_BYTES))),
+            request_timeout_seconds=float(
+                env.get("GATEWAY_REQUEST_TIMEOUT_SECONDS", str(REQUEST_TIMEOUT_SECONDS))
+            ),
             log_level=env.get("LOG_LEVEL", "INFO"),
         )

@@ -1,6 +1,6 @@
 """Generates `gateway/envoy.yaml`, the production Envoy config, from the protos' access table.
 
-    python -m gateway.envoy_config > gateway/envoy.yaml
+    python -m gateway.envoy_config > gateway/envoy.yaml  # keeps the committed CORS origins
     python -m gateway.envoy_config --cors-origin https://app.example.org > gateway/envoy.yaml
     python -m gateway.envoy_config --edge-jwt > gateway/envoy.yaml  # jwt_authn on
     python -m gateway.envoy_config --check        # exit 1 when envoy.yaml is stale
@@ -20,10 +20,18 @@ committed file and the protos disagree. The layout:
 - INTERNAL services have no route anywhere; an INTERNAL method inside a routed service
   gets a direct 404. An unrouted gRPC or gRPC-web call is answered grpc-status
   UNIMPLEMENTED (a local-reply mapper), like the local gateway's refusal.
+- CORS origins come from configuration only: `--cors-origin`, else `GATEWAY_CORS_ORIGINS`
+  (comma-separated), else the origins of the committed envoy.yaml; there is no default.
+- Only POST reaches a gRPC cluster. In front of the service routes: a CORS preflight
+  (OPTIONS) is answered at the edge (the CORS filter grants an allowed origin; any other
+  gets a direct 403), any other non-POST method a direct 405, and a gRPC request with an
+  empty body (`content-length: 0`) a direct INVALID_ARGUMENT (it has no request message).
 - Routes: one per method that needs its own settings — idempotent methods (retry on
   `unavailable`) and streaming methods (an hour of idle time) — then one prefix route per
-  service for the rest, without retries. No route has a timeout: the call's `grpc-timeout`
-  header, passed on to the service (which enforces it), bounds it.
+  service for the rest, without retries. Unary routes time out after
+  `REQUEST_TIMEOUT_SECONDS` (the local gateway's limit; Envoy answers its own timeout
+  UNAVAILABLE, the local gateway DEADLINE_EXCEEDED). A shorter `grpc-timeout` is passed
+  on and enforced by the service; streams are bounded by it and by the idle timeout.
 - One HTTP/2 cluster per service (STRICT_DNS on the headless Kubernetes Service, so Envoy
   balances per request across pods), with active gRPC health checks, outlier detection,
   circuit breakers and a retry budget.
@@ -33,6 +41,8 @@ committed file and the protos disagree. The layout:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,6 +50,7 @@ from typing import Any
 import yaml
 
 from gateway import cors
+from gateway.config import REQUEST_TIMEOUT_SECONDS, parse_origins
 from gateway.routes import GRPC_PORTS, HTTP_PORTS, upstream_of
 from services.common.access import Access, MethodInfo, method_table, routable_services
 from services.common.internal import HEADERS_STRIPPED_AT_EDGE
@@ -50,11 +61,8 @@ PUBLIC_PORT = GATEWAY_PUBLIC
 ADMIN_PORT = GATEWAY_ADMIN
 PROBES_PORT = 9902
 ENVOY_ADMIN_PORT = 9901
-DEFAULT_CORS_ORIGINS = (
-    "https://aivera.example.com",
-    "http://localhost:3000",
-    "http://localhost:5173",
-)
+UNARY_TIMEOUT = f"{REQUEST_TIMEOUT_SECONDS:g}s"
+EDGE_REFUSAL = "edge_refusal"  # a cluster without endpoints (see _edge_routes)
 JWT_ISSUER = "aivera-auth"
 JWT_AUDIENCE = "aivera"
 STREAM_IDLE_TIMEOUT = "3600s"
@@ -129,19 +137,85 @@ def _retry_policy() -> dict[str, Any]:
 
 
 def _route_action(cluster: str, *, streaming: bool, retry: bool) -> dict[str, Any]:
-    action: dict[str, Any] = {
-        "cluster": cluster,
-        # No route timeout: a call lasts as long as its grpc-timeout header allows, which
-        # Envoy passes on and the service enforces (answering DEADLINE_EXCEEDED). Envoy's
-        # own enforcement (max_stream_duration.grpc_timeout_header_max) would race it and
-        # answer a 504, i.e. UNAVAILABLE, which clients take for retryable.
-        "timeout": "0s",
-    }
+    action: dict[str, Any] = {"cluster": cluster}
     if streaming:
+        # No route timeout: a stream lasts as long as its grpc-timeout header allows, which
+        # Envoy passes on and the service enforces, or until it idles.
+        action["timeout"] = "0s"
         action["idle_timeout"] = STREAM_IDLE_TIMEOUT
+    else:
+        # A unary call: at most UNARY_TIMEOUT, a backstop for calls without a deadline
+        # (Envoy answers its own timeout 504, i.e. UNAVAILABLE: a local-reply mapper cannot
+        # change the grpc-status of a router reply). A shorter grpc-timeout is the
+        # service's to enforce (DEADLINE_EXCEEDED): Envoy passes it on, and enforcing it
+        # here too would race the service's answer.
+        action["timeout"] = UNARY_TIMEOUT
     if retry:
         action["retry_policy"] = _retry_policy()
     return action
+
+
+def _header(name: str, **string_match: Any) -> dict[str, Any]:
+    return {"name": name, "string_match": string_match}
+
+
+POST_ONLY = [_header(":method", exact="POST")]
+
+
+def _present(name: str) -> dict[str, Any]:
+    return {"name": name, "present_match": True}
+
+
+def _edge_routes(*, cors_filter: bool) -> list[dict[str, Any]]:
+    """Answered by Envoy itself, before any service route: a gRPC request without a body,
+    a CORS preflight and any other method but POST. No service ever sees them.
+
+    The CORS filter answers preflights only on a route that forwards, so with the CORS
+    filter the preflight route names `edge_refusal`, a cluster without endpoints, and the
+    policy sets `forward_not_matching_preflights: false`: an allowed origin gets its grant,
+    any other an answer without one, and nothing is forwarded (were it ever, the empty
+    cluster answers 503 itself). Without the CORS filter (admin): a direct 403."""
+    is_grpc = _header("content-type", prefix="application/grpc")
+    options = _header(":method", exact="OPTIONS")
+    preflight: dict[str, Any] = (
+        {
+            "name": "preflight",
+            "match": {
+                "prefix": "/",
+                "headers": [
+                    options,
+                    _present("origin"),
+                    _present("access-control-request-method"),
+                ],
+            },
+            "route": {"cluster": EDGE_REFUSAL, "timeout": "1s"},
+        }
+        if cors_filter
+        else {
+            "name": "preflight",
+            "match": {"prefix": "/", "headers": [options]},
+            "direct_response": {"status": 403},
+        }
+    )
+    return [
+        {
+            "name": "empty-body",
+            "match": {
+                "prefix": "/",
+                "headers": [*POST_ONLY, is_grpc, _header("content-length", exact="0")],
+            },
+            "direct_response": {"status": 400},  # INVALID_ARGUMENT (GRPC_LOCAL_REPLIES)
+        },
+        preflight,
+        {
+            "name": "not-post",
+            "match": {
+                "prefix": "/",
+                "headers": [{**POST_ONLY[0], "invert_match": True}],
+            },
+            "direct_response": {"status": 405},
+        },
+    ]
 
 
 def _method_route(info: MethodInfo) -> dict[str, Any] | None:
@@ -154,7 +228,7 @@ def _method_route(info: MethodInfo) -> dict[str, Any] | None:
         return None
     return {
         "name": name,
-        "match": {"path": info.path},
+        "match": {"path": info.path, "headers": POST_ONLY},
         "route": _route_action(
             upstream_of(info.service), streaming=streaming, retry=info.idempotent
         ),
@@ -162,7 +236,8 @@ def _method_route(info: MethodInfo) -> dict[str, Any] | None:
 
 
 def service_routes(*, admin: bool) -> list[dict[str, Any]]:
-    routes: list[dict[str, Any]] = []
+    """The edge routes, then each routed service's method and prefix routes (POST only)."""
+    routes: list[dict[str, Any]] = _edge_routes(cors_filter=not admin)
     table = method_table()
     for service in routable_services(admin=admin):
         for info in table.values():
@@ -171,7 +246,7 @@ def service_routes(*, admin: bool) -> list[dict[str, Any]]:
         routes.append(
             {
                 "name": service,
-                "match": {"prefix": f"/{service}/"},
+                "match": {"prefix": f"/{service}/", "headers": POST_ONLY},
                 "route": _route_action(upstream_of(service), streaming=False, retry=False),
             }
         )
@@ -186,6 +261,9 @@ def _cors_policy(origins: list[str]) -> dict[str, Any]:
         allow_headers=", ".join(cors.ALLOW_HEADERS),
         expose_headers=", ".join(cors.EXPOSE_HEADERS),
         max_age=str(cors.MAX_AGE_SECONDS),
+        # A preflight from another origin is answered here (without a grant), never
+        # forwarded: no gRPC backend ever sees an OPTIONS request.
+        forward_not_matching_preflights=False,
     )
 
 
@@ -254,6 +332,12 @@ def _status_is(code: int, runtime_key: str) -> dict[str, Any]:
 
 GRPC_LOCAL_REPLIES = {
     "mappers": [
+        # A gRPC request with an empty body (the `empty-body` route): INVALID_ARGUMENT.
+        _grpc_local_reply(
+            _status_is(400, "aivera.empty_body"),
+            3,
+            "empty request body: the call needs a request message",
+        ),
         # No route (internal services, admin services on the public listener, unknown
         # paths): UNIMPLEMENTED, as from the local gateway. Envoy answers native gRPC so
         # already, but gRPC-web with a bare HTTP 404.
@@ -437,7 +521,9 @@ def build_config(
     cors_origins: list[str] | None = None, *, edge_jwt: bool = False
 ) -> dict[str, Any]:
     """The whole Envoy bootstrap as a dict."""
-    origins = list(cors_origins or DEFAULT_CORS_ORIGINS)
+    origins = list(cors_origins or ())
+    if not origins:
+        raise ValueError("no CORS origins: production origins come from configuration only")
     files_route = {
         "name": "storage-files",
         "match": {"prefix": "/files/"},
@@ -445,7 +531,8 @@ def build_config(
     }
     public = _hcm(
         "public",
-        [*service_routes(admin=False), files_route],
+        # The signed-URL file routes first: they take GET (and empty bodies).
+        [files_route, *service_routes(admin=False)],
         [GRPC_WEB, CORS, _jwt_filter(enabled=edge_jwt), ROUTER],
         vhost_extra={"typed_per_filter_config": {"envoy.filters.http.cors": _cors_policy(origins)}},
     )
@@ -456,6 +543,12 @@ def build_config(
         _http_cluster("auth_http", "auth", HTTP_PORTS["auth"]),
         _http_cluster("storage_http", "storage", HTTP_PORTS["storage"]),
         _http_cluster("envoy_admin", "127.0.0.1", ENVOY_ADMIN_PORT),
+        {
+            "name": EDGE_REFUSAL,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": EDGE_REFUSAL, "endpoints": []},
+        },
     ]
     return {
         "node": {"id": "aivera-envoy", "cluster": "aivera-gateway"},
@@ -508,13 +601,26 @@ def committed_options(text: str) -> dict[str, Any]:
     }
 
 
+def configured_origins(flags: list[str] | None) -> list[str]:
+    """`--cors-origin` flags, else GATEWAY_CORS_ORIGINS, else the committed file's."""
+    if flags:
+        return flags
+    env = os.environ.get("GATEWAY_CORS_ORIGINS")
+    if env is not None:
+        return list(parse_origins(env, env_name="prod"))
+    if ENVOY_YAML.exists():
+        with contextlib.suppress(Exception):  # unreadable: origins must be given
+            return list(committed_options(ENVOY_YAML.read_text())["cors_origins"])
+    return []
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument(
         "--cors-origin",
         action="append",
-        help="an origin browsers may call from (repeatable); default: "
-        + ", ".join(DEFAULT_CORS_ORIGINS),
+        help="an origin browsers may call from (repeatable); default: GATEWAY_CORS_ORIGINS "
+        "(comma-separated), else the origins of the committed gateway/envoy.yaml",
     )
     parser.add_argument(
         "--edge-jwt", action="store_true", help="verify access JWTs in Envoy too (jwt_authn)"
@@ -535,7 +641,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 1
         return 0
-    sys.stdout.write(render(args.cors_origin, edge_jwt=args.edge_jwt))
+    origins = configured_origins(args.cors_origin)
+    if not origins:
+        print("no CORS origins: pass --cors-origin or set GATEWAY_CORS_ORIGINS", file=sys.stderr)
+        return 2
+    sys.stdout.write(render(origins, edge_jwt=args.edge_jwt))
     return 0
 
 

@@ -7,7 +7,11 @@ body's messages; each response message is written and flushed as its own gRPC-we
 as soon as it arrives, then a trailers frame (0x80) carries `grpc-status`. A call that
 fails before its first message is answered trailers-only (status in the HTTP headers).
 
-Per request: the `grpc-timeout` header becomes the call's deadline; request headers are
+Per request: the `grpc-timeout` header becomes the call's deadline, and a unary call lasts
+at most `GATEWAY_REQUEST_TIMEOUT_SECONDS` (as Envoy's route timeout), its body read
+included. A body without exactly the one request message a unary or server-streaming
+call takes (empty, truncated, two messages) is answered INVALID_ARGUMENT at once,
+without calling the service. Request headers are
 forwarded as metadata (authorization, x-request-id — one is generated when absent — and
 any custom header) except transport headers and the internal credential
 (`x-aivera-internal-token`, `x-aivera-on-behalf-of`), which only the mesh may set.
@@ -18,6 +22,7 @@ upstream call is cancelled.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
@@ -29,7 +34,7 @@ import grpc
 from aiohttp import web
 
 from gateway import grpcweb
-from gateway.config import MAX_MESSAGE_BYTES, GatewaySettings
+from gateway.config import MAX_MESSAGE_BYTES, REQUEST_TIMEOUT_SECONDS, GatewaySettings
 from gateway.cors import CorsPolicy
 from gateway.routes import Route, RouteTable
 from services.common.channels import service_config
@@ -80,9 +85,15 @@ class Upstreams:
 class GrpcWebHandler:
     """The request handler of one listener (public or admin)."""
 
-    def __init__(self, table: RouteTable, upstreams: Upstreams) -> None:
+    def __init__(
+        self,
+        table: RouteTable,
+        upstreams: Upstreams,
+        request_timeout: float = REQUEST_TIMEOUT_SECONDS,
+    ) -> None:
         self.table = table
         self.upstreams = upstreams
+        self.request_timeout = request_timeout
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         request_mode = grpcweb.mode_for(request.headers.get("Content-Type"))
@@ -98,13 +109,35 @@ class GrpcWebHandler:
             return self._trailers_only(
                 mode, _code_number(REFUSED), f"{request.path} is not routed by this gateway"
             )
+        unary = route.method is not None and not (
+            route.method.server_streaming or route.method.client_streaming
+        )
         try:
-            body = request_mode.decode(await request.read())
-            messages = grpcweb.request_messages(body)
             timeout = grpcweb.parse_timeout(request.headers.get("grpc-timeout"))
+            read_for = self.request_timeout if timeout is None else timeout
+            try:
+                raw = await asyncio.wait_for(request.read(), min(read_for, self.request_timeout))
+            except TimeoutError:
+                return self._trailers_only(
+                    mode,
+                    _code_number(grpc.StatusCode.DEADLINE_EXCEEDED),
+                    "the request body did not arrive in time",
+                )
+            messages = grpcweb.request_messages(request_mode.decode(raw))
+            single = route.method is None or not route.method.client_streaming
+            if not messages:
+                raise grpcweb.FrameError("empty request body: the call needs a request message")
+            if single and len(messages) != 1:
+                raise grpcweb.FrameError(
+                    f"{route.path} takes one request message, the body has {len(messages)}"
+                )
         except grpcweb.FrameError as exc:
             return self._trailers_only(
                 mode, _code_number(grpc.StatusCode.INVALID_ARGUMENT), str(exc)
+            )
+        if unary:
+            timeout = (
+                self.request_timeout if timeout is None else min(timeout, self.request_timeout)
             )
         metadata = grpcweb.request_metadata(request.headers.items(), HEADERS_STRIPPED_AT_EDGE)
         request_id = next((str(v) for k, v in metadata if k == REQUEST_ID_HEADER), "")
@@ -224,9 +257,14 @@ async def _healthz(_: web.Request) -> web.Response:
 
 
 def build_app(
-    table: RouteTable, upstreams: Upstreams, cors: CorsPolicy, *, max_request_bytes: int
+    table: RouteTable,
+    upstreams: Upstreams,
+    cors: CorsPolicy,
+    *,
+    max_request_bytes: int,
+    request_timeout: float = REQUEST_TIMEOUT_SECONDS,
 ) -> web.Application:
-    handler = GrpcWebHandler(table, upstreams)
+    handler = GrpcWebHandler(table, upstreams, request_timeout)
     app = web.Application(client_max_size=max_request_bytes)
     app.on_response_prepare.append(cors.on_prepare)
     app.router.add_get("/healthz", _healthz)
@@ -260,6 +298,7 @@ class Gateway:
                 self.upstreams,
                 cors,
                 max_request_bytes=s.max_request_bytes,
+                request_timeout=s.request_timeout_seconds,
             )
             # handler_cancellation: a browser that goes away cancels the handler, and with
             # it the upstream call (streams stop producing for nobody).

@@ -105,6 +105,7 @@ def main() -> int:
     env.setdefault("AIVERA_ENV", "dev")
     env.setdefault("GRPC_HOST", "127.0.0.1")
     env.setdefault("HTTP_HOST", "127.0.0.1")
+    env.setdefault("GATEWAY_HOST", "127.0.0.1")  # the dev gateway: this machine only
     env.setdefault("DATA_DIR", str(DATA))
     env["PYTHONUNBUFFERED"] = "1"
     for name, (_, port, _) in SERVICES.items():

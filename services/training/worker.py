@@ -17,6 +17,9 @@ jobs from the Postgres queue:
 SIGTERM: the running job stops at the next step and goes straight back to QUEUED (another
 worker resumes it from its last checkpoint without waiting for the lease to expire).
 
+HTTP (`worker_http`, port 9096): `/healthz` for the Deployment's probes (200 while the
+worker reaches the queue) and Prometheus `/metrics`.
+
 Status changes are `lifecycle` transitions applied by the store; SQL lives in store.py.
 """
 
@@ -49,6 +52,14 @@ from services.training.lifecycle import Failure, Lease
 from services.training.plan import PlanError, make_plan
 from services.training.session import NumericalInstability, Result, Session, StepPoint, Stopped
 from services.training.store import QUEUE_CHANNEL, JobRow, Store
+from services.training.worker_http import (
+    BUSY,
+    JOBS,
+    QUEUE_ERRORS,
+    http_port,
+    mark_ok,
+    start_worker_http,
+)
 
 log = logging.getLogger("aivera.training.worker")
 J = jobs_pb2
@@ -110,6 +121,31 @@ class Worker:
             self.device, settings.training_default_hourly_rate_micros
         )
         self.shutdown = asyncio.Event()
+        # Monotonic time this worker last reached the queue (a poll or a heartbeat).
+        self.last_ok: float | None = None
+        self.running_job: str | None = None
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        """Ready and alive while the queue was reached recently and not shutting down."""
+        window = max(3 * self.settings.training_poll_seconds, self.settings.training_lease_seconds)
+        age = None if self.last_ok is None else loop_time() - self.last_ok
+        ok = not self.shutdown.is_set() and age is not None and age <= window
+        if self.shutdown.is_set():
+            state = "stopping"
+        elif age is None:
+            state = "starting"
+        else:
+            state = "running" if self.running_job else "polling"
+        detail: dict[str, object] = {"state": state, "worker_id": self.worker_id}
+        if age is not None:
+            detail["last_ok_seconds_ago"] = round(age, 3)
+        if self.running_job:
+            detail["job_id"] = self.running_job
+        return ok, detail
+
+    def _reached_queue(self) -> None:
+        self.last_ok = loop_time()
+        mark_ok()
 
     # -- queue ----------------------------------------------------------------------------
     async def reap(self) -> int:
@@ -157,7 +193,9 @@ class Worker:
                 spent = await self.store.device_seconds(claim.job.id)
             except Exception as exc:  # a Postgres blip: the lease may survive it
                 log.warning("heartbeat failed: %s", exc)
+                QUEUE_ERRORS.inc()
                 continue
+            self._reached_queue()
             if not ok:
                 log.info("job %s is no longer ours (cancelled or lease lost)", claim.job.id)
                 stop.set()
@@ -172,16 +210,23 @@ class Worker:
         job = claim.job
         session_stop = threading.Event()
         beat = asyncio.create_task(self.heartbeat(claim, session_stop))
+        self.running_job = str(job.id)
+        BUSY.set(1)
+        outcome = "failed"
         try:
             with ctx.acting_for(job.user_id):
                 result = await self._train(claim, session_stop)
                 if result is None:
+                    outcome = "stopped"
                     await self._stopped(claim)
                 else:
                     await self._succeed(claim, result)
+                    outcome = "succeeded"
         except JobFailure as exc:
+            outcome = "failed"
             await self._fail(claim, Failure(exc.code, exc.message, claim.step_reached))
         except Exception as exc:
+            outcome = "failed"
             log.exception("job %s failed", job.id)
             await self._fail(
                 claim,
@@ -190,6 +235,9 @@ class Worker:
                 ),
             )
         finally:
+            JOBS.labels(outcome).inc()
+            BUSY.set(0)
+            self.running_job = None
             session_stop.set()
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -379,8 +427,10 @@ class Worker:
                 try:
                     await self.reap()
                     claim = await self.claim()
+                    self._reached_queue()
                 except Exception as exc:  # Postgres down or restarting: try again later
                     log.warning("queue unavailable: %s", exc)
+                    QUEUE_ERRORS.inc()
                     claim = None
                 if claim is not None:
                     log.info("claimed job %s", claim.job.id)
@@ -395,26 +445,46 @@ class Worker:
                         )
 
 
+class _Probe:
+    """What `/healthz` asks: not ready until the worker exists (migrations, pool)."""
+
+    def __init__(self) -> None:
+        self.worker: Worker | None = None
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        if self.worker is None:
+            return False, {"state": "starting"}
+        return self.worker.health()
+
+
 async def run_worker(settings: TrainingSettings) -> None:
     logs.configure("training-worker", settings.log_level)
-    dsn = settings.dsn()
-    await migrations.migrate(dsn, "training", MIGRATIONS)
-    pool = await db.create_pool(
-        dsn, schema="training", service="training-worker", min_size=1, max_size=4
-    )
-    channel = open_channel(settings.storage_addr, internal_token=settings.internal_token())
-    hub = Hub(dsn, channels=(QUEUE_CHANNEL,))
-    await hub.start()
-    worker = Worker(settings, pool, channel)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, worker.shutdown.set)
+    probe = _Probe()
+    # HTTP first, so the startup probe gets a 503 (not a refused connection) while
+    # migrations run and Postgres is reached.
+    runner, port = await start_worker_http(probe, settings.http_host, http_port())
+    log.info("worker health and metrics on %s:%d", settings.http_host, port)
     try:
-        await worker.run(hub)
+        dsn = settings.dsn()
+        await migrations.migrate(dsn, "training", MIGRATIONS)
+        pool = await db.create_pool(
+            dsn, schema="training", service="training-worker", min_size=1, max_size=4
+        )
+        channel = open_channel(settings.storage_addr, internal_token=settings.internal_token())
+        hub = Hub(dsn, channels=(QUEUE_CHANNEL,))
+        await hub.start()
+        worker = probe.worker = Worker(settings, pool, channel)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.shutdown.set)
+        try:
+            await worker.run(hub)
+        finally:
+            await hub.stop()
+            await channel.close()
+            await pool.close()
     finally:
-        await hub.stop()
-        await channel.close()
-        await pool.close()
+        await runner.cleanup()
 
 
 __all__ = ["Worker", "run_worker"]

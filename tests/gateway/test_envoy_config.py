@@ -16,6 +16,7 @@ import yaml
 from google.protobuf import descriptor_pool, json_format
 
 from gateway import cors, envoy_config
+from gateway.config import REQUEST_TIMEOUT_SECONDS
 from gateway.routes import GRPC_PORTS, HTTP_PORTS, upstream_of
 from services.common.access import Access, MethodInfo, method_table, routable_services
 from services.common.internal import HEADERS_STRIPPED_AT_EDGE
@@ -78,10 +79,37 @@ def _routes(config: dict[str, Any], name: str) -> list[dict[str, Any]]:
     return routes
 
 
-def _match(routes: list[dict[str, Any]], path: str) -> dict[str, Any] | None:
-    """The route Envoy picks for a path: the first whose match applies."""
+# What a browser's gRPC-web call sends (the headers route matchers look at).
+GRPC_WEB_POST = {
+    ":method": "POST",
+    "content-type": "application/grpc-web+proto",
+    "content-length": "12",
+}
+
+
+def _header_matches(matcher: dict[str, Any], headers: dict[str, str]) -> bool:
+    value = headers.get(matcher["name"])
+    rule = matcher.get("string_match", {})
+    if value is None:
+        found = False
+    elif matcher.get("present_match"):
+        found = True
+    elif "exact" in rule:
+        found = value == rule["exact"]
+    else:
+        found = value.startswith(rule["prefix"])
+    return found != bool(matcher.get("invert_match", False))
+
+
+def _match(
+    routes: list[dict[str, Any]], path: str, headers: dict[str, str] | None = None
+) -> dict[str, Any] | None:
+    """The route Envoy picks for a request: the first whose match applies."""
+    sent = GRPC_WEB_POST if headers is None else headers
     for route in routes:
         match = route["match"]
+        if not all(_header_matches(m, sent) for m in match.get("headers", ())):
+            continue
         if "path" in match and match["path"] == path:
             return route
         if "prefix" in match and path.startswith(match["prefix"]):
@@ -172,9 +200,13 @@ def test_internal_services_are_never_routed(config: dict[str, Any]) -> None:
         routes = _routes(config, listener)
         for info in internal:
             assert not _forwards(_match(routes, info.path)), (listener, info.path)
-        # Nothing catches every path (that would route internal services too).
+        # Nothing forwards every path (that would route internal services too); the
+        # catch-all edge routes answer at the edge.
         for route in routes:
-            assert route["match"].get("prefix") not in ("", "/"), (listener, route)
+            if route["match"].get("prefix") in ("", "/"):
+                edge = "direct_response" in route
+                edge = edge or route["route"]["cluster"] == envoy_config.EDGE_REFUSAL
+                assert edge, (listener, route)
 
 
 def test_admin_services_only_on_the_admin_listener(config: dict[str, Any]) -> None:
@@ -219,22 +251,81 @@ def test_retries_on_unavailable_only_for_idempotent_methods(
             assert path in infos and infos[path].idempotent, route["name"]
 
 
-def test_streams_have_no_route_timeout(config: dict[str, Any]) -> None:
+def test_unary_routes_time_out_and_streams_idle(config: dict[str, Any]) -> None:
+    """Unary calls: Envoy's route timeout, the local gateway's; streams: no route timeout,
+    only grpc-timeout (the service's) and idling. Envoy never enforces grpc-timeout itself
+    (max_stream_duration): its 504 would race the service's DEADLINE_EXCEEDED."""
     streaming = [i for i in method_table().values() if i.server_streaming or i.client_streaming]
     assert streaming
+    limit = f"{REQUEST_TIMEOUT_SECONDS:g}s"
     for listener in ("public", "admin"):
-        for route in _routes(config, listener):
-            if "route" in route and route["route"]["cluster"] in GRPC_PORTS:
-                action = route["route"]
-                assert action["timeout"] == "0s", route["name"]
-                # grpc-timeout is the service's to enforce (DEADLINE_EXCEEDED); an Envoy
-                # max_stream_duration would race it with a 504 (UNAVAILABLE, retryable).
-                assert "max_stream_duration" not in action, route["name"]
-    public = _routes(config, "public")
-    for info in streaming:
-        matched = _match(public, info.path)
-        if _forwards(matched):
-            assert matched is not None and matched["route"].get("idle_timeout"), info.path
+        routes = _routes(config, listener)
+        for info in method_table().values():
+            matched = _match(routes, info.path)
+            if not _forwards(matched):
+                continue
+            assert matched is not None
+            action = matched["route"]
+            if info.server_streaming or info.client_streaming:
+                assert action["timeout"] == "0s" and action.get("idle_timeout"), info.path
+                assert "max_stream_duration" not in action, info.path
+            else:
+                assert action["timeout"] == limit, info.path
+                assert "max_stream_duration" not in action, info.path
+
+
+@pytest.mark.parametrize("listener", ["public", "admin"])
+def test_only_post_reaches_a_grpc_cluster(config: dict[str, Any], listener: str) -> None:
+    routes = _routes(config, listener)
+    path = "/aivera.auth.v1.AuthService/GetJwks"
+    for method in ("GET", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"):
+        sent = {**GRPC_WEB_POST, ":method": method}
+        matched = _match(routes, path, sent)
+        assert matched is not None and "direct_response" in matched, (method, matched)
+    preflight = {
+        ":method": "OPTIONS",
+        "origin": "https://x.test",
+        "access-control-request-method": "POST",
+    }
+    matched = _match(routes, path, preflight)
+    assert matched is not None
+    if listener == "public":  # the CORS filter answers it; the cluster has no endpoints
+        assert matched["route"]["cluster"] == envoy_config.EDGE_REFUSAL
+    else:
+        assert matched["direct_response"]["status"] == 403
+    for route in routes:
+        if "route" in route and route["route"]["cluster"] in GRPC_PORTS:
+            assert {"name": ":method", "string_match": {"exact": "POST"}} in route["match"][
+                "headers"
+            ], route["name"]
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    assert clusters[envoy_config.EDGE_REFUSAL]["load_assignment"]["endpoints"] == []
+    empty = _match(routes, path, {**GRPC_WEB_POST, "content-length": "0"})
+    assert empty is not None and empty["direct_response"]["status"] == 400
+    if listener == "public":
+        policy = _vhost_cors(config)
+        assert policy["forward_not_matching_preflights"] is False
+
+
+def test_cors_origins_come_from_configuration_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(ValueError, match="configuration"):
+        envoy_config.build_config([])
+    assert envoy_config.configured_origins(["https://a.test"]) == ["https://a.test"]
+    monkeypatch.setenv("GATEWAY_CORS_ORIGINS", "https://b.test, https://c.test")
+    assert envoy_config.configured_origins(None) == ["https://b.test", "https://c.test"]
+    monkeypatch.delenv("GATEWAY_CORS_ORIGINS")
+    committed = envoy_config.committed_options(envoy_config.ENVOY_YAML.read_text())
+    assert envoy_config.configured_origins(None) == committed["cors_origins"]
+    for origin in committed["cors_origins"]:  # the shipped (production) config
+        assert "localhost" not in origin and "127.0.0.1" not in origin, origin
+
+
+def _vhost_cors(config: dict[str, Any]) -> dict[str, Any]:
+    (vhost,) = _hcm(config, "public")["route_config"]["virtual_hosts"]
+    policy: dict[str, Any] = vhost["typed_per_filter_config"]["envoy.filters.http.cors"]
+    return policy
 
 
 def test_internal_credential_headers_are_stripped(config: dict[str, Any]) -> None:

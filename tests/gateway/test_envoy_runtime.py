@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,14 @@ import yaml
 
 from gateway import envoy_config, grpcweb
 
-from .conftest import FakeMesh, WebClient, grpc_web_body
+from .conftest import FakeMesh, WebClient, WebResult, grpc_web_body, parse_response
 
 UNARY = "/aivera.auth.v1.AuthService/GetJwks"  # idempotent
 NOT_IDEMPOTENT = "/aivera.auth.v1.AuthService/ExchangeStaticToken"
 STREAM = "/aivera.chat.v1.ChatService/SendMessage"
 ADMIN = "/aivera.auth.v1.AuthAdminService/ListUsers"
 INTERNAL = "/aivera.auth.v1.AuthInternalService/GetProviderKey"
+ROUTE_TIMEOUT = "1.5s"
 
 
 def _envoy_binary() -> str | None:
@@ -57,6 +59,8 @@ def _loopback_config(upstream_port: int) -> tuple[dict[str, Any], dict[str, int]
     for cluster in config["static_resources"]["clusters"]:
         cluster.pop("cluster_type", None)
         cluster["type"] = "STATIC"
+        if not cluster["load_assignment"]["endpoints"]:
+            continue  # edge_refusal: no endpoints, on purpose
         (endpoint,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
         endpoint["endpoint"]["address"]["socket_address"] = {
             "address": "127.0.0.1",
@@ -64,6 +68,14 @@ def _loopback_config(upstream_port: int) -> tuple[dict[str, Any], dict[str, int]
             if cluster["name"] == "envoy_admin"
             else upstream_port,
         }
+    # Unary routes time out after ROUTE_TIMEOUT here (120 s as shipped), to be tested.
+    for listener in config["static_resources"]["listeners"]:
+        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        for vhost in hcm["route_config"]["virtual_hosts"]:
+            for route in vhost["routes"]:
+                action = route.get("route", {})
+                if action.get("timeout") == envoy_config.UNARY_TIMEOUT:
+                    action["timeout"] = ROUTE_TIMEOUT
     return config, ports
 
 
@@ -220,3 +232,80 @@ async def test_native_grpc_through_envoy(web: WebClient, fake: FakeMesh) -> None
             await channel.unary_unary(INTERNAL)(b"", timeout=5)
     assert refused.value.code() is grpc.StatusCode.UNIMPLEMENTED
     assert fake.paths() == [UNARY]
+
+
+# -- hygiene: only POST reaches a service, empty bodies and timeouts answered at the edge --
+
+
+async def _post(web: WebClient, path: str, body: bytes) -> WebResult:
+    headers = {
+        "Content-Type": grpcweb.CONTENT_TYPE_BINARY,
+        "Accept": grpcweb.CONTENT_TYPE_BINARY,
+        "X-Grpc-Web": "1",
+        "Origin": web.origin,
+    }
+    async with web.http.post(web.url(path), data=body, headers=headers) as resp:
+        lowered = {k.lower(): v for k, v in resp.headers.items()}
+        return parse_response(resp.status, lowered, await resp.read(), False)
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH", "OPTIONS"])
+async def test_only_post_reaches_a_service(web: WebClient, fake: FakeMesh, method: str) -> None:
+    headers = {"Content-Type": grpcweb.CONTENT_TYPE_BINARY, "Origin": "https://evil.test"}
+    for admin in (False, True):
+        async with web.http.request(
+            method, web.url(UNARY, admin=admin), data=grpc_web_body(b"x"), headers=headers
+        ) as resp:
+            # OPTIONS: 403 on admin (no CORS there), as from the local gateway
+            assert resp.status in ((403, 405) if method == "OPTIONS" else (405,)), (method, admin)
+    assert fake.calls == []
+
+
+async def test_preflights_never_reach_a_service(web: WebClient, fake: FakeMesh) -> None:
+    headers = {"Origin": "https://evil.test", "Access-Control-Request-Method": "POST"}
+    async with web.http.options(web.url(UNARY), headers=headers) as resp:
+        assert resp.status < 500
+        assert "Access-Control-Allow-Origin" not in resp.headers
+    async with web.http.options(web.url(UNARY, admin=True), headers=headers) as resp:
+        assert resp.status == 403
+    async with web.http.options(web.url(UNARY), headers={**headers, "Origin": web.origin}) as r:
+        assert r.headers["Access-Control-Allow-Origin"] == web.origin
+    assert fake.calls == []
+
+
+async def test_empty_body_is_answered_at_once(web: WebClient, fake: FakeMesh) -> None:
+    for path in (UNARY, NOT_IDEMPOTENT, STREAM):
+        started = time.monotonic()
+        result = await asyncio.wait_for(_post(web, path, b""), 5)
+        assert time.monotonic() - started < 1
+        assert result.grpc_status == 3, (path, result)  # INVALID_ARGUMENT
+    assert fake.calls == []
+
+
+async def test_truncated_frame_is_bounded_by_the_route_timeout(
+    web: WebClient, fake: FakeMesh
+) -> None:
+    """Envoy forwards a truncated frame (it does not parse bodies); the service never
+    sees a whole message, and the route timeout ends the call."""
+    started = time.monotonic()
+    result = await asyncio.wait_for(_post(web, NOT_IDEMPOTENT, b"\x00\x00\x00\x00\x0aabc"), 10)
+    assert time.monotonic() - started < 5
+    assert result.grpc_status != 0, result
+    assert fake.calls == []
+
+
+async def test_unary_route_timeout_ends_a_call_without_deadline(
+    web: WebClient, fake: FakeMesh
+) -> None:
+    async def slow(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        await asyncio.sleep(5)
+        return b""
+
+    fake.unary[NOT_IDEMPOTENT] = slow
+    started = time.monotonic()
+    result = await web.call(NOT_IDEMPOTENT, b"")  # no grpc-timeout: Envoy's route timeout
+    assert result.grpc_status == 14, result  # Envoy's own 504
+    assert time.monotonic() - started < 4
+    # A shorter grpc-timeout is the service's to enforce: DEADLINE_EXCEEDED, no race.
+    result = await web.call(NOT_IDEMPOTENT, b"", headers={"grpc-timeout": "300m"})
+    assert result.grpc_status == 4

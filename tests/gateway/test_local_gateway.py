@@ -20,12 +20,20 @@ import pytest
 
 from aivera.auth.v1 import auth_pb2
 from gateway import grpcweb
-from gateway.config import GatewaySettings
+from gateway.config import DEV_CORS_ORIGINS, ConfigError, GatewaySettings
 from gateway.proxy import Gateway
 from gateway.routes import UPSTREAMS, RouteTable
 from services.common.access import Access, method_table, routable_services
 
-from .conftest import ORIGIN, FakeMesh, WebClient, grpc_web_body, wait_for
+from .conftest import (
+    ORIGIN,
+    FakeMesh,
+    WebClient,
+    WebResult,
+    grpc_web_body,
+    parse_response,
+    wait_for,
+)
 
 UNARY = "/aivera.auth.v1.AuthService/GetJwks"  # public, NO_SIDE_EFFECTS
 NOT_IDEMPOTENT = "/aivera.auth.v1.AuthService/ExchangeStaticToken"
@@ -391,3 +399,114 @@ def test_python_m_gateway_serves_and_stops_on_sigterm() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# -- hygiene: malformed bodies answered at once, timeouts, methods, bind address, CORS ----
+
+
+async def _raw_post(client: WebClient, path: str, body: bytes, *, text: bool = False) -> WebResult:
+    ctype = grpcweb.CONTENT_TYPE_TEXT if text else grpcweb.CONTENT_TYPE_BINARY
+    headers = {"Content-Type": ctype, "Accept": ctype, "X-Grpc-Web": "1", "Origin": ORIGIN}
+    async with client.http.post(client.url(path), data=body, headers=headers) as resp:
+        lowered = {k.lower(): v for k, v in resp.headers.items()}
+        return parse_response(resp.status, lowered, await resp.read(), text)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "text"),
+    [
+        (UNARY, b"", False),  # empty: no request message at all
+        (UNARY, b"", True),
+        (STREAM, b"", False),
+        (UNARY, b"\x00\x00\x00\x00\x0aabc", False),  # a frame promising 10 bytes, 3 sent
+        (UNARY, base64.b64encode(b"\x00\x00\x00\x00\x0aabc"), True),
+        (UNARY, b"\x00\x00", False),  # a truncated frame header
+        (UNARY, grpc_web_body(b"one", b"two"), False),  # two messages to a unary RPC
+        (STREAM, grpc_web_body(b"one", b"two"), False),
+    ],
+)
+async def test_empty_or_truncated_body_is_answered_at_once(
+    client: WebClient, fake: FakeMesh, path: str, body: bytes, text: bool
+) -> None:
+    started = time.monotonic()
+    result = await asyncio.wait_for(_raw_post(client, path, body, text=text), 5)
+    assert time.monotonic() - started < 1
+    assert result.trailers_only and result.grpc_status == INVALID_ARGUMENT, result
+    assert fake.calls == []
+
+
+async def test_unary_calls_are_bounded_by_the_gateway_timeout(
+    mesh: tuple[FakeMesh, int], fake: FakeMesh
+) -> None:
+    async def slow(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        await asyncio.sleep(5)
+        return b""
+
+    fake.unary[NOT_IDEMPOTENT] = slow
+    gw = Gateway(
+        GatewaySettings(
+            port=0,
+            admin_port=0,
+            upstreams=dict.fromkeys(UPSTREAMS, f"127.0.0.1:{mesh[1]}"),
+            request_timeout_seconds=0.5,
+        )
+    )
+    await gw.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            web = WebClient(http, gw.port, gw.admin_port)
+            started = time.monotonic()
+            result = await web.call(NOT_IDEMPOTENT, b"")  # no grpc-timeout: the gateway's
+            assert result.grpc_status == DEADLINE
+            assert time.monotonic() - started < 2
+            result = await web.call(NOT_IDEMPOTENT, b"", headers={"grpc-timeout": "60S"})
+            assert result.grpc_status == DEADLINE  # a longer grpc-timeout is capped
+            assert time.monotonic() - started < 4
+
+            async def trickle() -> AsyncIterator[bytes]:
+                yield b"\x00\x00\x00"  # half a frame header, then nothing for a while
+                await asyncio.sleep(3)
+                yield b"\x00\x00"
+
+            started = time.monotonic()
+            headers = {"Content-Type": grpcweb.CONTENT_TYPE_BINARY}
+            async with http.post(web.url(UNARY), data=trickle(), headers=headers) as resp:
+                assert resp.headers["grpc-status"] == str(DEADLINE)  # a slow body, too
+            assert time.monotonic() - started < 2.5
+    finally:
+        await gw.stop()
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
+async def test_only_post_is_forwarded(client: WebClient, fake: FakeMesh, method: str) -> None:
+    headers = {"Content-Type": grpcweb.CONTENT_TYPE_BINARY, "Origin": ORIGIN}
+    async with client.http.request(
+        method, client.url(UNARY), data=grpc_web_body(b"x"), headers=headers
+    ) as resp:
+        assert resp.status == 405
+    assert fake.calls == []
+
+
+async def test_foreign_preflight_is_refused_at_the_gateway(
+    client: WebClient, fake: FakeMesh
+) -> None:
+    headers = {"Origin": "https://evil.test", "Access-Control-Request-Method": "POST"}
+    async with client.http.options(client.url(UNARY), headers=headers) as resp:
+        assert resp.status == 403
+        assert "Access-Control-Allow-Origin" not in resp.headers
+    assert fake.calls == []
+
+
+def test_binds_loopback_and_production_origins_come_from_configuration() -> None:
+    assert GatewaySettings().host == "127.0.0.1"
+    assert GatewaySettings.from_env({}).host == "127.0.0.1"  # `make run`, and any default
+    assert GatewaySettings().cors_origins == ()
+    assert GatewaySettings.from_env({"AIVERA_ENV": "dev"}).cors_origins == DEV_CORS_ORIGINS
+    with pytest.raises(ConfigError, match="GATEWAY_CORS_ORIGINS"):
+        GatewaySettings.from_env({"AIVERA_ENV": "prod"})
+    prod = GatewaySettings.from_env(
+        {"AIVERA_ENV": "prod", "GATEWAY_CORS_ORIGINS": "https://app.example.org/"}
+    )
+    assert prod.cors_origins == ("https://app.example.org",)
+    env = {"GATEWAY_REQUEST_TIMEOUT_SECONDS": "7.5"}
+    assert GatewaySettings.from_env(env).request_timeout_seconds == 7.5
