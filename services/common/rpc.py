@@ -25,7 +25,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from services.common import context as ctx
-from services.common import db, messages
+from services.common import db, messages, validate
 from services.common.access import Access, MethodInfo, method_info
 from services.common.errors import (
     FailedPrecondition,
@@ -216,6 +216,7 @@ class RpcRuntime:
             code = grpc.StatusCode.OK
             try:
                 await self._begin(info, context)
+                request = _checked(info, request)
                 return await behavior(request, context)
             except BaseException as exc:
                 code = self._code_of(exc, context)
@@ -236,6 +237,7 @@ class RpcRuntime:
             stream: AsyncIterator[Any] | None = None
             try:
                 await self._begin(info, context)
+                request = _checked(info, request)
                 stream = behavior(request, context)
                 async for message in stream:
                     sent += 1
@@ -253,6 +255,16 @@ class RpcRuntime:
                 self._finish(info, metrics, code, start, sent)
 
         return handler
+
+
+def _checked(info: MethodInfo, request: Any) -> Any:
+    """The request after the generic checks of `validate` (malformed bytes, control
+    characters in text, undefined enums) → InvalidArgument; a client stream is checked
+    message by message as the handler reads it."""
+    if info.client_streaming:
+        return validate.checked_stream(request)
+    validate.check_request(request)
+    return request
 
 
 def error_domain(service: str) -> str:
@@ -331,7 +343,9 @@ def service_handler(
         response_cls = message_factory.GetMessageClass(method.output_type)
         impl = _implementation(servicer, method) or _unimplemented(info)
         wrapped = runtime.wrap(info, impl)
-        deserialize, serialize = request_cls.FromString, response_cls.SerializeToString
+        # Undecodable bytes become INVALID_ARGUMENT in the wrapper, not grpc's UNKNOWN.
+        deserialize = validate.deserializer(request_cls)
+        serialize = response_cls.SerializeToString
         if info.client_streaming and info.server_streaming:
             handler = grpc.stream_stream_rpc_method_handler(wrapped, deserialize, serialize)
         elif info.client_streaming:

@@ -88,12 +88,16 @@ def bucket_name(bucket: storage_pb2.Bucket.ValueType) -> str:
 
 async def test_cyrillic_and_unsafe_names(svc: Svc) -> None:
     u = user()
-    f = await upload(svc, u, b"hello", filename="../../etc/Отчёт\x00 за год.txt")
+    f = await upload(svc, u, b"hello", filename="../../etc/Отчёт за год.txt")
     assert f.filename == "Отчёт за год.txt" and f.content_type == "text/plain"
     _, body, _ = await download(svc, u, f.id)
     assert body == b"hello"
     if svc.backend == "local":
         assert (svc.files.local.root / "documents" / u / f.id / "Отчёт за год.txt").is_file()
+    # Control characters are refused at the edge (the RPC wrapper), never stored.
+    err = await _upload_error(svc, u, requests(b"hello", filename="Отчёт\x00.txt"))
+    assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert _field(err) == "header.filename"
 
 
 async def test_download_rejections(svc: Svc) -> None:

@@ -1,0 +1,319 @@
+"""Generic request validation (services/common/validate.py): the descriptor walk on its
+own, then through the RPC wrapper on loopback (malformed bytes, control characters and
+undefined enums answer INVALID_ARGUMENT with ErrorInfo and the field at fault)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import Message
+from pydantic import SecretStr
+
+from aivera.auth.v1 import auth_pb2, auth_pb2_grpc
+from aivera.storage.v1 import storage_pb2, storage_pb2_grpc
+from services.common import validate
+from services.common.config import CommonSettings
+from services.common.errors import InvalidArgument
+from services.common.server import App
+from tests.common.test_runtime import SlowDownload, make_spec
+from tests.helpers.errors import bad_field, error_info
+from tests.helpers.services import bearer, channel, running
+from tests.helpers.tokens import Keyring
+
+# -- a test schema: nesting, repetition, maps, enums, bytes, oneof and recursion ----------
+
+F = descriptor_pb2.FieldDescriptorProto
+PKG = "aivera.test.validate"
+
+
+def _field(name: str, number: int, kind: int, type_name: str = "", *, repeated: bool = False,
+           oneof: int | None = None) -> F:  # fmt: skip
+    out = F(name=name, number=number, type=kind)  # type: ignore[arg-type]
+    if type_name:
+        out.type_name = type_name
+    out.label = F.LABEL_REPEATED if repeated else F.LABEL_OPTIONAL
+    if oneof is not None:
+        out.oneof_index = oneof
+    return out
+
+
+def _map_entry(name: str, key: int, value: int, value_type: str = "") -> Any:
+    entry = descriptor_pb2.DescriptorProto(name=name)
+    entry.options.map_entry = True
+    entry.field.extend([_field("key", 1, key), _field("value", 2, value, value_type)])
+    return entry
+
+
+def _schema() -> tuple[type[Message], type[Message]]:
+    file = descriptor_pb2.FileDescriptorProto(
+        name="aivera_test_validate.proto", package=PKG, syntax="proto3"
+    )
+    color = file.enum_type.add(name="Color")
+    color.value.add(name="COLOR_UNSPECIFIED", number=0)
+    color.value.add(name="COLOR_RED", number=1)
+    enum, inner_t, outer_t = f".{PKG}.Color", f".{PKG}.Inner", f".{PKG}.Outer"
+    inner = file.message_type.add(name="Inner")
+    inner.field.extend(
+        [
+            _field("text", 1, F.TYPE_STRING),
+            _field("color", 2, F.TYPE_ENUM, enum),
+            _field("blob", 3, F.TYPE_BYTES),
+            _field("colors", 4, F.TYPE_ENUM, enum, repeated=True),
+        ]
+    )
+    outer = file.message_type.add(name="Outer")
+    outer.nested_type.extend(
+        [
+            _map_entry("LabelsEntry", F.TYPE_STRING, F.TYPE_STRING),
+            _map_entry("ByNameEntry", F.TYPE_STRING, F.TYPE_MESSAGE, inner_t),
+            _map_entry("ByIdEntry", F.TYPE_INT32, F.TYPE_ENUM, enum),
+        ]
+    )
+    outer.oneof_decl.add(name="choice")
+    outer.field.extend(
+        [
+            _field("title", 1, F.TYPE_STRING),
+            _field("inner", 2, F.TYPE_MESSAGE, inner_t),
+            _field("messages", 3, F.TYPE_MESSAGE, inner_t, repeated=True),
+            _field("labels", 4, F.TYPE_MESSAGE, f"{outer_t}.LabelsEntry", repeated=True),
+            _field("by_name", 5, F.TYPE_MESSAGE, f"{outer_t}.ByNameEntry", repeated=True),
+            _field("by_id", 6, F.TYPE_MESSAGE, f"{outer_t}.ByIdEntry", repeated=True),
+            _field("tags", 7, F.TYPE_STRING, repeated=True),
+            _field("data", 8, F.TYPE_BYTES),
+            _field("color", 9, F.TYPE_ENUM, enum),
+            _field("child", 10, F.TYPE_MESSAGE, outer_t),
+            _field("note", 11, F.TYPE_STRING, oneof=0),
+            _field("picked", 12, F.TYPE_MESSAGE, inner_t, oneof=0),
+        ]
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return (
+        message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{PKG}.Outer")),
+        message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{PKG}.Inner")),
+    )
+
+
+Outer, Inner = _schema()
+
+
+def fault(message: Message) -> str:
+    """The field path `check` refuses, or '' when it accepts the message."""
+    try:
+        validate.check(message)
+    except InvalidArgument as exc:
+        assert exc.field is not None and exc.metadata["field"] == exc.field
+        return exc.field
+    return ""
+
+
+# -- the walk -----------------------------------------------------------------------------
+
+
+def test_clean_text_with_tab_newline_return_and_unicode_passes() -> None:
+    text = "Zeile 1\r\nline\t2 — ünïcødé 🚀 \u2028 \x7f"
+    msg = Outer(
+        title=text,
+        inner=Inner(text=text, color=1, colors=[0, 1]),
+        messages=[Inner(text=text)] * 3,
+        labels={"k": text},
+        by_name={"n": Inner(text=text)},
+        by_id={7: 1},
+        tags=[text, ""],
+        note=text,
+        child=Outer(title=text, child=Outer(inner=Inner(text=text))),
+    )
+    assert fault(msg) == ""
+    assert fault(Outer()) == ""
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x01", "\x07", "\x08", "\x0b", "\x0e", "\x1b", "\x1f"])
+def test_every_c0_control_but_tab_newline_formfeed_return_is_refused(char: str) -> None:
+    assert fault(Outer(title=f"a{char}b")) == "title"
+
+
+def test_page_breaks_from_pdf_text_are_allowed() -> None:
+    assert fault(Outer(title="page 1\x0cpage 2")) == ""
+
+
+def test_control_characters_are_found_at_any_depth() -> None:
+    assert fault(Outer(inner=Inner(text="\x00"))) == "inner.text"
+    assert fault(Outer(messages=[Inner(), Inner(), Inner(text="x\x00")])) == "messages[2].text"
+    assert fault(Outer(tags=["ok", "no\x00"])) == "tags[1]"
+    assert fault(Outer(labels={"k": "v\x00"})) == "labels[k]"
+    assert fault(Outer(labels={"k\x00": "v"})) == "labels[k\\x00]"
+    assert fault(Outer(by_name={"n": Inner(text="\x00")})) == "by_name[n].text"
+    assert fault(Outer(note="\x00")) == "note"
+    assert fault(Outer(picked=Inner(text="\x00"))) == "picked.text"
+    deep = Outer(child=Outer(child=Outer(messages=[Inner(text="\x01")])))
+    assert fault(deep) == "child.child.messages[0].text"
+
+
+def test_bytes_fields_are_not_text() -> None:
+    blob = bytes(range(32)) + b"\xff\xfe"
+    assert fault(Outer(data=blob, inner=Inner(blob=blob), messages=[Inner(blob=blob)])) == ""
+
+
+def test_undefined_enum_values_are_refused_where_they_stand() -> None:
+    assert fault(Outer(color=1)) == ""
+    assert fault(Outer(color=5)) == "color"
+    assert fault(Outer(color=-1)) == "color"
+    assert fault(Outer(inner=Inner(color=2))) == "inner.color"
+    assert fault(Outer(messages=[Inner(colors=[1, 0, 9])])) == "messages[0].colors[2]"
+    assert fault(Outer(by_id={3: 4})) == "by_id[3]"
+    # Also when the number arrives on the wire from an older/newer client.
+    wire = Outer(inner=Inner(color=1)).SerializeToString().replace(b"\x10\x01", b"\x10\x2a")
+    assert fault(Outer.FromString(wire)) == "inner.color"
+
+
+def test_error_names_the_character_and_the_field() -> None:
+    with pytest.raises(InvalidArgument) as info:
+        validate.check(Outer(messages=[Inner(text="a\x00")]))
+    assert "messages[0].text" in info.value.message and "U+0000" in info.value.message
+    assert info.value.code is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_deserializer_turns_undecodable_bytes_into_malformed() -> None:
+    deserialize = validate.deserializer(Outer)
+    good = Outer(title="t", data=b"\xff")
+    assert deserialize(good.SerializeToString()) == good
+    assert deserialize(b"") == Outer()
+    bad_utf8 = b"\x0a\x02\xff\xfe"  # title = invalid UTF-8
+    for data in (b"\xff\xff\xff", b"\x0a\x05ab", bad_utf8, b"\x52" + b"\x80" * 11):
+        result = deserialize(data)
+        assert isinstance(result, validate.Malformed), data
+        with pytest.raises(InvalidArgument) as info:
+            validate.check_request(result)
+        assert PKG + ".Outer" in info.value.message
+
+
+def test_real_request_types_walk() -> None:
+    header = storage_pb2.UploadHeader(
+        bucket=storage_pb2.BUCKET_DOCUMENTS, filename="a.txt", labels={"k": "v\x00"}
+    )
+    assert fault(storage_pb2.UploadRequest(header=header)) == "header.labels[k]"
+    undefined = storage_pb2.UploadHeader(bucket=99)  # type: ignore[arg-type]
+    assert fault(storage_pb2.UploadRequest(header=undefined)) == "header.bucket"
+    assert fault(storage_pb2.UploadRequest(chunk=b"\x00" * 64)) == ""
+
+
+# -- through the RPC wrapper ------------------------------------------------------------
+
+
+class Storage(SlowDownload):
+    """Download (from the runtime tests) plus an Upload that reads the whole stream."""
+
+    async def Upload(
+        self, requests: AsyncIterator[storage_pb2.UploadRequest], ctx: Any
+    ) -> storage_pb2.File:
+        size = 0
+        async for request in requests:
+            size += len(request.chunk)
+        return storage_pb2.File(size_bytes=size)
+
+
+@pytest.fixture
+def keyring() -> Keyring:
+    return Keyring()
+
+
+@pytest.fixture
+async def app(keyring: Keyring, internal_token: str, database_url: str) -> AsyncIterator[App]:
+    settings = CommonSettings(
+        aivera_internal_token=SecretStr(internal_token),
+        database_url=database_url,  # type: ignore[arg-type]
+    )
+    async with running(make_spec(Storage()), settings, verifier=keyring.verifier()) as app:
+        yield app
+
+
+def _invalid(err: grpc.aio.AioRpcError, domain: str) -> None:
+    assert err.code() is grpc.StatusCode.INVALID_ARGUMENT, err
+    info = error_info(err)
+    assert info.reason == "INVALID_ARGUMENT" and info.domain == domain
+
+
+@pytest.mark.parametrize("data", [b"\xff\xff\xff", b"\x12\x05ab", b"\x0a"])
+async def test_malformed_request_bytes_answer_invalid_argument(app: App, data: bytes) -> None:
+    async with channel(app) as ch:
+        call = ch.unary_unary(
+            "/aivera.auth.v1.AuthService/GetJwks",
+            request_serializer=None,
+            response_deserializer=None,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call(data)
+        _invalid(info.value, "auth.aivera.dev")
+        assert "not a valid aivera.auth.v1.GetJwksRequest" in (info.value.details() or "")
+        # A well-formed call on the same channel still works.
+        await auth_pb2_grpc.AuthServiceStub(ch).GetJwks(auth_pb2.GetJwksRequest())
+
+
+async def test_invalid_utf8_in_a_string_field_is_invalid_argument(
+    app: App, keyring: Keyring
+) -> None:
+    token = keyring.mint(str(uuid.uuid4()))
+    async with channel(app) as ch:
+        call = ch.unary_unary("/aivera.auth.v1.AuthService/SetProviderKey")
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call(b"\x12\x03\xff\xfe\xfd", metadata=bearer(token))  # api_key = bad UTF-8
+        _invalid(info.value, "auth.aivera.dev")
+
+
+async def test_nul_in_a_string_field_names_the_field(app: App, keyring: Keyring) -> None:
+    token = keyring.mint(str(uuid.uuid4()))
+    async with channel(app) as ch:
+        stub = auth_pb2_grpc.AuthServiceStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.SetProviderKey(
+                auth_pb2.SetProviderKeyRequest(api_key="abc\x00def"), metadata=bearer(token)
+            )
+        _invalid(info.value, "auth.aivera.dev")
+        assert bad_field(info.value) == "api_key"
+        assert error_info(info.value).metadata["field"] == "api_key"
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.SetProviderKey(
+                auth_pb2.SetProviderKeyRequest(provider=77, api_key="abcdefgh"),  # type: ignore[arg-type]
+                metadata=bearer(token),
+            )
+        assert bad_field(info.value) == "provider"
+
+
+async def test_validation_comes_after_the_access_check(app: App) -> None:
+    async with channel(app) as ch:
+        stub = auth_pb2_grpc.AuthServiceStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.SetProviderKey(auth_pb2.SetProviderKeyRequest(api_key="\x00"))
+        assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_client_stream_is_checked_message_by_message(app: App, keyring: Keyring) -> None:
+    md = bearer(keyring.mint(str(uuid.uuid4())))
+    header = storage_pb2.UploadHeader(
+        bucket=storage_pb2.BUCKET_DOCUMENTS, filename="a.txt", labels={"k": "v"}
+    )
+
+    def upload(bad_header: storage_pb2.UploadHeader) -> Iterator[storage_pb2.UploadRequest]:
+        yield storage_pb2.UploadRequest(header=bad_header)
+        yield storage_pb2.UploadRequest(chunk=b"\x00\x01")
+
+    async with channel(app) as ch:
+        stub = storage_pb2_grpc.StorageServiceStub(ch)
+        done = await stub.Upload(upload(header), metadata=md)
+        assert done.size_bytes == 2  # bytes chunks are never checked as text
+        bad = storage_pb2.UploadHeader(bucket=storage_pb2.BUCKET_DOCUMENTS, filename="a\x00.txt")
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Upload(upload(bad), metadata=md)
+        _invalid(info.value, "storage.aivera.dev")
+        assert bad_field(info.value) == "header.filename"
+
+        raw = ch.stream_unary("/aivera.storage.v1.StorageService/Upload")
+        good = storage_pb2.UploadRequest(header=header).SerializeToString()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await raw(iter([good, b"\xff\xff\xff"]), metadata=md)
+        _invalid(info.value, "storage.aivera.dev")
