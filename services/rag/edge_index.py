@@ -60,6 +60,7 @@ from services.rag.index import (
     SPARSE,
     UPSERT_BATCH,
     Hit,
+    Index,
     IndexUnavailableError,
     SearchMode,
     check_chunks,
@@ -99,7 +100,7 @@ def _sparse(vector: SparseVector) -> qe.SparseVector:
     return qe.SparseVector(indices=list(vector.indices), values=list(vector.values))
 
 
-class EdgeIndex:
+class EdgeIndex(Index):
     """Chunks of all users in one Qdrant Edge shard on disk (see the module docstring)."""
 
     def __init__(self, path: str | Path, *, dim: int, collection: str = DEFAULT_COLLECTION):
@@ -237,29 +238,6 @@ class EdgeIndex:
 
         await self._call(write, write=True)
         return len(points)
-
-    async def replace_document(
-        self,
-        *,
-        user_id: str,
-        knowledge_base_id: str,
-        document_id: str,
-        filename: str,
-        chunks: Sequence[Chunk],
-        dense: Sequence[Sequence[float]],
-        sparse: Sequence[SparseVector],
-    ) -> int:
-        """Delete a document's chunks, then write the new ones (a re-ingest)."""
-        await self.delete_document(user_id=user_id, document_id=document_id)
-        return await self.upsert_chunks(
-            user_id=user_id,
-            knowledge_base_id=knowledge_base_id,
-            document_id=document_id,
-            filename=filename,
-            chunks=chunks,
-            dense=dense,
-            sparse=sparse,
-        )
 
     async def _delete(self, key: str, value: str, user_id: str) -> None:
         flt = qe.Filter(

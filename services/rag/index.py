@@ -294,8 +294,18 @@ class Index(Protocol):
         dense: Sequence[Sequence[float]],
         sparse: Sequence[SparseVector],
     ) -> int:
-        """Delete a document's chunks, then write the new ones (a re-ingest)."""
-        ...
+        """Delete a document's chunks, then write the new ones (a re-ingest). Shared by
+        both engines, which subclass this protocol for it."""
+        await self.delete_document(user_id=user_id, document_id=document_id)
+        return await self.upsert_chunks(
+            user_id=user_id,
+            knowledge_base_id=knowledge_base_id,
+            document_id=document_id,
+            filename=filename,
+            chunks=chunks,
+            dense=dense,
+            sparse=sparse,
+        )
 
     async def delete_document(self, *, user_id: str, document_id: str) -> None: ...
 
@@ -351,7 +361,7 @@ def _filter(
     return models.Filter(must=must)
 
 
-class QdrantIndex:
+class QdrantIndex(Index):
     """Chunks of all users in one collection of a Qdrant server, or of qdrant-client's
     local mode (see the module docstring)."""
 
@@ -526,29 +536,6 @@ class QdrantIndex:
                 raise _unavailable(exc) from exc
             raise
         return len(points)
-
-    async def replace_document(
-        self,
-        *,
-        user_id: str,
-        knowledge_base_id: str,
-        document_id: str,
-        filename: str,
-        chunks: Sequence[Chunk],
-        dense: Sequence[Sequence[float]],
-        sparse: Sequence[SparseVector],
-    ) -> int:
-        """Delete a document's chunks, then write the new ones (a re-ingest)."""
-        await self.delete_document(user_id=user_id, document_id=document_id)
-        return await self.upsert_chunks(
-            user_id=user_id,
-            knowledge_base_id=knowledge_base_id,
-            document_id=document_id,
-            filename=filename,
-            chunks=chunks,
-            dense=dense,
-            sparse=sparse,
-        )
 
     async def _delete(self, conditions: list[models.Condition]) -> None:
         await self._ensure()

@@ -6,6 +6,7 @@ upload and attach, history, Ctrl-C cancelling a turn, a turn outliving its strea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -219,12 +220,12 @@ class DroppingProxy:
         self.writers += [writer, up_writer]
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            # A dropped connection (drop() below) ends the pipe: that is the point.
             try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (ConnectionError, OSError):
-                pass
+                with contextlib.suppress(ConnectionError, OSError):
+                    while data := await src.read(65536):
+                        dst.write(data)
+                        await dst.drain()
             finally:
                 dst.close()
 
