@@ -71,6 +71,9 @@ class Reason:
     TOO_MANY_ACTIVE_JOBS = errors_pb2.ERROR_REASON_TOO_MANY_ACTIVE_JOBS
     IN_USE = errors_pb2.ERROR_REASON_IN_USE
     MODEL_NOT_READY = errors_pb2.ERROR_REASON_MODEL_NOT_READY
+    # -- training as a product (100-119)
+    # -- chat as a product (120-139)
+    # -- service identity and sessions (140-159)
 
 
 def reason_name(reason: int) -> str:

@@ -141,6 +141,9 @@ CATALOGUE: dict[int, tuple[str, str]] = {
         "Сервис перезапускается: сделанное сохранено, продолжение доступно через повтор.",
         "The service is restarting: what was done is saved; retry to continue.",
     ),
+    # -- training as a product (100-119)
+    # -- chat as a product (120-139)
+    # -- service identity and sessions (140-159)
 }
 
 
