@@ -27,7 +27,6 @@ class AuthSettings(CommonSettings):
     # `admin` is created with it (idempotent).
     aivera_bootstrap_admin_token: SecretStr = SecretStr("")
 
-    access_token_ttl_seconds: int = 3600
     refresh_token_ttl_seconds: int = 30 * 24 * 3600
     # A retired refresh token presented again within this window answers UNAUTHENTICATED
     # but keeps the session (a retried request whose reply was lost, or racing duplicate

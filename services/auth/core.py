@@ -37,6 +37,7 @@ from services.common.errors import (
     not_found,
 )
 from services.common.logs import fields
+from services.common.revocations import Revoked
 
 log = logging.getLogger("aivera.auth")
 
@@ -49,6 +50,9 @@ BAD_STATIC_TOKEN = "static token is not valid"
 BAD_REFRESH_TOKEN = "refresh token is not valid"
 TOO_MANY_FAILURES = "too many failed sign-ins; retry later"
 ADMIN_REQUIRED = "this RPC needs the admin role"
+# A revoking transaction that started before a poll can commit after it: each poll
+# re-reads this much before its `since` (applying a revocation twice is harmless).
+REVOCATION_OVERLAP_SECONDS = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +94,10 @@ class Auth:
 
     def _access_token(self, user: UserRow) -> str:
         return self.keyring.sign(
-            user_id=str(user.id), role=user.role, ttl=self.settings.access_token_ttl_seconds
+            user_id=str(user.id),
+            role=user.role,
+            ttl=self.settings.access_token_ttl_seconds,
+            epoch=user.session_epoch,
         )
 
     def _first_refresh_ttl(self) -> float:
@@ -253,6 +260,17 @@ class Auth:
         n = await self.store.revoke_user_sessions(user_id, "revoked by an admin")
         log.info("sessions revoked", extra=fields(subject=str(user_id), sessions=n))
         return n
+
+    async def session_revocations(
+        self, since: dt.datetime | None
+    ) -> tuple[list[Revoked], dt.datetime]:
+        """The feed every service polls (services.common.revocations)."""
+        rows, now = await self.store.session_revocations(
+            since=since,
+            window=2.0 * self.settings.access_token_ttl_seconds,
+            overlap=REVOCATION_OVERLAP_SECONDS,
+        )
+        return [Revoked(str(r.user_id), r.epoch, r.revoked_at) for r in rows], now
 
     async def bootstrap_admin(self) -> None:
         token = self.settings.aivera_bootstrap_admin_token.get_secret_value()

@@ -156,7 +156,9 @@ class Keyring:
     def jwks(self) -> list[dict[str, str]]:
         return [dict(k.public_jwk) for k in self.keys]
 
-    def sign(self, *, user_id: str, role: str, ttl: int, now: float | None = None) -> str:
+    def sign(
+        self, *, user_id: str, role: str, ttl: int, epoch: int = 0, now: float | None = None
+    ) -> str:
         issued = int(time.time() if now is None else now)
         key = self.current
         claims = {
@@ -167,6 +169,9 @@ class Keyring:
             "iat": issued,
             "exp": issued + ttl,
             "jti": uuid.uuid4().hex,
+            # The user's session epoch: every service refuses tokens below the current one
+            # (services.common.revocations).
+            "sep": epoch,
         }
         return key.sign_jwt(claims)
 

@@ -21,6 +21,7 @@ The wiring pattern (the same in every service; storage's server.py follows it to
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from services.auth.tokens import TokenHasher
 from services.common import db, logs, migrations
 from services.common.db import Connected
 from services.common.jwks import JwksVerifier
+from services.common.revocations import RevocationFetcher, Revoked
 from services.common.server import App, Servicers, ServiceSpec
 
 log = logging.getLogger("aivera.auth")
@@ -105,6 +107,15 @@ class Wiring:
         """Auth verifies access tokens with its own keys (other services fetch the JWKS)."""
         return self.keyring.verifier(min_refresh_seconds=self.settings.jwks_min_refresh_seconds)
 
+    def revocations(self, app: App) -> RevocationFetcher:
+        """Auth reads ended sessions from its own table (the others ask it over gRPC);
+        the domain is built after the App, so it is looked up per poll."""
+
+        async def fetch(since: dt.datetime | None) -> tuple[list[Revoked], dt.datetime]:
+            return await self.auth.session_revocations(since)
+
+        return fetch
+
     def spec(self) -> ServiceSpec:
         return ServiceSpec(
             name="auth",
@@ -116,6 +127,7 @@ class Wiring:
             on_ready=self.on_ready,
             http_routes=self.http_routes,
             verifier=self.verifier,
+            revocations=self.revocations,
         )
 
     # -- behind the hooks ---------------------------------------------------------------
@@ -130,6 +142,10 @@ class Wiring:
                 n = await self.auth.store.purge_expired(keep_seconds=PURGE_KEEP_SECONDS)
                 if n:
                     log.info("purged %d expired refresh tokens", n)
+                # A revocation matters while a token issued before it can be alive.
+                await self.auth.store.purge_session_revocations(
+                    keep_seconds=2 * self.settings.access_token_ttl_seconds
+                )
             except Exception as exc:  # the next round retries
                 log.warning("refresh-token purge failed: %s", type(exc).__name__)
             # Ended sign-in failure windows go every window (at least every minute), so

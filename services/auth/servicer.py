@@ -10,6 +10,7 @@ options before a handler runs.
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any
 
@@ -216,3 +217,18 @@ class AuthInternalServiceServicer:
         provider = provider_of(request.provider)
         plain = await self.auth.provider_key_plaintext(user_id, provider)
         return auth_pb2.GetProviderKeyResponse(provider=request.provider, api_key=plain)
+
+    async def ListSessionRevocations(
+        self, request: auth_pb2.ListSessionRevocationsRequest, ctx: Any
+    ) -> auth_pb2.ListSessionRevocationsResponse:
+        since = request.since.ToDatetime(dt.UTC) if request.HasField("since") else None
+        revoked, next_since = await self.auth.session_revocations(since)
+        return auth_pb2.ListSessionRevocationsResponse(
+            revocations=[
+                auth_pb2.SessionRevocation(
+                    user_id=r.user_id, epoch=r.epoch, revoke_time=timestamp(r.at)
+                )
+                for r in revoked
+            ],
+            next_since=timestamp(next_since),
+        )

@@ -24,7 +24,7 @@ from services.common.db import Database
 from services.common.errors import AlreadyExists, Reason
 from services.common.pages import PageRequest
 
-_USER_COLS = "id, username, role, status, created_at, last_seen_at"
+_USER_COLS = "id, username, role, status, created_at, last_seen_at, session_epoch"
 _USERS_USER_COLS = ", ".join("users." + c for c in _USER_COLS.split(", "))
 
 # The two hot statements (ExchangeStaticToken, RefreshToken), built once: one round trip
@@ -83,6 +83,8 @@ class UserRow:
     status: str
     created_at: dt.datetime
     last_seen_at: dt.datetime | None
+    # Carried in access tokens as `sep`; bumped whenever the user's sessions end.
+    session_epoch: int = 0
 
     @classmethod
     def of(cls, row: Any) -> UserRow:
@@ -93,6 +95,7 @@ class UserRow:
             status=row["status"],
             created_at=row["created_at"],
             last_seen_at=row["last_seen_at"],
+            session_epoch=row["session_epoch"],
         )
 
     @property
@@ -178,13 +181,30 @@ def _count(result: str) -> int:
 
 
 async def _revoke_user_sessions(conn: Any, user_id: uuid.UUID, reason: str) -> int:
+    """Revoke every session and bump the user's session epoch, which voids their access
+    tokens everywhere (the services poll `session_revocations`). The bump happens even
+    when no session is live: an access token outlives the session it came from."""
     result: str = await conn.execute(
         """UPDATE sessions SET revoked_at = now(), revoke_reason = $2
            WHERE user_id = $1 AND revoked_at IS NULL""",
         user_id,
         reason,
     )
+    await conn.execute(
+        """WITH u AS (
+               UPDATE users SET session_epoch = session_epoch + 1 WHERE id = $1
+               RETURNING id, session_epoch)
+           INSERT INTO session_revocations (user_id, epoch) SELECT id, session_epoch FROM u""",
+        user_id,
+    )
     return _count(result)
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    user_id: uuid.UUID
+    epoch: int
+    revoked_at: dt.datetime
 
 
 class Store:
@@ -384,8 +404,36 @@ class Store:
         )
         return row is not None
 
+    async def session_revocations(
+        self, *, since: dt.datetime | None, window: float, overlap: float
+    ) -> tuple[list[Revocation], dt.datetime]:
+        """Revocations after `since` less `overlap` (a revoking transaction that began
+        before `since` may commit after it), or within `window` seconds when `since` is
+        None; with the database's clock, the next poll's `since`."""
+        async with self.pool.acquire() as conn:
+            now: dt.datetime = await conn.fetchval("SELECT now()")
+            start = (
+                now - dt.timedelta(seconds=window)
+                if since is None
+                else since - dt.timedelta(seconds=overlap)
+            )
+            rows = await conn.fetch(
+                """SELECT user_id, epoch, revoked_at FROM session_revocations
+                   WHERE revoked_at > $1 ORDER BY revoked_at""",
+                start,
+            )
+        return [Revocation(r["user_id"], r["epoch"], r["revoked_at"]) for r in rows], now
+
+    async def purge_session_revocations(self, *, keep_seconds: float) -> int:
+        result: str = await self.pool.execute(
+            "DELETE FROM session_revocations WHERE revoked_at < now() - make_interval(secs => $1)",
+            float(keep_seconds),
+        )
+        return _count(result)
+
     async def revoke_user_sessions(self, user_id: uuid.UUID, reason: str) -> int:
-        return await _revoke_user_sessions(self.pool, user_id, reason)
+        async with self.pool.acquire() as conn, conn.transaction():
+            return await _revoke_user_sessions(conn, user_id, reason)
 
     async def purge_expired(self, *, keep_seconds: float) -> int:
         """Delete refresh tokens expired more than `keep_seconds` ago, and sessions left

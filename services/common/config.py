@@ -43,6 +43,12 @@ class CommonSettings(BaseSettings):
     jwt_audience: str = "aivera"
     # An unknown `kid` triggers a JWKS refetch at most this often (stops refetch floods).
     jwks_min_refresh_seconds: float = 2.0
+    # Access-token lifetime (auth signs with it; every service keeps session revocations
+    # this long, twice over).
+    access_token_ttl_seconds: int = 3600
+    # How often every service polls auth for ended sessions (services.common.revocations):
+    # a revoked user's access token stops working everywhere within about this long.
+    session_revocation_poll_seconds: float = 2.0
     # HMAC key of List page tokens; the same on every replica (services.common.pages).
     page_token_key: SecretStr = SecretStr("")
     # Deadlines of calls to other services (services.common.remote), by kind of call:

@@ -74,6 +74,7 @@ class Reason:
     # -- training as a product (100-119)
     # -- chat as a product (120-139)
     # -- service identity and sessions (140-159)
+    SESSION_REVOKED = errors_pb2.ERROR_REASON_SESSION_REVOKED
 
 
 def reason_name(reason: int) -> str:

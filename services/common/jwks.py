@@ -41,6 +41,8 @@ class AccessClaims:
     role: str
     jti: str
     exp: int
+    # The user's session epoch when the token was issued (0 in tokens that predate it).
+    epoch: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,13 +185,14 @@ class JwksVerifier:
             raise Unauthenticated("access token expired", reason=Reason.TOKEN_EXPIRED) from None
         except jwt.PyJWTError:
             raise Unauthenticated("invalid access token", reason=Reason.TOKEN_INVALID) from None
-        role = claims.get("role")
-        if role not in ("user", "admin"):
+        role, epoch = claims.get("role"), claims.get("sep", 0)
+        if role not in ("user", "admin") or type(epoch) is not int or epoch < 0:
             raise Unauthenticated("invalid access token", reason=Reason.TOKEN_INVALID)
         access = AccessClaims(
             user_id=str(claims["sub"]),
             role=str(role),
             jti=str(claims["jti"]),
             exp=int(claims["exp"]),
+            epoch=epoch,
         )
         return access, kid, key

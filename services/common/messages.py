@@ -144,6 +144,10 @@ CATALOGUE: dict[int, tuple[str, str]] = {
     # -- training as a product (100-119)
     # -- chat as a product (120-139)
     # -- service identity and sessions (140-159)
+    Reason.SESSION_REVOKED: (
+        "Сеанс завершён (токен заменён или доступ отключён). Войдите заново.",
+        "Your session has ended (token replaced or access disabled). Sign in again.",
+    ),
 }
 
 

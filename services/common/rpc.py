@@ -48,6 +48,7 @@ from services.common.internal import (
 from services.common.jwks import JwksVerifier
 from services.common.logs import fields
 from services.common.metrics import MethodMetrics
+from services.common.revocations import RevocationFeed
 
 log = logging.getLogger("aivera.rpc")
 
@@ -77,10 +78,12 @@ class RpcRuntime:
         *,
         verifier: JwksVerifier | None,
         internal_token: str,
+        revocations: RevocationFeed | None = None,
         ready: Callable[[], bool] = lambda: True,
         log_calls: bool = True,
     ) -> None:
         self.verifier = verifier
+        self.revocations = revocations
         self._internal_token = internal_token
         self._ready = ready
         self._log_calls = log_calls
@@ -129,6 +132,8 @@ class RpcRuntime:
         if self.verifier is None:
             raise Unavailable("token verification is not configured")
         claims = await self.verifier.verify(token)
+        if self.revocations is not None:
+            self.revocations.check(claims.user_id, claims.epoch)
         if info.access is Access.INTERNAL:
             raise PermissionDenied("this RPC is internal to the mesh", reason=Reason.INTERNAL_ONLY)
         if info.access is Access.ADMIN and claims.role != ctx.ROLE_ADMIN:

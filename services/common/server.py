@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
@@ -33,6 +34,7 @@ from services.common.errors import Unavailable
 from services.common.http import start_http
 from services.common.jwks import JwksVerifier
 from services.common.remote import Deadlines, StorageClient
+from services.common.revocations import RevocationFeed, RevocationFetcher, Revoked
 from services.common.rpc import RpcRuntime, service_handler
 
 log = logging.getLogger("aivera.server")
@@ -61,6 +63,9 @@ class ServiceSpec:
     http_routes: Callable[[App, web.Application], None] | None = None
     # Defaults to the auth service's GetJwks over gRPC; auth itself passes its own keys.
     verifier: Callable[[App], JwksVerifier] | None = None
+    # Where ended sessions come from: auth's ListSessionRevocations over gRPC by default;
+    # auth itself reads its own table.
+    revocations: Callable[[App], RevocationFetcher] | None = None
     # Extra gRPC server options (channel args), after the runtime's own defaults.
     grpc_options: list[tuple[str, Any]] = field(default_factory=list)
 
@@ -90,8 +95,15 @@ class App:
         pages.configure(settings.page_token_key.get_secret_value())
         self.deadlines = Deadlines.from_settings(settings)
         verifier = spec.verifier(self) if spec.verifier else self._auth_verifier()
+        fetch = spec.revocations(self) if spec.revocations else self._auth_revocations()
+        self.revocations = RevocationFeed(
+            fetch,
+            poll_seconds=settings.session_revocation_poll_seconds,
+            keep_seconds=2.0 * settings.access_token_ttl_seconds,
+        )
         self.runtime = RpcRuntime(
             verifier=verifier,
+            revocations=self.revocations,
             internal_token=settings.internal_token(),
             ready=lambda: self.ready,
         )
@@ -157,6 +169,23 @@ class App:
             min_refresh_seconds=self.settings.jwks_min_refresh_seconds,
         )
 
+    def _auth_revocations(self) -> RevocationFetcher:
+        from aivera.auth.v1 import auth_pb2, auth_pb2_grpc
+
+        async def fetch(since: dt.datetime | None) -> tuple[list[Revoked], dt.datetime]:
+            stub = auth_pb2_grpc.AuthInternalServiceStub(self.channel(self.settings.auth_addr))
+            request = auth_pb2.ListSessionRevocationsRequest()
+            if since is not None:
+                request.since.FromDatetime(since)
+            reply = await stub.ListSessionRevocations(request, timeout=self.deadlines.lookup)
+            revoked = [
+                Revoked(r.user_id, r.epoch, r.revoke_time.ToDatetime(dt.UTC))
+                for r in reply.revocations
+            ]
+            return revoked, reply.next_since.ToDatetime(dt.UTC)
+
+        return fetch
+
     # -- lifecycle ----------------------------------------------------------------------
     async def wait_ready(self, timeout: float = 60.0) -> None:
         await asyncio.wait_for(self._ready_event.wait(), timeout)
@@ -207,6 +236,7 @@ class App:
                     delay = min(delay * 2, 5.0)
         if self.spec.on_ready is not None:
             await self.spec.on_ready(self)
+        self.spawn(self.revocations.run(), name=f"{self.spec.name}-revocations")
         self.ready = True
         while True:
             serving = await self._check_dependencies()
