@@ -264,8 +264,12 @@ class EncryptedPdfError(FailedPrecondition):
     """The PDF needs a password (FAILED_PRECONDITION; the message says so)."""
 
 
-class CorruptPdfError(FailedPrecondition):
-    """The PDF cannot be read (FAILED_PRECONDITION; the message says why)."""
+class CorruptPdfError(InvalidArgument):
+    """The PDF cannot be read (INVALID_ARGUMENT, UNSUPPORTED_FORMAT: the bytes are not a
+    readable PDF, the caller's input is at fault; the message says why)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason=Reason.UNSUPPORTED_FORMAT)
 
 
 class DocumentTooLargeError(ResourceExhausted):

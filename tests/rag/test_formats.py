@@ -92,6 +92,14 @@ def test_html_keeps_tables_as_tables() -> None:
     assert all(b.box is None for b in doc.blocks)
 
 
+def test_html_with_unclosed_nested_tables_ends() -> None:
+    """Tables opened inside an unclosed cell and never closed: the document still ends
+    (it used to loop forever closing them), the outer table kept as one table block."""
+    doc = parse_document(b"<html><body><table><tr><td>cell" * 200, filename="t.html")
+    assert [b.kind for b in doc.blocks] == [BlockKind.TABLE]
+    assert "cell" in doc.blocks[0].text
+
+
 def test_plain_text_paragraphs_and_cp1251() -> None:
     doc = parse_document("Первый абзац.\r\n\r\nВторой\r\nабзац.".encode(), filename="a.txt")
     assert doc.format is DocumentFormat.TEXT
@@ -164,6 +172,9 @@ def test_json_annotation_keeps_ids_pages_and_boxes() -> None:
         (lambda a: a["blocks"][3].update(coords_px=[1, 2, 3, 4]), "image size"),
         (lambda a: a["blocks"][0].update(kind="chart"), "kind"),
         (lambda a: a.update(blocks={"a": 1}), "list"),
+        # json reads 1e400 as infinity and NaN as NaN: neither is a page number.
+        (lambda a: a["blocks"][0].update(page=float("inf")), "integer"),
+        (lambda a: a["blocks"][0].update(page=float("nan")), "integer"),
     ],
 )
 def test_json_annotation_schema_errors(mutate: object, message: str) -> None:

@@ -13,6 +13,7 @@ import pytest
 from fpdf import FPDF
 from PIL import Image
 
+from services.common.errors import Reason
 from services.rag.model import (
     Block,
     BlockKind,
@@ -229,7 +230,8 @@ def test_encrypted_pdf_is_refused_with_the_reason(cyrillic_font: Path) -> None:
 def test_corrupt_pdf_is_refused_with_the_reason(data: bytes) -> None:
     with pytest.raises(CorruptPdfError) as info:
         parse_document(data, filename="broken.pdf")
-    assert info.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert info.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.reason == Reason.UNSUPPORTED_FORMAT
     assert "corrupt" in info.value.message
 
 

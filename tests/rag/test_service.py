@@ -535,14 +535,15 @@ async def test_users_are_isolated(env: Env) -> None:
 async def test_corrupt_and_encrypted_pdfs(env: Env, cyrillic_font: Path, pdf_bytes: bytes) -> None:
     u = user()
     kb_id = await env.kb(u)
+    # A corrupt file is the caller's bad input; an encrypted one is readable once unlocked.
     cases = {
-        "corrupt": b"%PDF-1.7\n" + bytes(range(256)) * 20,
-        "encrypted": make_pdf(cyrillic_font, encrypt=True),
+        "corrupt": (b"%PDF-1.7\n" + bytes(range(256)) * 20, grpc.StatusCode.INVALID_ARGUMENT),
+        "encrypted": (make_pdf(cyrillic_font, encrypt=True), grpc.StatusCode.FAILED_PRECONDITION),
     }
-    for kind, data in cases.items():
+    for kind, (data, code) in cases.items():
         file_id = await env.upload(u, data, f"{kind}.pdf")
         events, error = await env.ingest(u, kb_id, file_id)
-        assert error is not None and error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert error is not None and error.code() == code
         assert kind in (error.details() or "")
         assert all(e.WhichOneof("event") != "done" for e in events)
         doc_id = events[0].document_id

@@ -3,8 +3,8 @@
 ``parse_document(data, filename=..., content_type=..., format=None, options=...)`` sniffs the
 format unless one is forced, runs its parser, applies the block limit and returns a
 ParsedDocument. Errors (all subclasses of the shared service errors):
-UnsupportedFormatError / FormatMismatchError → INVALID_ARGUMENT,
-EncryptedPdfError / CorruptPdfError → FAILED_PRECONDITION,
+UnsupportedFormatError / FormatMismatchError / CorruptPdfError → INVALID_ARGUMENT,
+EncryptedPdfError → FAILED_PRECONDITION,
 DocumentTooLargeError → RESOURCE_EXHAUSTED, InputLimitError (over an input budget of
 ParseOptions: page or document pixels, text size, JSON depth) → INVALID_ARGUMENT.
 

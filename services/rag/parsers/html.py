@@ -134,6 +134,9 @@ class _Reader(HTMLParser):
 
     def close(self) -> None:
         super().close()
+        # Tables still open inside a cell end with the document; left counted, they would
+        # swallow every end tag below and the loop would never pop the outer tables.
+        self.nested = 0
         if self.cell is not None and self.tables:
             self.handle_endtag("td")
         while self.tables:

@@ -60,7 +60,12 @@ def _bad(msg: str) -> FormatMismatchError:
 
 
 def _int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (isinstance(value, float) and not math.isfinite(value))  # 1e400, NaN: no int
+        or value != int(value)
+    ):
         raise _bad(f"{what} must be an integer")
     return int(value)
 
