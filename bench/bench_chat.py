@@ -107,12 +107,13 @@ class _Bare:
 async def _serve() -> None:
     from services.chat.config import ChatSettings
     from services.chat.server import make_deps, make_spec
-    from services.common import logs
+    from services.common import logs, tracing
     from services.common.jwks import JwksVerifier
     from services.common.server import App
 
     settings = ChatSettings()
     logs.configure("chat", settings.log_level)
+    tracing.configure("chat")  # off unless OTEL_EXPORTER_OTLP_ENDPOINT (bench_tracing sets it)
     jwk = json.loads(os.environ["BENCH_JWK"])
 
     async def fetch() -> list[dict[str, Any]]:
@@ -145,6 +146,7 @@ async def _serve() -> None:
     await stop.wait()
     await bare.stop(0)
     await app.stop(1)
+    tracing.shutdown()
 
 
 # -- the client side ----------------------------------------------------------------------

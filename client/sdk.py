@@ -27,10 +27,14 @@ import grpc
 from google.protobuf import field_mask_pb2
 
 from aivera.auth.v1 import auth_pb2, auth_pb2_grpc
-from aivera.chat.v1 import chat_pb2, chat_pb2_grpc
+from aivera.chat.v1 import chat_pb2, chat_pb2_grpc, projects_pb2, projects_pb2_grpc
 from aivera.rag.v1 import rag_pb2, rag_pb2_grpc
 from aivera.storage.v1 import storage_pb2, storage_pb2_grpc
 from aivera.training.v1 import (
+    billing_pb2,
+    billing_pb2_grpc,
+    catalogue_pb2,
+    catalogue_pb2_grpc,
     clones_pb2,
     clones_pb2_grpc,
     datasets_pb2,
@@ -39,6 +43,10 @@ from aivera.training.v1 import (
     jobs_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
+    notifications_pb2,
+    notifications_pb2_grpc,
+    webhooks_pb2,
+    webhooks_pb2_grpc,
 )
 from client.config import Endpoints, credentials_path, split_address
 from client.credentials import Credentials, CredentialStore
@@ -138,6 +146,10 @@ class AsyncClient:
         return chat_pb2_grpc.ChatServiceStub(self.channel("chat"))
 
     @property
+    def _projects(self) -> projects_pb2_grpc.ProjectServiceStub:
+        return projects_pb2_grpc.ProjectServiceStub(self.channel("chat"))
+
+    @property
     def _prompts(self) -> chat_pb2_grpc.PromptAdminServiceStub:
         return chat_pb2_grpc.PromptAdminServiceStub(self.channel("chat", admin=True))
 
@@ -164,6 +176,22 @@ class AsyncClient:
     @property
     def _clones(self) -> clones_pb2_grpc.CloneServiceStub:
         return clones_pb2_grpc.CloneServiceStub(self.channel("training"))
+
+    @property
+    def _catalogue(self) -> catalogue_pb2_grpc.CatalogueServiceStub:
+        return catalogue_pb2_grpc.CatalogueServiceStub(self.channel("training"))
+
+    @property
+    def _billing(self) -> billing_pb2_grpc.BillingServiceStub:
+        return billing_pb2_grpc.BillingServiceStub(self.channel("training"))
+
+    @property
+    def _notes(self) -> notifications_pb2_grpc.NotificationServiceStub:
+        return notifications_pb2_grpc.NotificationServiceStub(self.channel("training"))
+
+    @property
+    def _webhooks(self) -> webhooks_pb2_grpc.WebhookServiceStub:
+        return webhooks_pb2_grpc.WebhookServiceStub(self.channel("training"))
 
     async def _refresh_rpc(
         self, request: auth_pb2.RefreshTokenRequest
@@ -358,12 +386,22 @@ class AsyncClient:
     # ---- chat -----------------------------------------------------------------------
 
     async def create_chat(
-        self, title: str = "", *, clone_id: str = "", knowledge_base_ids: Sequence[str] = ()
+        self,
+        title: str = "",
+        *,
+        clone_id: str = "",
+        knowledge_base_ids: Sequence[str] = (),
+        folder_id: str = "",
     ) -> chat_pb2.Chat:
+        """A chat; in a project folder (`folder_id`) its turns also search the folder's
+        documents."""
         chat: chat_pb2.Chat = await self._unary(
             self._chat.CreateChat,
             chat_pb2.CreateChatRequest(
-                title=title, clone_id=clone_id, knowledge_base_ids=list(knowledge_base_ids)
+                title=title,
+                clone_id=clone_id,
+                knowledge_base_ids=list(knowledge_base_ids),
+                folder_id=folder_id,
             ),
         )
         return chat
@@ -374,27 +412,205 @@ class AsyncClient:
         )
         return chat
 
-    async def list_chats(self, limit: int | None = 200) -> list[chat_pb2.Chat]:
+    async def list_chats(
+        self,
+        limit: int | None = 200,
+        *,
+        archived: chat_pb2.ArchivedFilter.ValueType = chat_pb2.ARCHIVED_FILTER_UNSPECIFIED,
+    ) -> list[chat_pb2.Chat]:
+        """The caller's chats, most recent first; not archived ones unless `archived`."""
         return await self._pages(
-            self._chat.ListChats, chat_pb2.ListChatsRequest(page_size=200), "chats", limit
+            self._chat.ListChats,
+            chat_pb2.ListChatsRequest(page_size=200, archived_filter=archived),
+            "chats",
+            limit,
+        )
+
+    async def update_chat(
+        self,
+        chat_id: str,
+        *,
+        title: str | None = None,
+        archived: bool | None = None,
+        folder_id: str | None = None,
+    ) -> chat_pb2.Chat:
+        """Renames, (un)archives and/or moves a chat (`folder_id` "" = out of folders)."""
+        chat = chat_pb2.Chat(id=chat_id)
+        paths = []
+        if folder_id is not None:
+            chat.folder_id = folder_id
+            paths.append("folder_id")
+        if title is not None:
+            chat.title = title
+            paths.append("title")
+        if archived is not None:
+            chat.archived = archived
+            paths.append("archived")
+        updated: chat_pb2.Chat = await self._unary(
+            self._chat.UpdateChat,
+            chat_pb2.UpdateChatRequest(
+                chat=chat, update_mask=field_mask_pb2.FieldMask(paths=paths)
+            ),
+        )
+        return updated
+
+    async def delete_chat(self, chat_id: str) -> None:
+        """Deletes a chat (a turn running in it stops)."""
+        await self._unary(self._chat.DeleteChat, chat_pb2.DeleteChatRequest(id=chat_id))
+
+    # ---- projects -------------------------------------------------------------------
+
+    async def create_folder(self, name: str, *, parent_id: str = "") -> projects_pb2.Folder:
+        """A project folder (top-level without `parent_id`)."""
+        f: projects_pb2.Folder = await self._unary(
+            self._projects.CreateFolder,
+            projects_pb2.CreateFolderRequest(name=name, parent_id=parent_id),
+        )
+        return f
+
+    async def project_tree(self, folder_id: str = "") -> list[projects_pb2.FolderNode]:
+        tree: projects_pb2.ProjectTree = await self._unary(
+            self._projects.GetProjectTree,
+            projects_pb2.GetProjectTreeRequest(folder_id=folder_id),
+        )
+        return list(tree.roots)
+
+    async def update_folder(
+        self, folder_id: str, *, name: str | None = None, parent_id: str | None = None
+    ) -> projects_pb2.Folder:
+        """Renames and/or moves a folder (`parent_id` "" = to the top)."""
+        folder = projects_pb2.Folder(id=folder_id)
+        paths = []
+        if name is not None:
+            folder.name = name
+            paths.append("name")
+        if parent_id is not None:
+            folder.parent_id = parent_id
+            paths.append("parent_id")
+        f: projects_pb2.Folder = await self._unary(
+            self._projects.UpdateFolder,
+            projects_pb2.UpdateFolderRequest(
+                folder=folder, update_mask=field_mask_pb2.FieldMask(paths=paths)
+            ),
+        )
+        return f
+
+    async def delete_folder(self, folder_id: str) -> None:
+        """Deletes a folder with its subfolders; their chats move to the top."""
+        await self._unary(
+            self._projects.DeleteFolder, projects_pb2.DeleteFolderRequest(id=folder_id)
+        )
+
+    async def add_folder_document(
+        self, folder_id: str, document_id: str
+    ) -> projects_pb2.FolderDocument:
+        d: projects_pb2.FolderDocument = await self._unary(
+            self._projects.AddFolderDocument,
+            projects_pb2.AddFolderDocumentRequest(folder_id=folder_id, document_id=document_id),
+        )
+        return d
+
+    async def remove_folder_document(self, folder_id: str, document_id: str) -> None:
+        await self._unary(
+            self._projects.RemoveFolderDocument,
+            projects_pb2.RemoveFolderDocumentRequest(folder_id=folder_id, document_id=document_id),
+        )
+
+    async def document_answers(
+        self, document_id: str, limit: int | None = 50
+    ) -> list[chat_pb2.Message]:
+        """Your answers that used the document, newest first."""
+        return await self._pages(
+            self._projects.ListDocumentAnswers,
+            projects_pb2.ListDocumentAnswersRequest(document_id=document_id, page_size=200),
+            "answers",
+            limit,
         )
 
     async def list_messages(
-        self, chat_id: str, *, tail: int | None = None
+        self, chat_id: str, *, tail: int | None = None, include_superseded: bool = False
     ) -> list[chat_pb2.Message]:
+        """The chat's messages (with citations); `include_superseded` adds earlier
+        answers and edited messages (Message.superseded)."""
         if tail:
             resp: chat_pb2.ListMessagesResponse = await self._unary(
                 self._chat.ListMessages,
                 chat_pb2.ListMessagesRequest(
-                    chat_id=chat_id, page_size=min(tail, 200), order=chat_pb2.MESSAGE_ORDER_TAIL
+                    chat_id=chat_id,
+                    page_size=min(tail, 200),
+                    order=chat_pb2.MESSAGE_ORDER_TAIL,
+                    include_superseded=include_superseded,
                 ),
             )
             return list(resp.messages)
         return await self._pages(
             self._chat.ListMessages,
-            chat_pb2.ListMessagesRequest(chat_id=chat_id, page_size=200),
+            chat_pb2.ListMessagesRequest(
+                chat_id=chat_id, page_size=200, include_superseded=include_superseded
+            ),
             "messages",
         )
+
+    async def search_messages(
+        self, query: str, *, chat_id: str = "", limit: int | None = 50
+    ) -> list[chat_pb2.MessageSearchHit]:
+        """Full-text search over your messages (Russian and English word forms), best
+        first; `chat_id` limits it to one chat."""
+        return await self._pages(
+            self._chat.SearchMessages,
+            chat_pb2.SearchMessagesRequest(
+                query=query, chat_id=chat_id, page_size=min(limit or 200, 200)
+            ),
+            "hits",
+            limit,
+        )
+
+    async def regenerate_message(
+        self,
+        chat_id: str,
+        message_id: str,
+        *,
+        model_profile: chat_pb2.ModelProfile.ValueType = chat_pb2.MODEL_PROFILE_UNSPECIFIED,
+        retries: int = 10,
+        backoff: float = 0.5,
+        on_reconnect: Callable[[int, int], Awaitable[None] | None] | None = None,
+    ) -> AsyncIterator[chat_pb2.ChatEvent]:
+        """A new answer to the user message of the chat's latest answer `message_id`
+        (the old one stays as a superseded alternative); events as `send_message`."""
+        first = self._stream(
+            self._chat.RegenerateMessage,
+            chat_pb2.RegenerateMessageRequest(
+                chat_id=chat_id, message_id=message_id, model_profile=model_profile
+            ),
+        )
+        async for event in self._follow_turn(
+            first, chat_id, "", 0, retries=retries, backoff=backoff, on_reconnect=on_reconnect
+        ):
+            yield event
+
+    async def edit_message(
+        self,
+        chat_id: str,
+        message_id: str,
+        text: str,
+        *,
+        model_profile: chat_pb2.ModelProfile.ValueType = chat_pb2.MODEL_PROFILE_UNSPECIFIED,
+        retries: int = 10,
+        backoff: float = 0.5,
+        on_reconnect: Callable[[int, int], Awaitable[None] | None] | None = None,
+    ) -> AsyncIterator[chat_pb2.ChatEvent]:
+        """Replaces the chat's latest user message `message_id` with `text` and answers
+        it (the old message and answer stay as superseded); events as `send_message`."""
+        first = self._stream(
+            self._chat.EditMessage,
+            chat_pb2.EditMessageRequest(
+                chat_id=chat_id, message_id=message_id, text=text, model_profile=model_profile
+            ),
+        )
+        async for event in self._follow_turn(
+            first, chat_id, "", 0, retries=retries, backoff=backoff, on_reconnect=on_reconnect
+        ):
+            yield event
 
     async def send_message(
         self,
@@ -406,16 +622,22 @@ class AsyncClient:
         retries: int = 10,
         backoff: float = 0.5,
         on_reconnect: Callable[[int, int], Awaitable[None] | None] | None = None,
+        image_file_ids: Sequence[str] = (),
     ) -> AsyncIterator[chat_pb2.ChatEvent]:
         """The turn's events, `accepted` first and `final` or `error` last. The turn runs
         on the server whoever watches it: after a dropped connection (once `accepted`
         arrived) this reattaches by itself with WatchTurn after the last seq seen, so no
         event is missed or repeated (`on_reconnect(attempt, last_seq)` is told). Closing
-        the iterator early only stops watching; `cancel_turn` stops the turn."""
+        the iterator early only stops watching; `cancel_turn` stops the turn.
+        `image_file_ids`: uploaded images (JPEG/PNG/WebP) the model sees with the text."""
         first = self._stream(
             self._chat.SendMessage,
             chat_pb2.SendMessageRequest(
-                chat_id=chat_id, text=text, file_ids=list(file_ids), model_profile=model_profile
+                chat_id=chat_id,
+                text=text,
+                file_ids=list(file_ids),
+                model_profile=model_profile,
+                image_file_ids=list(image_file_ids),
             ),
         )
         async for event in self._follow_turn(
@@ -520,6 +742,12 @@ class AsyncClient:
         )
         return att
 
+    async def detach_file(self, chat_id: str, file_id: str) -> None:
+        """Detaches a file: its document leaves the chat's knowledge base."""
+        await self._unary(
+            self._chat.DetachFile, chat_pb2.DetachFileRequest(chat_id=chat_id, file_id=file_id)
+        )
+
     async def get_settings(self) -> chat_pb2.UserSettings:
         s: chat_pb2.UserSettings = await self._unary(
             self._chat.GetSettings, chat_pb2.GetSettingsRequest()
@@ -576,6 +804,80 @@ class AsyncClient:
             self._prompts.ActivateSystemPrompt, chat_pb2.ActivateSystemPromptRequest(id=prompt_id)
         )
         return p
+
+    async def create_system_prompt_version(
+        self,
+        name: chat_pb2.SystemPromptName.ValueType,
+        content: str,
+        *,
+        description: str = "",
+        activate: bool = False,
+    ) -> chat_pb2.SystemPrompt:
+        """A new version of a system prompt (active at once with `activate`)."""
+        p: chat_pb2.SystemPrompt = await self._unary(
+            self._prompts.CreateSystemPromptVersion,
+            chat_pb2.CreateSystemPromptVersionRequest(
+                name=name, content=content, description=description, activate=activate
+            ),
+        )
+        return p
+
+    async def create_role_prompt(
+        self, name: str, content: str, *, description: str = ""
+    ) -> chat_pb2.RolePrompt:
+        r: chat_pb2.RolePrompt = await self._unary(
+            self._prompts.CreateRolePrompt,
+            chat_pb2.CreateRolePromptRequest(name=name, content=content, description=description),
+        )
+        return r
+
+    async def update_role_prompt(
+        self,
+        role_id: str,
+        *,
+        name: str | None = None,
+        content: str | None = None,
+        description: str | None = None,
+        is_active: bool | None = None,
+    ) -> chat_pb2.RolePrompt:
+        """Changes the given fields; new content is a new version."""
+        role = chat_pb2.RolePrompt(id=role_id)
+        paths = []
+        for path, value in (
+            ("name", name),
+            ("content", content),
+            ("description", description),
+            ("is_active", is_active),
+        ):
+            if value is not None:
+                setattr(role, path, value)
+                paths.append(path)
+        r: chat_pb2.RolePrompt = await self._unary(
+            self._prompts.UpdateRolePrompt,
+            chat_pb2.UpdateRolePromptRequest(
+                role_prompt=role, update_mask=field_mask_pb2.FieldMask(paths=paths)
+            ),
+        )
+        return r
+
+    async def get_system_settings(self) -> chat_pb2.SystemSettings:
+        s: chat_pb2.SystemSettings = await self._unary(
+            self._prompts.GetSystemSettings, chat_pb2.GetSystemSettingsRequest()
+        )
+        return s
+
+    async def update_system_settings(
+        self, settings: chat_pb2.SystemSettings, paths: Sequence[str]
+    ) -> chat_pb2.SystemSettings:
+        """Changes the fields of `settings` named in `paths` (e.g. `flash_model`,
+        `limits.max_tool_iterations`)."""
+        s: chat_pb2.SystemSettings = await self._unary(
+            self._prompts.UpdateSystemSettings,
+            chat_pb2.UpdateSystemSettingsRequest(
+                settings=settings, update_mask=field_mask_pb2.FieldMask(paths=list(paths))
+            ),
+        )
+        return s
 
     # ---- storage --------------------------------------------------------------------
 
@@ -704,14 +1006,39 @@ class AsyncClient:
     # ---- training -------------------------------------------------------------------
 
     async def create_dataset(
-        self, name: str, file_id: str, *, base_model: str = "", max_seq_length: int = 0
+        self,
+        name: str,
+        file_id: str,
+        *,
+        base_model: str = "",
+        max_seq_length: int = 0,
+        description: str = "",
     ) -> datasets_pb2.Dataset:
         ds: datasets_pb2.Dataset = await self._unary(
             self._datasets.CreateDataset,
             datasets_pb2.CreateDatasetRequest(
-                name=name, file_id=file_id, base_model=base_model, max_seq_length=max_seq_length
+                name=name,
+                file_id=file_id,
+                base_model=base_model,
+                max_seq_length=max_seq_length,
+                description=description,
             ),
         )
+        return ds
+
+    async def update_dataset(
+        self, dataset_id: str, *, name: str | None = None, description: str | None = None
+    ) -> datasets_pb2.Dataset:
+        """Rename or describe a dataset (only the arguments given change)."""
+        request = datasets_pb2.UpdateDatasetRequest(
+            dataset=datasets_pb2.Dataset(
+                id=dataset_id, name=name or "", description=description or ""
+            )
+        )
+        request.update_mask.paths.extend(
+            p for p, v in (("name", name), ("description", description)) if v is not None
+        )
+        ds: datasets_pb2.Dataset = await self._unary(self._datasets.UpdateDataset, request)
         return ds
 
     async def get_dataset(self, dataset_id: str) -> datasets_pb2.Dataset:
@@ -728,6 +1055,114 @@ class AsyncClient:
     async def create_job(self, request: jobs_pb2.CreateJobRequest) -> jobs_pb2.TrainingJob:
         job: jobs_pb2.TrainingJob = await self._unary(self._jobs.CreateJob, request)
         return job
+
+    async def estimate_job(self, request: jobs_pb2.CreateJobRequest) -> jobs_pb2.JobEstimate:
+        """What `create_job(request)` would run and cost; nothing is created."""
+        est: jobs_pb2.JobEstimate = await self._unary(
+            self._jobs.EstimateJob, jobs_pb2.EstimateJobRequest(job=request)
+        )
+        return est
+
+    async def list_base_models(self) -> list[catalogue_pb2.BaseModel]:
+        return await self._pages(
+            self._catalogue.ListBaseModels,
+            catalogue_pb2.ListBaseModelsRequest(page_size=200),
+            "base_models",
+        )
+
+    async def list_hardware_classes(self) -> list[catalogue_pb2.HardwareClass]:
+        return await self._pages(
+            self._catalogue.ListHardwareClasses,
+            catalogue_pb2.ListHardwareClassesRequest(page_size=200),
+            "hardware_classes",
+        )
+
+    async def get_quota(self) -> billing_pb2.Quota:
+        q: billing_pb2.Quota = await self._unary(
+            self._billing.GetQuota, billing_pb2.GetQuotaRequest()
+        )
+        return q
+
+    async def list_cost_summaries(
+        self, limit: int | None = 24
+    ) -> list[billing_pb2.MonthlyCostSummary]:
+        return await self._pages(
+            self._billing.ListCostSummaries,
+            billing_pb2.ListCostSummariesRequest(page_size=200),
+            "cost_summaries",
+            limit,
+        )
+
+    async def update_quota(self, request: billing_pb2.UpdateQuotaRequest) -> billing_pb2.Quota:
+        """Admin: set a user's quota (the fields named in `request.update_mask`)."""
+        q: billing_pb2.Quota = await self._unary(self._billing.UpdateQuota, request)
+        return q
+
+    async def list_notifications(
+        self, *, unread_only: bool = False, limit: int | None = 50
+    ) -> list[notifications_pb2.Notification]:
+        return await self._pages(
+            self._notes.ListNotifications,
+            notifications_pb2.ListNotificationsRequest(page_size=200, unread_only=unread_only),
+            "notifications",
+            limit,
+        )
+
+    async def mark_read(self, ids: list[str] | None = None) -> int:
+        """Mark the given notifications read, or all of them when `ids` is None."""
+        req = notifications_pb2.MarkReadRequest(ids=ids or [], all=ids is None)
+        resp: notifications_pb2.MarkReadResponse = await self._unary(self._notes.MarkRead, req)
+        return resp.marked_count
+
+    def watch_notifications(
+        self, *, include_unread: bool = True
+    ) -> AsyncIterator[notifications_pb2.NotificationEvent]:
+        return self._stream(
+            self._notes.WatchNotifications,
+            notifications_pb2.WatchNotificationsRequest(include_unread=include_unread),
+        )
+
+    async def create_webhook(
+        self, url: str, *, event_kinds: list[int] | None = None, description: str = ""
+    ) -> webhooks_pb2.CreateWebhookResponse:
+        resp: webhooks_pb2.CreateWebhookResponse = await self._unary(
+            self._webhooks.CreateWebhook,
+            webhooks_pb2.CreateWebhookRequest(
+                url=url,
+                event_kinds=event_kinds or [],  # type: ignore[arg-type]
+                description=description,
+            ),
+        )
+        return resp
+
+    async def list_webhooks(self) -> list[webhooks_pb2.Webhook]:
+        return await self._pages(
+            self._webhooks.ListWebhooks, webhooks_pb2.ListWebhooksRequest(page_size=200), "webhooks"
+        )
+
+    async def delete_webhook(self, webhook_id: str) -> None:
+        await self._unary(
+            self._webhooks.DeleteWebhook, webhooks_pb2.DeleteWebhookRequest(id=webhook_id)
+        )
+
+    async def rotate_webhook_secret(
+        self, webhook_id: str
+    ) -> webhooks_pb2.RotateWebhookSecretResponse:
+        resp: webhooks_pb2.RotateWebhookSecretResponse = await self._unary(
+            self._webhooks.RotateWebhookSecret,
+            webhooks_pb2.RotateWebhookSecretRequest(id=webhook_id),
+        )
+        return resp
+
+    async def list_webhook_deliveries(
+        self, webhook_id: str, limit: int | None = 50
+    ) -> list[webhooks_pb2.WebhookDelivery]:
+        return await self._pages(
+            self._webhooks.ListWebhookDeliveries,
+            webhooks_pb2.ListWebhookDeliveriesRequest(webhook_id=webhook_id, page_size=200),
+            "deliveries",
+            limit,
+        )
 
     async def get_job(self, job_id: str) -> jobs_pb2.TrainingJob:
         job: jobs_pb2.TrainingJob = await self._unary(
@@ -746,10 +1181,18 @@ class AsyncClient:
         )
         return job
 
-    async def retry_job(self, job_id: str) -> jobs_pb2.TrainingJob:
-        job: jobs_pb2.TrainingJob = await self._unary(
-            self._jobs.RetryJob, jobs_pb2.RetryJobRequest(id=job_id)
-        )
+    async def retry_job(
+        self, job_id: str, hyperparameters: jobs_pb2.Hyperparameters | None = None
+    ) -> jobs_pb2.TrainingJob:
+        """A new attempt; with `hyperparameters`, the fields set in it change (the attempt
+        then starts over from step 0)."""
+        request = jobs_pb2.RetryJobRequest(id=job_id)
+        if hyperparameters is not None:
+            request.hyperparameters.CopyFrom(hyperparameters)
+            request.update_mask.paths.extend(
+                f"hyperparameters.{f.name}" for f, _ in hyperparameters.ListFields()
+            )
+        job: jobs_pb2.TrainingJob = await self._unary(self._jobs.RetryJob, request)
         return job
 
     def watch_job(self, job_id: str, after_sequence: int = 0) -> AsyncIterator[jobs_pb2.JobEvent]:
@@ -810,6 +1253,35 @@ class AsyncClient:
             self._models.GetModel, models_pb2.GetModelRequest(id=model_id)
         )
         return m
+
+    async def rename_model(self, model_id: str, name: str) -> models_pb2.ModelArtifact:
+        request = models_pb2.UpdateModelRequest(
+            model=models_pb2.ModelArtifact(id=model_id, name=name)
+        )
+        request.update_mask.paths.append("name")
+        m: models_pb2.ModelArtifact = await self._unary(self._models.UpdateModel, request)
+        return m
+
+    async def delete_model(self, model_id: str) -> None:
+        await self._unary(self._models.DeleteModel, models_pb2.DeleteModelRequest(id=model_id))
+
+    async def promote_checkpoint(
+        self, job_id: str, checkpoint_id: str, name: str = ""
+    ) -> models_pb2.ModelArtifact:
+        m: models_pb2.ModelArtifact = await self._unary(
+            self._models.PromoteCheckpoint,
+            models_pb2.PromoteCheckpointRequest(
+                job_id=job_id, checkpoint_id=checkpoint_id, name=name
+            ),
+        )
+        return m
+
+    async def list_checkpoints(self, job_id: str) -> list[jobs_pb2.Checkpoint]:
+        return await self._pages(
+            self._jobs.ListCheckpoints,
+            jobs_pb2.ListCheckpointsRequest(job_id=job_id, page_size=200),
+            "checkpoints",
+        )
 
     async def create_clone(
         self, name: str, *, persona: str = "", base_model: str = ""

@@ -8,12 +8,13 @@ import signal
 
 from gateway.config import GatewaySettings
 from gateway.proxy import Gateway
-from services.common import logs
+from services.common import logs, tracing
 
 
 async def main() -> None:
     settings = GatewaySettings.from_env()
     logs.configure("gateway", settings.log_level)
+    tracing.configure("gateway")
     gateway = Gateway(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -24,6 +25,7 @@ async def main() -> None:
         await stop.wait()
     finally:
         await gateway.stop()
+        tracing.shutdown()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@
 | GATEWAY_MAX_REQUEST_BYTES | 16 MiB | largest request body accepted |
 | GATEWAY_REQUEST_TIMEOUT_SECONDS | 120 | longest unary call and body read |
 | AUTH_ADDR … TRAINING_ADDR | 127.0.0.1:5005x | upstream gRPC addresses |
+| STORAGE_HTTP_ADDR | 127.0.0.1:9092 | storage HTTP port: `/files/` signed URLs on this origin |
+| GATEWAY_WEB_ROOT | web/dist | the built console served at `/` (empty: none) |
+| GATEWAY_CSP_CONNECT_SRC | (none) | origins the console may fetch besides its own (S3) |
 | LOG_LEVEL | INFO | log level |
 
 With AIVERA_ENV=prod, GATEWAY_CORS_ORIGINS must be set: production origins come from
@@ -21,9 +24,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from gateway.routes import GRPC_PORTS
-from services.common.ports import GATEWAY_ADMIN, GATEWAY_PUBLIC
+from services.common.ports import GATEWAY_ADMIN, GATEWAY_PUBLIC, SERVICES
 
 # Origins a browser client is commonly served from in development.
 DEV_CORS_ORIGINS = (
@@ -39,6 +43,7 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # the services' own gRPC limit
 # a call without `grpc-timeout`, or with a longer one, ends DEADLINE_EXCEEDED by then.
 # Streaming calls are bounded by their own `grpc-timeout` (and Envoy's idle timeout).
 REQUEST_TIMEOUT_SECONDS = 120.0
+WEB_ROOT = Path(__file__).resolve().parent.parent / "web" / "dist"
 
 
 class ConfigError(ValueError):
@@ -70,10 +75,16 @@ class GatewaySettings:
     max_request_bytes: int = MAX_MESSAGE_BYTES
     request_timeout_seconds: float = REQUEST_TIMEOUT_SECONDS
     log_level: str = "INFO"
+    # The console (gateway/static.py): its built files and the storage HTTP upstream of
+    # the signed-URL paths, served on the public listener's origin.
+    web_root: Path | None = None
+    storage_http: str | None = None
+    csp_connect_src: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
         env = os.environ if env is None else env
+        web_root = env.get("GATEWAY_WEB_ROOT", str(WEB_ROOT))
         upstreams = {
             name: env.get(f"{name.upper()}_ADDR") or addr
             for name, addr in default_upstreams().items()
@@ -92,4 +103,7 @@ class GatewaySettings:
                 env.get("GATEWAY_REQUEST_TIMEOUT_SECONDS", str(REQUEST_TIMEOUT_SECONDS))
             ),
             log_level=env.get("LOG_LEVEL", "INFO"),
+            web_root=Path(web_root) if web_root else None,
+            storage_http=env.get("STORAGE_HTTP_ADDR") or f"127.0.0.1:{SERVICES['storage'].http}",
+            csp_connect_src=tuple(env.get("GATEWAY_CSP_CONNECT_SRC", "").split()),
         )

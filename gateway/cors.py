@@ -19,6 +19,9 @@ ALLOW_HEADERS = (
     "x-accept-response-streaming",
     "keep-alive",
     "cache-control",
+    # W3C trace context of a browser that traces its own work: the mesh continues it.
+    "traceparent",
+    "tracestate",
 )
 EXPOSE_HEADERS = ("grpc-status", "grpc-message", "grpc-status-details-bin", "x-request-id")
 MAX_AGE_SECONDS = 86400

@@ -12,7 +12,9 @@ committed file and the protos disagree. The layout:
 - listener `public` (:8080): gRPC-web + native gRPC (h2c) for PUBLIC/USER services, CORS,
   an optional `jwt_authn` (disabled unless --edge-jwt; the services verify tokens
   themselves), the router; access logs as JSON on stdout. `/files/` goes to the storage
-  service's HTTP port (signed URLs of the local storage backend).
+  service's HTTP port (signed URLs of the local storage backend). Any other GET that is
+  not gRPC goes to the `web` Service (`python -m gateway.static`: the built
+  console with its CSP), so the page, its RPCs and its uploads share one origin.
 - listener `admin` (:8081): ADMIN services only; for the cluster's internal network
   (a NetworkPolicy admits only pods of the namespace; no LoadBalancer exposes it).
 - listener `probes` (:9902): `/ready` and `/stats/prometheus` from Envoy's admin interface,
@@ -52,6 +54,7 @@ import yaml
 from gateway import cors
 from gateway.config import REQUEST_TIMEOUT_SECONDS, parse_origins
 from gateway.routes import GRPC_PORTS, HTTP_PORTS, upstream_of
+from gateway.static import WEB_PORT
 from services.common.access import Access, MethodInfo, method_table, routable_services
 from services.common.internal import HEADERS_STRIPPED_AT_EDGE
 from services.common.ports import GATEWAY_ADMIN, GATEWAY_PUBLIC
@@ -63,6 +66,7 @@ PROBES_PORT = 9902
 ENVOY_ADMIN_PORT = 9901
 UNARY_TIMEOUT = f"{REQUEST_TIMEOUT_SECONDS:g}s"
 EDGE_REFUSAL = "edge_refusal"  # a cluster without endpoints (see _edge_routes)
+WEB_CLUSTER = "web_http"  # the console's static files: no service behind it
 JWT_ISSUER = "aivera-auth"
 JWT_AUDIENCE = "aivera"
 STREAM_IDLE_TIMEOUT = "3600s"
@@ -407,11 +411,71 @@ GRPC_WEB = _filter(
 CORS = _filter("envoy.filters.http.cors", "envoy.extensions.filters.http.cors.v3.Cors")
 ROUTER = _filter("envoy.filters.http.router", "envoy.extensions.filters.http.router.v3.Router")
 
+# Envoy routes gRPC without reading bodies, and a gRPC server left with half a message at
+# the end of the request never answers: a truncated frame would hang until the route
+# timeout. After grpc_web (text mode is decoded by then) and CORS (so the answer carries
+# the grant), this Lua filter reads the one request message of every RPC that is not
+# client-streaming and answers INVALID_ARGUMENT at once when the frames do not add up.
+# Client streams (uploads) pass unread: they must not be buffered.
+BUFFER_LIMIT_BYTES = 5 * 1024 * 1024
+FRAME_CHECK_LUA = """
+local streaming = {%s}
+
+local function refuse(handle, why)
+  handle:respond({[":status"] = "200", ["content-type"] = "application/grpc",
+                  ["grpc-status"] = "3", ["grpc-message"] = why}, "")
+end
+
+function envoy_on_request(handle)
+  local headers = handle:headers()
+  local ctype = headers:get("content-type") or ""
+  if headers:get(":method") ~= "POST" or string.sub(ctype, 1, 16) ~= "application/grpc" then
+    return
+  end
+  if streaming[headers:get(":path")] then
+    return
+  end
+  local body = handle:body()
+  local size = body and body:length() or 0
+  if size == 0 then
+    return refuse(handle, "empty request body: the call needs a request message")
+  end
+  local data = body:getBytes(0, size)
+  local pos = 1
+  while pos <= size do
+    if size - pos + 1 < 5 then
+      return refuse(handle, "truncated gRPC frame: incomplete frame header")
+    end
+    local b1, b2, b3, b4 = string.byte(data, pos + 1, pos + 4)
+    local length = ((b1 * 256 + b2) * 256 + b3) * 256 + b4
+    if size - pos + 1 - 5 < length then
+      return refuse(handle, "truncated gRPC frame: the message is cut short")
+    end
+    pos = pos + 5 + length
+  end
+end
+"""
+
+
+def _frame_check() -> dict[str, Any]:
+    streams = sorted(i.path for i in method_table().values() if i.client_streaming)
+    listed = ", ".join(f'["{path}"] = true' for path in streams)
+    return {
+        "name": "envoy.filters.http.lua",
+        "typed_config": {
+            **_typed("envoy.extensions.filters.http.lua.v3.Lua"),
+            "default_source_code": {"inline_string": FRAME_CHECK_LUA % listed},
+        },
+    }
+
 
 def _listener(name: str, port: int, hcm: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": name,
         "address": _address("0.0.0.0", port),
+        # The frame check buffers a request message: room for the largest one a service
+        # takes (grpc's 4 MiB), where Envoy's 1 MiB default would answer 413 above it.
+        "per_connection_buffer_limit_bytes": BUFFER_LIMIT_BYTES,
         "filter_chains": [{"filters": [hcm]}],
     }
 
@@ -529,19 +593,33 @@ def build_config(
         "match": {"prefix": "/files/"},
         "route": {"cluster": "storage_http", "timeout": "0s", "idle_timeout": "300s"},
     }
+    # The console: a GET that is not gRPC (a gRPC GET still gets 405 below).
+    web_route = {
+        "name": "web-console",
+        "match": {
+            "prefix": "/",
+            "headers": [
+                _header(":method", exact="GET"),
+                {**_header("content-type", prefix="application/grpc"), "invert_match": True},
+            ],
+        },
+        "route": {"cluster": WEB_CLUSTER, "timeout": "30s"},
+    }
     public = _hcm(
         "public",
-        # The signed-URL file routes first: they take GET (and empty bodies).
-        [files_route, *service_routes(admin=False)],
-        [GRPC_WEB, CORS, _jwt_filter(enabled=edge_jwt), ROUTER],
+        # The signed-URL file routes and the console first: they take GET (and empty
+        # bodies).
+        [files_route, web_route, *service_routes(admin=False)],
+        [GRPC_WEB, CORS, _frame_check(), _jwt_filter(enabled=edge_jwt), ROUTER],
         vhost_extra={"typed_per_filter_config": {"envoy.filters.http.cors": _cors_policy(origins)}},
     )
-    admin = _hcm("admin", service_routes(admin=True), [GRPC_WEB, ROUTER])
+    admin = _hcm("admin", service_routes(admin=True), [GRPC_WEB, _frame_check(), ROUTER])
     probes = _hcm("probes", _probe_routes(), [ROUTER], access_log=False, grpc=False)
     clusters = [_grpc_cluster(upstream) for upstream in GRPC_PORTS]
     clusters += [
         _http_cluster("auth_http", "auth", HTTP_PORTS["auth"]),
         _http_cluster("storage_http", "storage", HTTP_PORTS["storage"]),
+        _http_cluster(WEB_CLUSTER, "web", WEB_PORT),
         _http_cluster("envoy_admin", "127.0.0.1", ENVOY_ADMIN_PORT),
         {
             "name": EDGE_REFUSAL,

@@ -41,7 +41,7 @@ _NOT_METADATA = frozenset(
         "content-encoding",
         "accept",
         "accept-encoding",
-        "accept-language",
+        # (accept-language is forwarded: the services localize error texts by it)
         "user-agent",
         "origin",
         "referer",

@@ -37,6 +37,8 @@ from gateway import grpcweb
 from gateway.config import MAX_MESSAGE_BYTES, REQUEST_TIMEOUT_SECONDS, GatewaySettings
 from gateway.cors import CorsPolicy
 from gateway.routes import Route, RouteTable
+from gateway.static import FilesProxy, StaticSite, add_routes, content_security_policy
+from services.common import tracing
 from services.common.channels import service_config
 from services.common.internal import HEADERS_STRIPPED_AT_EDGE, REQUEST_ID_HEADER
 
@@ -146,7 +148,18 @@ class GrpcWebHandler:
             metadata.append((REQUEST_ID_HEADER, request_id))
         if request.remote:
             metadata.append(("x-forwarded-for", request.remote))
-        return await self._forward(request, mode, route, messages, timeout, metadata, request_id)
+        # While tracing is on, the call is a span of the trace the browser started (its
+        # `traceparent`, if any), and the service's spans are its children.
+        attributes = {
+            "rpc.system": "grpc",
+            "http.route": route.path,
+            "aivera.request_id": request_id,
+        }
+        with tracing.server_span(f"gateway {route.path}", request.headers, attributes):
+            tracing.inject_metadata(metadata)
+            return await self._forward(
+                request, mode, route, messages, timeout, metadata, request_id
+            )
 
     async def _forward(
         self,
@@ -194,6 +207,7 @@ class GrpcWebHandler:
             if not call.done():
                 call.cancel()  # the browser went away (handler cancelled) or a write failed
         number = _code_number(code)
+        tracing.current_span().set_attribute("rpc.grpc.status_code", number)
         log.info(
             "%s %s",
             route.path,
@@ -263,11 +277,14 @@ def build_app(
     *,
     max_request_bytes: int,
     request_timeout: float = REQUEST_TIMEOUT_SECONDS,
+    site: StaticSite | None = None,
+    files: FilesProxy | None = None,
 ) -> web.Application:
     handler = GrpcWebHandler(table, upstreams, request_timeout)
     app = web.Application(client_max_size=max_request_bytes)
     app.on_response_prepare.append(cors.on_prepare)
     app.router.add_get("/healthz", _healthz)
+    add_routes(app, site, files)  # the console and signed URLs on this origin (public)
     app.router.add_route("OPTIONS", "/{tail:.*}", cors.preflight)
     app.router.add_post("/{tail:.*}", handler.handle)
     return app
@@ -287,10 +304,17 @@ class Gateway:
         self.port = 0
         self.admin_port = 0
         self._runners: list[web.AppRunner] = []
+        self.files = FilesProxy(settings.storage_http) if settings.storage_http else None
 
     async def start(self) -> None:
         s = self.settings
         cors = CorsPolicy(s.cors_origins)
+        site = None
+        if s.web_root is not None:
+            site = StaticSite(s.web_root, content_security_policy(s.csp_connect_src))
+            if not site.available:
+                log.warning("no console at %s (build it: make web)", s.web_root)
+                site = None
         listeners = [(False, s.host, s.port), (True, s.admin_host, s.admin_port)]
         for admin, host, port in listeners:
             app = build_app(
@@ -299,6 +323,8 @@ class Gateway:
                 cors,
                 max_request_bytes=s.max_request_bytes,
                 request_timeout=s.request_timeout_seconds,
+                site=None if admin else site,
+                files=None if admin else self.files,
             )
             # handler_cancellation: a browser that goes away cancels the handler, and with
             # it the upstream call (streams stop producing for nobody).
@@ -319,3 +345,5 @@ class Gateway:
             await runner.cleanup()
         self._runners.clear()
         await self.upstreams.close()
+        if self.files is not None:
+            await self.files.close()

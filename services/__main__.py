@@ -106,6 +106,11 @@ def main() -> int:
     env.setdefault("GRPC_HOST", "127.0.0.1")
     env.setdefault("HTTP_HOST", "127.0.0.1")
     env.setdefault("GATEWAY_HOST", "127.0.0.1")  # the dev gateway: this machine only
+    # Signed file URLs on the gateway's origin (it routes /files/ to storage's HTTP port):
+    # the console at http://127.0.0.1:8080/ uploads and downloads without CORS.
+    env.setdefault(
+        "STORAGE_PUBLIC_URL", f"http://127.0.0.1:{env.get('GATEWAY_PORT', ports.GATEWAY_PUBLIC)}"
+    )
     env.setdefault("DATA_DIR", str(DATA))
     env["PYTHONUNBUFFERED"] = "1"
     for name, (_, port, _) in SERVICES.items():
@@ -170,6 +175,7 @@ def main() -> int:
                 env.get("GATEWAY_ADMIN_PORT", str(ports.GATEWAY_ADMIN)),
             )
             print(f"  gateway   gRPC-web http://127.0.0.1:{gw}  (admin 127.0.0.1:{gw_admin})")
+            print(f"  console   http://127.0.0.1:{gw}/  (built by make setup into web/dist)")
         if pg is not None:
             print(f"  postgres  {pg.dsn('aivera')}")
         print(f"  logs      {logs}/")

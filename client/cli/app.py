@@ -27,11 +27,18 @@ app.add_typer(account.key_app, name="key")
 app.add_typer(chat.chat_app, name="chat")
 app.add_typer(chat.file_app, name="file")
 app.add_typer(chat.kb_app, name="kb")
+app.add_typer(chat.project_app, name="project")
 app.add_typer(training.dataset_app, name="dataset")
 app.add_typer(training.train_app, name="train")
 app.add_typer(training.model_app, name="model")
 app.add_typer(training.clone_app, name="clone")
+app.add_typer(training.notification_app, name="notifications")
+app.add_typer(training.webhook_app, name="webhooks")
 app.add_typer(account.admin_app, name="admin")
+# Chat administration: new system prompt versions, role prompts, system settings.
+account.prompt_app.command("create")(chat.prompt_create)
+account.admin_app.add_typer(chat.role_app, name="role")
+account.admin_app.add_typer(chat.system_app, name="system")
 
 
 def main() -> None:

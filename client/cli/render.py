@@ -100,6 +100,56 @@ def enum_name(enum: Any, value: int, prefix: str) -> str:
 # ---- a chat turn ----------------------------------------------------------------------
 
 
+def _box(box: Any) -> str:
+    n = box.normalized
+    if not (n.right or n.bottom):
+        return ""
+    return f"[{n.left:.2f}, {n.top:.2f} – {n.right:.2f}, {n.bottom:.2f}]"
+
+
+def source_lines(
+    message: chat_pb2.Message, *, expand: bool, urls: dict[str, str] | None = None
+) -> list[str]:
+    """The numbered source list under an answer: each cited search result by its marker
+    `[n]` (document, page, block); expanded, also the block's box and text and the
+    images the turn produced with their signed URLs (`urls` by file id). An answer that
+    cites nothing but used search results says how many (all of them when expanded)."""
+    lines: list[str] = []
+    results = list(message.search_results)
+    shown = [(c.marker, results[c.search_result_index]) for c in message.citations]
+    if not shown and expand:
+        shown = [(n, r) for n, r in enumerate(results, start=1)]
+    if shown:
+        lines.append(t("chat.sources"))
+    for marker, ref in shown:
+        parts = [ref.filename or ref.document_id or "—"]
+        if ref.page:
+            parts.append(t("chat.source_page", page=ref.page))
+        parts.append(t("chat.source_block", block=ref.block_id))
+        line = f" [{marker}] " + ", ".join(parts)
+        if expand:
+            box = _box(ref.box)
+            if box:
+                line += f" {box}"
+        lines.append(line)
+        if expand and ref.text.strip():
+            text = " ".join(ref.text.split())
+            lines.append("      «" + (text[:200] + "…" if len(text) > 200 else text) + "»")
+    if not shown and results:
+        lines.append(t("chat.sources_used", n=len(results)))
+    if expand and message.images:
+        lines.append(t("chat.images"))
+        for img in message.images:
+            kind = enum_name(chat_pb2.ImageKind, img.kind, "IMAGE_KIND_")
+            page = f" p.{img.page}" if img.page else ""
+            line = f" 🖼  {kind}{page} {img.width}×{img.height} {img.file_id}"
+            url = (urls or {}).get(img.file_id)
+            if url:
+                line += f" {url}"
+            lines.append(line)
+    return lines
+
+
 @dataclass
 class ChatView:
     """The state of one streamed turn, and how to show it.
@@ -121,6 +171,8 @@ class ChatView:
     profile: int = 0
     models: list[str] = field(default_factory=list)
     turn_id: str = ""  # the turn (its answer's message id), from the first event
+    sources: bool = False  # expand the source list (box, text, images with URLs)
+    urls: dict[str, str] = field(default_factory=dict)  # signed URLs of produced images
 
     def apply(self, event: chat_pb2.ChatEvent) -> None:
         kind = event.WhichOneof("event")
@@ -160,6 +212,7 @@ class ChatView:
             line = f"🖼  {kind_name}{page} {img.width}×{img.height} {img.file_id}"
             if event.image_produced.url:
                 line += f" {event.image_produced.url}"
+                self.urls[img.file_id] = event.image_produced.url
             self.images.append(line)
             self._line(line)
         elif kind == "warning":
@@ -199,6 +252,9 @@ class ChatView:
         elif self.text and not self.text.endswith("\n"):
             sys.stdout.write("\n")
             sys.stdout.flush()
+        if self.final is not None:
+            for line in source_lines(self.final, expand=self.sources, urls=self.urls):
+                out.print(line, style="dim", markup=False, soft_wrap=True)
         models = ", ".join(self.models_used()) or "—"
         profile = enum_name(chat_pb2.ModelProfile, self.profile, "MODEL_PROFILE_")
         footer = t("chat.models_used", models=models, profile=profile)

@@ -45,6 +45,14 @@ class Block:
     text: str
     box: dict[str, Any] | None  # BoundingBox JSON (normalized, pixels, page size)
     score: float = 0.0
+    # The id the model sees in this turn when `id` alone is ambiguous (block ids are
+    # unique within a document only); empty: `id`.
+    key: str = ""
+
+    @property
+    def handle(self) -> str:
+        """What the model calls the block (context `id`, request_images)."""
+        return self.key or self.id
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +74,7 @@ class DocumentInfo:
     filename: str
     format: int  # rag DocumentFormat
     page: PageInfo | None
+    knowledge_base_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +109,17 @@ class Clone:
 
 
 @dataclass(frozen=True, slots=True)
+class Artifact:
+    """A clone's model as chat serves it: its base model, files (name, storage file id,
+    sha256) and whether the simulate executor made it (weights that change nothing)."""
+
+    id: str
+    base_model: str
+    files: tuple[tuple[str, str, str], ...]
+    simulated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class IngestUpdate:
     """Where an attachment's ingestion stands."""
 
@@ -114,13 +134,17 @@ class Keys(Protocol):
 
 
 class Documents(Protocol):
-    async def search(self, kb_ids: list[str], query: str, top_k: int) -> list[Hit]: ...
+    async def search(
+        self, kb_ids: list[str], query: str, top_k: int, document_ids: list[str] | None = None
+    ) -> list[Hit]: ...
 
     async def document(self, document_id: str, page: int) -> DocumentInfo: ...
 
     async def create_chat_kb(self, chat_id: str) -> str: ...
 
     async def check_kb(self, kb_id: str) -> None: ...
+
+    async def delete_document(self, document_id: str) -> None: ...
 
     def ingest(self, kb_id: str, file_id: str) -> AsyncIterator[IngestUpdate]: ...
 
@@ -141,6 +165,8 @@ class Clones(Protocol):
     async def clone(self, clone_id: str) -> Clone: ...
 
     async def adapter_files(self, model_id: str) -> list[tuple[str, str, str]]: ...
+
+    async def artifact(self, model_id: str) -> Artifact: ...
 
 
 # -- gRPC implementations -----------------------------------------------------------------
@@ -201,11 +227,19 @@ class GrpcDocuments:
         self.stub = rag_pb2_grpc.RagServiceStub(channel)
         self.deadlines = deadlines
 
-    async def search(self, kb_ids: list[str], query: str, top_k: int) -> list[Hit]:
-        """One Search: the hits with their blocks and page images."""
+    async def search(
+        self, kb_ids: list[str], query: str, top_k: int, document_ids: list[str] | None = None
+    ) -> list[Hit]:
+        """One Search (only `document_ids` when given): the hits with their blocks and
+        page images."""
         try:
             reply = await self.stub.Search(
-                rag_pb2.SearchRequest(knowledge_base_ids=kb_ids, query=query[:2000], top_k=top_k),
+                rag_pb2.SearchRequest(
+                    knowledge_base_ids=kb_ids,
+                    query=query[:2000],
+                    top_k=top_k,
+                    document_ids=document_ids or [],
+                ),
                 timeout=self.deadlines.work,
             )
         except grpc.aio.AioRpcError as exc:
@@ -232,6 +266,7 @@ class GrpcDocuments:
             filename=doc.filename,
             format=doc.format,
             page=None if found is None else _page(found),
+            knowledge_base_id=doc.knowledge_base_id,
         )
 
     async def check_kb(self, kb_id: str) -> None:
@@ -242,6 +277,16 @@ class GrpcDocuments:
             )
         except grpc.aio.AioRpcError as exc:
             raise map_rpc_error(exc, "knowledge base") from None
+
+    async def delete_document(self, document_id: str) -> None:
+        """Deletes a document of the caller; one already gone is not an error."""
+        try:
+            await self.stub.DeleteDocument(
+                rag_pb2.DeleteDocumentRequest(id=document_id), timeout=self.deadlines.work
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise map_rpc_error(exc, "document") from None
 
     async def create_chat_kb(self, chat_id: str) -> str:
         try:
@@ -342,3 +387,18 @@ class GrpcClones:
         except grpc.aio.AioRpcError as exc:
             raise map_rpc_error(exc, "model") from None
         return [(f.name, f.file_id, f.sha256) for f in m.files]
+
+    async def artifact(self, model_id: str) -> Artifact:
+        """The model's base model, files and `simulated` flag."""
+        try:
+            m = await self.models.GetModel(
+                models_pb2.GetModelRequest(id=model_id), timeout=self.deadlines.lookup
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise map_rpc_error(exc, "model") from None
+        return Artifact(
+            id=m.id or model_id,
+            base_model=m.base_model,
+            files=tuple((f.name, f.file_id, f.sha256) for f in m.files),
+            simulated=m.simulated,
+        )

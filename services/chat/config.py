@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field, SecretStr
+
 from services.common.config import CommonSettings
 from services.common.ports import SERVICES
 
@@ -31,8 +33,27 @@ class ChatSettings(CommonSettings):
     # Downloaded clone adapters; default <models dir>/adapters.
     chat_adapters_dir: Path | None = None
     local_max_new_tokens: int = 256
-    # LoRA adapters of clones kept loaded on the base model (least recently used out).
+    # LoRA adapters of clones kept loaded per base model (least recently used out).
     local_adapter_cache_size: int = 4
+    # Base models kept loaded at once (least recently used out), within this many bytes
+    # of weights (0: no byte limit).
+    local_max_base_models: int = 2
+    local_memory_budget_bytes: int = 0
+    # "auto": CUDA in bf16 when present, else CPU in fp32; or "cpu" / "cuda".
+    local_device: str = "auto"
+    # Concurrent turns on one base model generated together (same adapter per batch),
+    # and how many more may wait; past that a turn is refused with MODEL_BUSY.
+    local_batch_size: int = 8
+    local_queue_limit: int = 16
+
+    # Base model → OpenAI-compatible server (vLLM with --enable-lora) that serves it
+    # instead of the in-process model, e.g. INFERENCE_URLS='{"qwen2.5-7b-instruct":
+    # "http://vllm-qwen2-5-7b:8000"}'.
+    inference_urls: dict[str, str] = Field(default_factory=dict)
+    inference_api_key: SecretStr | None = None
+    inference_timeout_seconds: float = 120.0
+    # Signed URLs of adapter files handed to the inference server to load.
+    inference_adapter_url_ttl_seconds: int = 900
 
     # Running turns: how often the partial answer and heartbeat are written, and after how
     # long without a heartbeat a turn counts as cut short (crash of its replica).
@@ -52,6 +73,11 @@ class ChatSettings(CommonSettings):
     image_url_ttl_seconds: int = 3600
     # How long a turn waits for attachments still ingesting.
     attachment_wait_seconds: float = 60.0
+    # Images a user sends with a message: at most this many, each within this many
+    # pixels (read from the header, before decoding) and bytes.
+    chat_max_images_per_message: int = 8
+    chat_max_image_pixels: int = 40_000_000
+    chat_max_image_bytes: int = 20 * 1024 * 1024
 
     @property
     def spool_dir(self) -> Path:

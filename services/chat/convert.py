@@ -9,6 +9,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from aivera.chat.v1 import chat_pb2
+from services.chat import citations
 from services.chat.store import (
     AttachmentRow,
     ChatRow,
@@ -46,6 +47,7 @@ def chat(row: ChatRow, attachments: Sequence[AttachmentRow] = ()) -> chat_pb2.Ch
         create_time=timestamp(row.create_time),
         update_time=timestamp(row.update_time),
         last_message_time=timestamp(row.last_message_time),
+        folder_id=_str(row.folder_id),
     )
 
 
@@ -69,14 +71,31 @@ def search_ref(row: SearchRow) -> chat_pb2.SearchResultRef:
         page=row.page,
         text=row.text,
         score=row.score,
+        filename=row.filename,
     )
     if row.box:
         json_format.ParseDict(row.box, ref.box, ignore_unknown_fields=True)
     return ref
 
 
+def citation(cited: citations.Cited) -> chat_pb2.Citation:
+    row = cited.result
+    out = chat_pb2.Citation(
+        marker=cited.marker,
+        search_result_index=cited.index,
+        document_id=row.document_id,
+        filename=row.filename,
+        page=row.page,
+        block_id=row.block_id,
+    )
+    if row.box:
+        json_format.ParseDict(row.box, out.box, ignore_unknown_fields=True)
+    return out
+
+
 def message(row: MessageRow) -> chat_pb2.Message:
-    """A stored message with its images and search results."""
+    """A stored message with its images, search results and (for an answer) the search
+    results its content cites."""
     msg = chat_pb2.Message(
         id=str(row.id),
         chat_id=str(row.chat_id),
@@ -96,7 +115,11 @@ def message(row: MessageRow) -> chat_pb2.Message:
         role_prompt_id=_str(row.role_prompt_id),
         role_prompt_version=row.role_prompt_version,
         create_time=timestamp(row.create_time),
+        reply_to_message_id=_str(row.reply_to_id),
+        superseded=row.superseded,
     )
+    if row.role == chat_pb2.MESSAGE_ROLE_ASSISTANT:
+        msg.citations.extend(citation(c) for c in citations.cited(row.content, row.search_results))
     if row.error is not None:
         msg.error.CopyFrom(
             chat_pb2.TurnError(

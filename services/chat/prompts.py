@@ -19,6 +19,15 @@ from services.chat.providers.base import Content, Part, ToolSpec
 
 ANSWER_SYSTEM_PROMPTS = ("llm_system", "json_annotation", "html_ocr")
 SEPARATOR = "\n\n"
+# How the model cites: each block carries `ref`, the 1-based number of the turn's search
+# result it is (services.chat.citations maps the markers back).
+CITE_INSTRUCTION = (
+    "Ссылайся на блоки, на которые опираешься, маркерами [ref] из поля ref блока, "
+    "например [1] или [2][3]."
+)
+# (document id, block id) → the block's ref (1-based search result number); block ids are
+# unique within a document only.
+Refs = dict[tuple[str, str], int]
 
 
 def _join(parts: Iterable[str | None]) -> str:
@@ -36,9 +45,12 @@ def flash_system_instruction(prompts: dict[str, str]) -> str:
     return _join([prompts.get("flash_extractor")])
 
 
-def _block_json(block: Block) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "id": block.id,
+def _block_json(block: Block, refs: Refs) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if (block.document_id, block.id) in refs:
+        out["ref"] = refs[(block.document_id, block.id)]
+    out |= {
+        "id": block.handle,
         "document_id": block.document_id,
         "page": block.page,
         "kind": block.kind,
@@ -52,13 +64,18 @@ def _block_json(block: Block) -> dict[str, Any]:
     return out
 
 
-def context_text(blocks: Sequence[Block], notes: Sequence[str] = ()) -> str:
-    """The document context: blocks as JSON lines (json_annotation) and notes (e.g. a file
-    that could not be read)."""
+def context_text(
+    blocks: Sequence[Block], notes: Sequence[str] = (), refs: Refs | None = None
+) -> str:
+    """The document context: blocks as JSON lines (json_annotation), each with its `ref`
+    for citations, and notes (e.g. a file that could not be read)."""
+    refs = refs or {}
     lines: list[str] = []
     if blocks:
         lines.append("Контекст документов (JSON-блоки):")
-        lines.extend(json.dumps(_block_json(b), ensure_ascii=False) for b in blocks)
+        lines.extend(json.dumps(_block_json(b, refs), ensure_ascii=False) for b in blocks)
+        if any((b.document_id, b.id) in refs for b in blocks):
+            lines.append(CITE_INSTRUCTION)
     lines.extend(notes)
     return "\n".join(lines)
 
@@ -89,10 +106,14 @@ def request_text(text: str) -> str:
 
 
 def simple_user_content(
-    text: str, blocks: Sequence[Block], notes: Sequence[str] = (), images: Sequence[Part] = ()
+    text: str,
+    blocks: Sequence[Block],
+    notes: Sequence[str] = (),
+    images: Sequence[Part] = (),
+    refs: Refs | None = None,
 ) -> Content:
     """The request + document context + images."""
-    parts = [Part(text=_join([request_text(text), context_text(blocks, notes)]))]
+    parts = [Part(text=_join([request_text(text), context_text(blocks, notes, refs)]))]
     parts.extend(images)
     return Content("user", parts)
 
@@ -102,28 +123,33 @@ def flash_user_content(
     blocks: Sequence[Block],
     catalogue: Sequence[tuple[str, str, PageInfo]],
     notes: Sequence[str] = (),
+    refs: Refs | None = None,
+    images: Sequence[Part] = (),
 ) -> Content:
-    """Document + image catalogue + request."""
-    return Content(
-        "user",
-        [
-            Part(
-                text=_join(
-                    [context_text(blocks, notes), catalogue_text(catalogue), request_text(text)]
-                )
+    """Document + image catalogue + request + the images the user sent."""
+    parts = [
+        Part(
+            text=_join(
+                [context_text(blocks, notes, refs), catalogue_text(catalogue), request_text(text)]
             )
-        ],
-    )
+        )
+    ]
+    parts.extend(images)
+    return Content("user", parts)
 
 
 def pro_user_content(
-    text: str, blocks: Sequence[Block], flash_notes: str, images: Sequence[Part]
+    text: str,
+    blocks: Sequence[Block],
+    flash_notes: str,
+    images: Sequence[Part],
+    refs: Refs | None = None,
 ) -> Content:
     """Relevant text blocks + images/zooms collected by flash + request."""
     extracted = (
         f"Извлечённые данные (этап Flash):\n{flash_notes.strip()}" if flash_notes.strip() else ""
     )
-    parts = [Part(text=_join([context_text(blocks), extracted]))]
+    parts = [Part(text=_join([context_text(blocks, refs=refs), extracted]))]
     parts.extend(images)
     parts.append(Part(text=request_text(text)))
     return Content("user", parts)

@@ -13,12 +13,13 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from aivera.chat.v1 import chat_pb2
+from aivera.chat.v1 import chat_pb2, projects_pb2
 from services.chat.attachments import Attachments
 from services.chat.clients import GrpcClones, GrpcDocuments, GrpcFiles, GrpcKeys
 from services.chat.config import ChatSettings
 from services.chat.deps import Deps
 from services.chat.pipeline.runner import Turns
+from services.chat.projects import ProjectServiceServicer
 from services.chat.providers.base import Provider
 from services.chat.providers.gemini import GeminiProvider
 from services.chat.providers.local import LocalModels
@@ -67,6 +68,12 @@ def make_deps(app: App, settings: ChatSettings) -> Deps:
             name=Path(settings.local_model).name,
             max_new_tokens=settings.local_max_new_tokens,
             cache_size=settings.local_adapter_cache_size,
+            resolve=functools.partial(resolve_model, models_dir=models_dir),
+            max_bases=settings.local_max_base_models,
+            memory_budget_bytes=settings.local_memory_budget_bytes,
+            device=settings.local_device,
+            batch_size=settings.local_batch_size,
+            queue_limit=settings.local_queue_limit,
         ),
         adapters_dir=settings.chat_adapters_dir or models_dir / "adapters",
         spawn=app.spawn,
@@ -124,6 +131,10 @@ def make_spec(settings: ChatSettings) -> ChatSpec:
                 ChatServiceServicer(deps.store, turns, attachments, deps.documents, deps.clones),
             ),
             (services["PromptAdminService"], PromptAdminServiceServicer(deps.store)),
+            (
+                projects_pb2.DESCRIPTOR.services_by_name["ProjectService"],
+                ProjectServiceServicer(deps.store, deps.documents),
+            ),
         ]
 
     async def on_ready(app: App) -> None:

@@ -18,13 +18,14 @@ from services.chat.pipeline.runner import Turns
 from services.chat.store import ChatRow, Store
 from services.common import pages
 from services.common.context import require_user_id
-from services.common.errors import InvalidArgument, not_found
+from services.common.errors import FailedPrecondition, InvalidArgument, not_found
 from services.common.protoutil import mask_paths, parse_uuid
 
 DEFAULT_TITLE = "Новый чат"
 MAX_TITLE = 200
 MAX_ROLE_NAME = 100
 MAX_PROMPT = 100_000
+MAX_SEARCH_QUERY = 500
 
 
 def _title(value: str, *, allow_empty: bool) -> str:
@@ -73,8 +74,19 @@ class ChatServiceServicer:
             await self.clones.clone(clone_id)  # NOT_FOUND when not the caller's
         for kb_id in kb_ids:
             await self.documents.check_kb(kb_id)
-        row = await self.store.create_chat(user_id, title, clone_id, kb_ids)
+        folder_id = await self._folder(user_id, request.folder_id, "folder_id")
+        row = await self.store.create_chat(user_id, title, clone_id, kb_ids, folder_id)
         return convert.chat(row)
+
+    async def _folder(self, user_id: str, raw_id: str, field: str) -> uuid.UUID | None:
+        """The caller's folder of `raw_id`; None for an empty id; NOT_FOUND for another
+        user's."""
+        if not raw_id:
+            return None
+        folder = await self.store.get_folder(user_id, parse_uuid(raw_id, field=field))
+        if folder is None:
+            raise not_found("folder", raw_id)
+        return folder.id
 
     async def GetChat(self, request: chat_pb2.GetChatRequest, context: Any) -> chat_pb2.Chat:
         row = await self._chat(require_user_id(), request.id)
@@ -97,11 +109,14 @@ class ChatServiceServicer:
 
     async def UpdateChat(self, request: chat_pb2.UpdateChatRequest, context: Any) -> chat_pb2.Chat:
         user_id = require_user_id()
-        paths = mask_paths(request.update_mask, ("title", "archived"))
+        paths = mask_paths(request.update_mask, ("title", "archived", "folder_id"))
         chat_id = parse_uuid(request.chat.id, field="chat.id")
         title = _title(request.chat.title, allow_empty=False) if "title" in paths else None
         archived = request.chat.archived if "archived" in paths else None
-        row = await self.store.update_chat(user_id, chat_id, title, archived)
+        folder: tuple[bool, uuid.UUID | None] = (False, None)
+        if "folder_id" in paths:
+            folder = (True, await self._folder(user_id, request.chat.folder_id, "chat.folder_id"))
+        row = await self.store.update_chat(user_id, chat_id, title, archived, folder)
         if row is None:
             raise not_found("chat", request.chat.id)
         return convert.chat(row, await self.store.list_attachments(row.id))
@@ -126,9 +141,14 @@ class ChatServiceServicer:
         page = pages.request(
             request.page_size,
             request.page_token,
-            filter=f"chat={chat.id};order={'tail' if tail else 'oldest'}",
+            filter=(
+                f"chat={chat.id};order={'tail' if tail else 'oldest'};"
+                f"superseded={request.include_superseded}"
+            ),
         )
-        rows = await self.store.list_messages(chat.id, page, newest_first=tail)
+        rows = await self.store.list_messages(
+            chat.id, page, newest_first=tail, include_superseded=request.include_superseded
+        )
         messages, token = pages.take(rows, page, key=lambda r: (r.seq,))
         if tail:
             messages.reverse()
@@ -140,6 +160,60 @@ class ChatServiceServicer:
         self, request: chat_pb2.SendMessageRequest, context: Any
     ) -> AsyncIterator[chat_pb2.ChatEvent]:
         prepared = await self.turns.prepare(require_user_id(), request)
+        stream = self.turns.run(prepared)
+        try:
+            async for event in stream:
+                yield event
+        finally:
+            await stream.aclose()
+
+    async def SearchMessages(
+        self, request: chat_pb2.SearchMessagesRequest, context: Any
+    ) -> chat_pb2.SearchMessagesResponse:
+        user_id = require_user_id()
+        query = request.query.strip()
+        if not query:
+            raise InvalidArgument("query must not be empty", field="query")
+        if len(query) > MAX_SEARCH_QUERY:
+            raise InvalidArgument(
+                f"query is longer than {MAX_SEARCH_QUERY} characters", field="query"
+            )
+        chat_id = None
+        if request.chat_id:
+            chat_id = (await self._chat(user_id, request.chat_id, "chat_id")).id
+        page = pages.request(
+            request.page_size, request.page_token, filter=f"q={query};chat={chat_id or ''}"
+        )
+        rows = await self.store.search_messages(user_id, query, chat_id, page)
+        hits, token = pages.take(rows, page, key=lambda r: (r.rank, r.message.seq))
+        return chat_pb2.SearchMessagesResponse(
+            hits=[
+                chat_pb2.MessageSearchHit(
+                    message=convert.message(h.message),
+                    chat_title=h.chat_title,
+                    snippet=h.snippet,
+                    rank=h.rank,
+                )
+                for h in hits
+            ],
+            next_page_token=token,
+        )
+
+    async def RegenerateMessage(
+        self, request: chat_pb2.RegenerateMessageRequest, context: Any
+    ) -> AsyncIterator[chat_pb2.ChatEvent]:
+        prepared = await self.turns.prepare_regenerate(require_user_id(), request)
+        stream = self.turns.run(prepared)
+        try:
+            async for event in stream:
+                yield event
+        finally:
+            await stream.aclose()
+
+    async def EditMessage(
+        self, request: chat_pb2.EditMessageRequest, context: Any
+    ) -> AsyncIterator[chat_pb2.ChatEvent]:
+        prepared = await self.turns.prepare_edit(require_user_id(), request)
         stream = self.turns.run(prepared)
         try:
             async for event in stream:
@@ -182,6 +256,25 @@ class ChatServiceServicer:
             user_id, chat, file_id, system.max_attachments_per_chat
         )
         return convert.attachment(row)
+
+    async def DetachFile(
+        self, request: chat_pb2.DetachFileRequest, context: Any
+    ) -> empty_pb2.Empty:
+        user_id = require_user_id()
+        chat = await self._chat(user_id, request.chat_id, "chat_id")
+        file_id = parse_uuid(request.file_id, field="file_id")
+        row, _ = await self.store.find_attachment(chat.id, file_id)
+        if row is None:
+            raise not_found("attachment", request.file_id)
+        if row.status == chat_pb2.ATTACHMENT_STATUS_INGESTING:
+            raise FailedPrecondition(
+                "the file is still being ingested; detach it once it is ready or failed"
+            )
+        # The document first: if RAG is down nothing changes and the call can be repeated.
+        if row.document_id is not None:
+            await self.documents.delete_document(str(row.document_id))
+        await self.store.delete_attachment(row.id)
+        return empty_pb2.Empty()
 
     async def _settings(self, user_id: str) -> chat_pb2.UserSettings:
         row = await self.store.user_settings(user_id)

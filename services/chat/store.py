@@ -41,16 +41,18 @@ HISTORY_STATUSES = [STATUS_COMPLETE, STATUS_INCOMPLETE]
 
 _CHAT_COLUMNS = (
     "id, user_id, title, clone_id, knowledge_base_ids, attachments_knowledge_base_id, "
-    "archived, create_time, update_time, last_message_time"
+    "archived, create_time, update_time, last_message_time, folder_id"
 )
 _MESSAGE_COLUMNS = (
     "id, chat_id, seq, role, content, status, models_used, input_tokens, output_tokens, "
     "total_tokens, error, file_ids, model_profile, role_prompt_id, role_prompt_version, "
-    "create_time"
+    "create_time, reply_to_id, superseded"
 )
 _ATTACHMENT_COLUMNS = (
     "id, chat_id, file_id, document_id, filename, status, error_message, create_time"
 )
+_FOLDER_COLUMNS = "id, user_id, parent_id, name, create_time, update_time"
+_FOLDER_DOCUMENT_COLUMNS = "folder_id, document_id, knowledge_base_id, filename, add_time"
 _ROLE_COLUMNS = "id, name, description, content, version, is_active, create_time, update_time"
 _SYSTEM_PROMPT_COLUMNS = "id, name, version, content, description, is_active, create_time"
 _SYSTEM_COLUMNS = (
@@ -60,6 +62,14 @@ _SYSTEM_COLUMNS = (
 )
 # What UpdateSystemSettings may change (column names).
 SYSTEM_SETTINGS_FIELDS = frozenset(_SYSTEM_COLUMNS.replace(" ", "").split(",")) - {"update_time"}
+
+
+def not_latest() -> FailedPrecondition:
+    """RegenerateMessage / EditMessage of a message that is not the chat's latest."""
+    return FailedPrecondition(
+        "only the chat's latest message can be regenerated or edited",
+        reason=Reason.NOT_LATEST_MESSAGE,
+    )
 
 
 def turn_in_progress() -> FailedPrecondition:
@@ -83,6 +93,7 @@ class ChatRow:
     create_time: dt.datetime
     update_time: dt.datetime
     last_message_time: dt.datetime | None
+    folder_id: uuid.UUID | None = None  # the project folder holding it
 
     @property
     def activity(self) -> dt.datetime:
@@ -130,6 +141,7 @@ class SearchRow:
     text: str
     box: dict[str, Any] | None
     score: float
+    filename: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +174,18 @@ class MessageRow:
     create_time: dt.datetime
     images: tuple[ImageRow, ...] = ()
     search_results: tuple[SearchRow, ...] = ()
+    reply_to_id: uuid.UUID | None = None  # an answer's user message
+    superseded: bool = False  # replaced by a regenerated answer or an edited message
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHitRow:
+    """A message found by SearchMessages."""
+
+    message: MessageRow
+    chat_title: str
+    snippet: str
+    rank: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,9 +291,42 @@ class TurnContext:
     attached_file_ids: frozenset[str]  # files already attached to the chat
     history: tuple[tuple[int, str], ...]  # (role, content) of earlier messages, oldest first
     turn_running: bool  # a live (not stale) turn runs in the chat
+    # (knowledge base id, document id) of the documents of the chat's folder subtree.
+    folder_documents: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FolderRow:
+    id: uuid.UUID
+    user_id: str
+    parent_id: uuid.UUID | None
+    name: str
+    create_time: dt.datetime
+    update_time: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class FolderDocumentRow:
+    folder_id: uuid.UUID
+    document_id: uuid.UUID
+    knowledge_base_id: uuid.UUID
+    filename: str
+    add_time: dt.datetime
 
 
 # -- record → row ---------------------------------------------------------------------------
+def _folder(r: Any) -> FolderRow:
+    return FolderRow(**{f.name: r[f.name] for f in dataclasses.fields(FolderRow)})
+
+
+def _folder_document(r: Any) -> FolderDocumentRow:
+    return FolderDocumentRow(**{f.name: r[f.name] for f in dataclasses.fields(FolderDocumentRow)})
+
+
+def _folder_exists(name: str) -> AlreadyExists:
+    return AlreadyExists(f"a folder named {name!r} exists here", metadata={"resource": "folder"})
+
+
 def _chat(r: Any) -> ChatRow:
     return ChatRow(
         id=r["id"],
@@ -282,6 +339,7 @@ def _chat(r: Any) -> ChatRow:
         create_time=r["create_time"],
         update_time=r["update_time"],
         last_message_time=r["last_message_time"],
+        folder_id=r["folder_id"],
     )
 
 
@@ -318,6 +376,8 @@ def _message(r: Any) -> MessageRow:
         role_prompt_id=r["role_prompt_id"],
         role_prompt_version=r["role_prompt_version"],
         create_time=r["create_time"],
+        reply_to_id=r["reply_to_id"],
+        superseded=r["superseded"],
     )
 
 
@@ -346,6 +406,7 @@ def _search(r: Any) -> SearchRow:
         text=r["text"],
         box=r["box"],
         score=r["score"],
+        filename=r["filename"],
     )
 
 
@@ -384,16 +445,22 @@ class Store:
 
     # -- chats --------------------------------------------------------------------------
     async def create_chat(
-        self, user_id: str, title: str, clone_id: str, knowledge_base_ids: Sequence[str]
+        self,
+        user_id: str,
+        title: str,
+        clone_id: str,
+        knowledge_base_ids: Sequence[str],
+        folder_id: uuid.UUID | None = None,
     ) -> ChatRow:
         row = await self.pool.fetchrow(
-            f"""INSERT INTO chats (id, user_id, title, clone_id, knowledge_base_ids)
-                VALUES ($1, $2, $3, $4, $5) RETURNING {_CHAT_COLUMNS}""",
+            f"""INSERT INTO chats (id, user_id, title, clone_id, knowledge_base_ids, folder_id)
+                VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_CHAT_COLUMNS}""",
             uuid.uuid4(),
             user_id,
             title,
             _uuid_or_none(clone_id),
             [uuid.UUID(k) for k in knowledge_base_ids],
+            folder_id,
         )
         return _chat(row)
 
@@ -430,10 +497,18 @@ class Store:
         return [_chat(r) for r in rows]
 
     async def update_chat(
-        self, user_id: str, chat_id: uuid.UUID, title: str | None, archived: bool | None
+        self,
+        user_id: str,
+        chat_id: uuid.UUID,
+        title: str | None,
+        archived: bool | None,
+        folder: tuple[bool, uuid.UUID | None] = (False, None),
     ) -> ChatRow | None:
+        """`folder`: (whether to move it, the folder or None for the top)."""
+        move, folder_id = folder
         row = await self.pool.fetchrow(
             f"""UPDATE chats SET title = coalesce($3, title), archived = coalesce($4, archived),
+                    folder_id = CASE WHEN $5 THEN $6::uuid ELSE folder_id END,
                     update_time = clock_timestamp()
                 WHERE id = $1 AND user_id = $2 AND delete_time IS NULL
                 RETURNING {_CHAT_COLUMNS}""",
@@ -441,6 +516,8 @@ class Store:
             user_id,
             title,
             archived,
+            move,
+            folder_id,
         )
         return None if row is None else _chat(row)
 
@@ -516,6 +593,9 @@ class Store:
         )
         return _attachment(existing), False
 
+    async def delete_attachment(self, attachment_id: uuid.UUID) -> None:
+        await self.pool.execute("DELETE FROM attachments WHERE id = $1", attachment_id)
+
     async def set_attachment_state(
         self, attachment_id: uuid.UUID, status: int, document_id: str = "", error: str = ""
     ) -> None:
@@ -531,21 +611,89 @@ class Store:
 
     # -- messages -----------------------------------------------------------------------
     async def list_messages(
-        self, chat_id: uuid.UUID, page: PageRequest, *, newest_first: bool
+        self,
+        chat_id: uuid.UUID,
+        page: PageRequest,
+        *,
+        newest_first: bool,
+        include_superseded: bool = False,
     ) -> list[MessageRow]:
         """Up to `page.limit` messages after the keyset (seq,), with their images and
-        search results: oldest first, or newest first (the tail, going back in time)."""
+        search results: oldest first, or newest first (the tail, going back in time).
+        Superseded messages (earlier answers, edited messages) only when asked."""
         after = None if page.after is None else page.after[0]
         if newest_first:
             query = f"""SELECT {_MESSAGE_COLUMNS} FROM messages
                         WHERE chat_id = $1 AND ($3::bigint IS NULL OR seq < $3)
+                          AND ($4 OR NOT superseded)
                         ORDER BY seq DESC LIMIT $2"""
         else:
             query = f"""SELECT {_MESSAGE_COLUMNS} FROM messages
                         WHERE chat_id = $1 AND ($3::bigint IS NULL OR seq > $3)
+                          AND ($4 OR NOT superseded)
                         ORDER BY seq LIMIT $2"""
-        rows = [_message(r) for r in await self.pool.fetch(query, chat_id, page.limit, after)]
+        rows = [
+            _message(r)
+            for r in await self.pool.fetch(query, chat_id, page.limit, after, include_superseded)
+        ]
         return await self._with_extras(rows)
+
+    async def search_messages(
+        self, user_id: str, query: str, chat_id: uuid.UUID | None, page: PageRequest
+    ) -> list[SearchHitRow]:
+        """The user's messages matching `query` (web-search syntax, Russian or English
+        word forms), best first; keyset (rank, seq). The document expression and the
+        predicate are those of the index `messages_fts` (migration 0004)."""
+        after_rank, after_seq = page.after if page.after is not None else (None, None)
+        rows = await self.pool.fetch(
+            f"""WITH q AS (SELECT websearch_to_tsquery('russian', $2)
+                                  || websearch_to_tsquery('english', $2) AS query),
+                found AS (
+                    SELECT {", ".join("m." + c for c in _MESSAGE_COLUMNS.split(", "))},
+                           c.title AS chat_title,
+                           ts_rank(to_tsvector('russian', m.content)
+                                   || to_tsvector('english', m.content), q.query)::float8
+                               AS rank,
+                           q.query
+                    FROM messages m JOIN chats c ON c.id = m.chat_id, q
+                    WHERE c.user_id = $1 AND c.delete_time IS NULL
+                      AND ($3::uuid IS NULL OR c.id = $3)
+                      AND m.status IN (1, 2) AND NOT m.superseded
+                      AND (to_tsvector('russian', m.content)
+                           || to_tsvector('english', m.content)) @@ q.query)
+                SELECT found.*,
+                       ts_headline('russian', content, query,
+                                   'StartSel=«, StopSel=», MaxWords=30, MinWords=8')
+                           AS snippet
+                FROM found
+                WHERE $5::float8 IS NULL OR (rank, seq) < ($5, $6::bigint)
+                ORDER BY rank DESC, seq DESC LIMIT $4""",
+            user_id,
+            query,
+            chat_id,
+            page.limit,
+            after_rank,
+            after_seq,
+        )
+        return [
+            SearchHitRow(_message(r), r["chat_title"], r["snippet"], float(r["rank"])) for r in rows
+        ]
+
+    async def get_message(
+        self, user_id: str, chat_id: uuid.UUID, message_id: uuid.UUID
+    ) -> MessageRow | None:
+        """A message of the user's chat; None when it, or the chat, is missing, deleted
+        or another user's."""
+        row = await self.pool.fetchrow(
+            f"""SELECT {", ".join("m." + c for c in _MESSAGE_COLUMNS.split(", "))}
+                FROM messages m JOIN chats c ON c.id = m.chat_id
+                WHERE m.id = $1 AND m.chat_id = $2 AND c.user_id = $3
+                  AND c.delete_time IS NULL""",
+            message_id,
+            chat_id,
+            user_id,
+        )
+        return None if row is None else (await self._with_extras([_message(row)]))[0]
 
     async def _with_extras(self, rows: list[MessageRow]) -> list[MessageRow]:
         if not rows:
@@ -575,17 +723,23 @@ class Store:
 
     # -- turns --------------------------------------------------------------------------
     async def turn_context(
-        self, user_id: str, chat_id: uuid.UUID, *, history: int, stale_seconds: float
+        self,
+        user_id: str,
+        chat_id: uuid.UUID,
+        *,
+        history: int,
+        stale_seconds: float,
+        before_seq: int | None = None,
     ) -> TurnContext | None:
         """The user's chat with what a turn needs (system and user settings, the selected
-        role, active system prompts, attached files, the last `history` messages with
-        text, whether a live turn runs): one query; None for a chat that is missing,
-        deleted or another user's."""
+        role, active system prompts, attached files, the last `history` current messages
+        with text (before `before_seq` when given), whether a live turn runs): one query;
+        None for a chat that is missing, deleted or another user's."""
         system = ", ".join(f"s.{c} AS s_{c}" for c in _SYSTEM_COLUMNS.split(", "))
         row = await self.pool.fetchrow(
             f"""SELECT c.id, c.user_id, c.title, c.clone_id, c.knowledge_base_ids,
                        c.attachments_knowledge_base_id, c.archived, c.create_time,
-                       c.update_time, c.last_message_time, {system},
+                       c.update_time, c.last_message_time, c.folder_id, {system},
                        u.model_profile AS user_model_profile,
                        r.id AS role_id, r.content AS role_content, r.version AS role_version,
                        (SELECT coalesce(jsonb_object_agg(p.name, p.content), '{{}}')
@@ -596,12 +750,20 @@ class Store:
                                                   ORDER BY h.seq), '[]')
                           FROM (SELECT m.seq, m.role, m.content FROM messages m
                                 WHERE m.chat_id = c.id AND m.content <> ''
-                                  AND m.status = ANY($3::smallint[])
+                                  AND m.status = ANY($3::smallint[]) AND NOT m.superseded
+                                  AND ($7::bigint IS NULL OR m.seq < $7)
                                 ORDER BY m.seq DESC LIMIT $4) h) AS history,
                        EXISTS (SELECT 1 FROM messages m
                                WHERE m.chat_id = c.id AND m.status = $5
                                  AND m.heartbeat_time >= clock_timestamp()
-                                     - make_interval(secs => $6)) AS turn_running
+                                     - make_interval(secs => $6)) AS turn_running,
+                       (WITH RECURSIVE sub AS (
+                            SELECT f.id FROM folders f WHERE f.id = c.folder_id
+                            UNION SELECT f.id FROM folders f JOIN sub ON f.parent_id = sub.id)
+                        SELECT coalesce(jsonb_agg(DISTINCT jsonb_build_array(
+                                   d.knowledge_base_id, d.document_id)), '[]')
+                        FROM folder_documents d WHERE d.folder_id IN (SELECT id FROM sub))
+                           AS folder_documents
                 FROM chats c
                 CROSS JOIN settings_system s
                 LEFT JOIN settings_user u ON u.user_id = c.user_id
@@ -614,6 +776,7 @@ class Store:
             history,
             STATUS_IN_PROGRESS,
             stale_seconds,
+            before_seq,
         )
         if row is None:
             return None
@@ -629,6 +792,7 @@ class Store:
             attached_file_ids=frozenset(str(f) for f in row["attached_file_ids"]),
             history=tuple((int(h[0]), str(h[1])) for h in row["history"]),
             turn_running=row["turn_running"],
+            folder_documents=tuple((str(d[0]), str(d[1])) for d in row["folder_documents"]),
         )
 
     async def begin_turn(
@@ -641,11 +805,20 @@ class Store:
         role_prompt_id: str,
         role_prompt_version: int,
         stale_seconds: float,
+        regenerate: uuid.UUID | None = None,
+        edit: uuid.UUID | None = None,
+        images: Sequence[ImageRow] = (),
     ) -> tuple[MessageRow, MessageRow]:
-        """Stores the user message and the IN_PROGRESS answer in one transaction. The
+        """Stores the user message (with the images the user sent) and the IN_PROGRESS
+        answer in one transaction. The
         unique index on running answers is the turn lock (it holds across replicas): a
         chat with a live turn raises TURN_IN_PROGRESS and stores nothing; a turn whose
-        heartbeat went stale (its replica died) is closed as INCOMPLETE first."""
+        heartbeat went stale (its replica died) is closed as INCOMPLETE first.
+
+        `regenerate` (a user message): no new user message; the answers after it are
+        superseded and the new answer replies to it. `edit` (a user message): it and
+        everything after it are superseded and `text` is stored as a new user message.
+        Either raises NOT_LATEST_MESSAGE when a newer user message exists."""
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 """UPDATE messages SET status = $3, heartbeat_time = NULL
@@ -657,20 +830,29 @@ class Store:
                 STATUS_IN_PROGRESS,
             )
             try:
-                user = await conn.fetchrow(
-                    f"""INSERT INTO messages (id, chat_id, role, content, status, file_ids)
-                        VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_MESSAGE_COLUMNS}""",
-                    uuid.uuid4(),
-                    chat_id,
-                    ROLE_USER,
-                    text,
-                    STATUS_COMPLETE,
-                    [uuid.UUID(f) for f in file_ids],
-                )
+                target = regenerate or edit
+                if target is not None:
+                    await self._supersede(conn, chat_id, target, inclusive=edit is not None)
+                if regenerate is not None:
+                    user = await conn.fetchrow(
+                        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = $1", regenerate
+                    )
+                else:
+                    user = await conn.fetchrow(
+                        f"""INSERT INTO messages (id, chat_id, role, content, status, file_ids)
+                            VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_MESSAGE_COLUMNS}""",
+                        uuid.uuid4(),
+                        chat_id,
+                        ROLE_USER,
+                        text,
+                        STATUS_COMPLETE,
+                        [uuid.UUID(f) for f in file_ids],
+                    )
+                    await _insert_images(conn, user["id"], images)
                 answer = await conn.fetchrow(
                     f"""INSERT INTO messages (id, chat_id, role, status, model_profile,
-                            role_prompt_id, role_prompt_version, heartbeat_time)
-                        VALUES ($1, $2, $3, $4, $5, $6, $7, clock_timestamp())
+                            role_prompt_id, role_prompt_version, heartbeat_time, reply_to_id)
+                        VALUES ($1, $2, $3, $4, $5, $6, $7, clock_timestamp(), $8)
                         RETURNING {_MESSAGE_COLUMNS}""",
                     uuid.uuid4(),
                     chat_id,
@@ -679,15 +861,52 @@ class Store:
                     model_profile,
                     _uuid_or_none(role_prompt_id),
                     role_prompt_version,
+                    user["id"],
                 )
             except asyncpg.UniqueViolationError:
                 raise turn_in_progress() from None
             await conn.execute(
                 "UPDATE chats SET last_message_time = $2 WHERE id = $1",
                 chat_id,
-                user["create_time"],
+                answer["create_time"],
             )
-        return _message(user), _message(answer)
+        user_row = _message(user)
+        if regenerate is None:
+            user_row = dataclasses.replace(user_row, images=tuple(images))
+        else:
+            user_row = (await self._with_extras([user_row]))[0]
+        return user_row, _message(answer)
+
+    @staticmethod
+    async def _supersede(
+        conn: Any, chat_id: uuid.UUID, user_message: uuid.UUID, *, inclusive: bool
+    ) -> None:
+        """Marks the messages after the user message (and it too when `inclusive`) as
+        superseded; NOT_LATEST_MESSAGE when it is not the chat's latest user message."""
+        seq = await conn.fetchval(
+            """SELECT seq FROM messages
+               WHERE id = $1 AND chat_id = $2 AND role = $3 AND NOT superseded
+               FOR UPDATE""",
+            user_message,
+            chat_id,
+            ROLE_USER,
+        )
+        newer = seq is None or await conn.fetchval(
+            """SELECT EXISTS (SELECT 1 FROM messages WHERE chat_id = $1 AND seq > $2
+                              AND role = $3 AND NOT superseded)""",
+            chat_id,
+            seq,
+            ROLE_USER,
+        )
+        if newer:
+            raise not_latest()
+        await conn.execute(
+            """UPDATE messages SET superseded = true
+               WHERE chat_id = $1 AND NOT superseded AND (seq > $2 OR ($3 AND seq = $2))""",
+            chat_id,
+            seq,
+            inclusive,
+        )
 
     async def flush_turn(
         self, message_id: uuid.UUID, content: str, events: Sequence[StoredEvent] = ()
@@ -739,35 +958,11 @@ class Store:
                 outcome.total_tokens,
                 _error_json(outcome.error),
             )
-            await conn.executemany(
-                """INSERT INTO message_images (id, message_id, ord, kind, file_id, document_id,
-                       page, box, scale, width, height, size_bytes, mime_type, description)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
-                   ON CONFLICT DO NOTHING""",
-                [
-                    (
-                        uuid.UUID(i.id),
-                        message_id,
-                        n,
-                        i.kind,
-                        uuid.UUID(i.file_id),
-                        _uuid_or_none(i.document_id),
-                        i.page,
-                        i.box,
-                        i.scale,
-                        i.width,
-                        i.height,
-                        i.size_bytes,
-                        i.mime_type,
-                        i.description,
-                    )
-                    for n, i in enumerate(outcome.images)
-                ],
-            )
+            await _insert_images(conn, message_id, outcome.images)
             await conn.executemany(
                 """INSERT INTO message_search_results (message_id, ord, block_id, document_id,
-                       page, text, box, score)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING""",
+                       page, text, box, score, filename)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING""",
                 [
                     (
                         message_id,
@@ -778,6 +973,7 @@ class Store:
                         s.text,
                         s.box,
                         s.score,
+                        s.filename,
                     )
                     for n, s in enumerate(outcome.search_results)
                 ],
@@ -1082,6 +1278,179 @@ class Store:
             raise _role_exists(str(values.get("name", ""))) from None
         return _role(row)
 
+    # -- projects -----------------------------------------------------------------------
+    async def create_folder(
+        self, user_id: str, name: str, parent_id: uuid.UUID | None
+    ) -> FolderRow:
+        """ALREADY_EXISTS for a sibling of the same name."""
+        try:
+            row = await self.pool.fetchrow(
+                f"""INSERT INTO folders (id, user_id, parent_id, name) VALUES ($1, $2, $3, $4)
+                    RETURNING {_FOLDER_COLUMNS}""",
+                uuid.uuid4(),
+                user_id,
+                parent_id,
+                name,
+            )
+        except asyncpg.UniqueViolationError:
+            raise _folder_exists(name) from None
+        return _folder(row)
+
+    async def get_folder(self, user_id: str, folder_id: uuid.UUID) -> FolderRow | None:
+        row = await self.pool.fetchrow(
+            f"SELECT {_FOLDER_COLUMNS} FROM folders WHERE id = $1 AND user_id = $2",
+            folder_id,
+            user_id,
+        )
+        return None if row is None else _folder(row)
+
+    async def folder_path(self, user_id: str, folder_id: uuid.UUID) -> list[uuid.UUID]:
+        """The folder's ancestors and itself, top first; empty when not the user's."""
+        rows = await self.pool.fetch(
+            """WITH RECURSIVE up AS (
+                   SELECT id, parent_id, 0 AS n FROM folders WHERE id = $1 AND user_id = $2
+                   UNION ALL
+                   SELECT f.id, f.parent_id, up.n + 1 FROM folders f JOIN up ON f.id = up.parent_id)
+               SELECT id FROM up ORDER BY n DESC""",
+            folder_id,
+            user_id,
+        )
+        return [r["id"] for r in rows]
+
+    async def subtree_height(self, folder_id: uuid.UUID) -> int:
+        """Levels of the folder's subtree, itself included."""
+        value: int = await self.pool.fetchval(
+            """WITH RECURSIVE down AS (
+                   SELECT id, 1 AS n FROM folders WHERE id = $1
+                   UNION ALL
+                   SELECT f.id, down.n + 1 FROM folders f JOIN down ON f.parent_id = down.id)
+               SELECT max(n) FROM down""",
+            folder_id,
+        )
+        return value or 0
+
+    async def update_folder(
+        self,
+        user_id: str,
+        folder_id: uuid.UUID,
+        name: str | None,
+        parent: tuple[bool, uuid.UUID | None],
+    ) -> FolderRow | None:
+        move, parent_id = parent
+        try:
+            row = await self.pool.fetchrow(
+                f"""UPDATE folders SET name = coalesce($3, name),
+                        parent_id = CASE WHEN $4 THEN $5::uuid ELSE parent_id END,
+                        update_time = clock_timestamp()
+                    WHERE id = $1 AND user_id = $2 RETURNING {_FOLDER_COLUMNS}""",
+                folder_id,
+                user_id,
+                name,
+                move,
+                parent_id,
+            )
+        except asyncpg.UniqueViolationError:
+            raise _folder_exists(name or "") from None
+        return None if row is None else _folder(row)
+
+    async def delete_folder(self, user_id: str, folder_id: uuid.UUID) -> bool:
+        """Deletes the folder with its subtree (placements cascade, chats move to the top)."""
+        row = await self.pool.fetchrow(
+            "DELETE FROM folders WHERE id = $1 AND user_id = $2 RETURNING id", folder_id, user_id
+        )
+        return row is not None
+
+    async def tree(
+        self, user_id: str, limit: int
+    ) -> tuple[list[FolderRow], list[FolderDocumentRow], list[ChatRow]]:
+        """Up to `limit` of the user's folders with their documents and (live) chats."""
+        folders = [
+            _folder(r)
+            for r in await self.pool.fetch(
+                f"""SELECT {_FOLDER_COLUMNS} FROM folders WHERE user_id = $1
+                    ORDER BY lower(name), id LIMIT $2""",
+                user_id,
+                limit,
+            )
+        ]
+        ids = [f.id for f in folders]
+        documents = [
+            _folder_document(r)
+            for r in await self.pool.fetch(
+                f"""SELECT {_FOLDER_DOCUMENT_COLUMNS} FROM folder_documents
+                    WHERE folder_id = ANY($1) ORDER BY lower(filename), document_id""",
+                ids,
+            )
+        ]
+        chats = [
+            _chat(r)
+            for r in await self.pool.fetch(
+                f"""SELECT {_CHAT_COLUMNS} FROM chats
+                    WHERE user_id = $1 AND folder_id = ANY($2) AND delete_time IS NULL
+                    ORDER BY coalesce(last_message_time, create_time) DESC, id DESC""",
+                user_id,
+                ids,
+            )
+        ]
+        return folders, documents, chats
+
+    async def add_folder_document(
+        self, folder_id: uuid.UUID, document_id: uuid.UUID, kb_id: uuid.UUID, filename: str
+    ) -> FolderDocumentRow:
+        """The placement; an existing one is returned as is."""
+        row = await self.pool.fetchrow(
+            f"""WITH added AS (
+                    INSERT INTO folder_documents (folder_id, document_id, knowledge_base_id,
+                                                  filename)
+                    VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING
+                    RETURNING {_FOLDER_DOCUMENT_COLUMNS})
+                SELECT * FROM added
+                UNION ALL
+                SELECT {_FOLDER_DOCUMENT_COLUMNS} FROM folder_documents
+                WHERE folder_id = $1 AND document_id = $2 LIMIT 1""",
+            folder_id,
+            document_id,
+            kb_id,
+            filename,
+        )
+        return _folder_document(row)
+
+    async def remove_folder_document(
+        self, user_id: str, folder_id: uuid.UUID, document_id: uuid.UUID
+    ) -> bool:
+        row = await self.pool.fetchrow(
+            """DELETE FROM folder_documents d USING folders f
+               WHERE d.folder_id = $1 AND d.document_id = $2 AND f.id = d.folder_id
+                 AND f.user_id = $3 RETURNING d.document_id""",
+            folder_id,
+            document_id,
+            user_id,
+        )
+        return row is not None
+
+    async def document_answers(
+        self, user_id: str, document_id: uuid.UUID, page: PageRequest
+    ) -> list[MessageRow]:
+        """The user's finished answers that used the document, newest first; keyset (seq,)."""
+        after = None if page.after is None else page.after[0]
+        rows = await self.pool.fetch(
+            f"""SELECT {", ".join("m." + c for c in _MESSAGE_COLUMNS.split(", "))}
+                FROM messages m JOIN chats c ON c.id = m.chat_id
+                WHERE c.user_id = $1 AND c.delete_time IS NULL AND m.role = $4
+                  AND m.status = $5 AND NOT m.superseded
+                  AND EXISTS (SELECT 1 FROM message_search_results r
+                              WHERE r.message_id = m.id AND r.document_id = $2)
+                  AND ($6::bigint IS NULL OR m.seq < $6)
+                ORDER BY m.seq DESC LIMIT $3""",
+            user_id,
+            document_id,
+            page.limit,
+            ROLE_ASSISTANT,
+            STATUS_COMPLETE,
+            after,
+        )
+        return await self._with_extras([_message(r) for r in rows])
+
 
 def _append_sql(n: int) -> str:
     """Appends a batch (consecutive seqs) to a turn's log as one row. Parameters: $1 the
@@ -1115,6 +1484,35 @@ async def _append_events(conn: Any, message_id: uuid.UUID, events: Sequence[Stor
     """Appends a batch to a turn's log (see `_append_sql`)."""
     if events:
         await conn.execute(_append_sql(2), message_id, *_batch(events))
+
+
+async def _insert_images(conn: Any, message_id: uuid.UUID, images: Sequence[ImageRow]) -> None:
+    """A message's images, in order; a repeated write stores them once."""
+    await conn.executemany(
+        """INSERT INTO message_images (id, message_id, ord, kind, file_id, document_id,
+               page, box, scale, width, height, size_bytes, mime_type, description)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+           ON CONFLICT DO NOTHING""",
+        [
+            (
+                uuid.UUID(i.id),
+                message_id,
+                n,
+                i.kind,
+                uuid.UUID(i.file_id),
+                _uuid_or_none(i.document_id),
+                i.page,
+                i.box,
+                i.scale,
+                i.width,
+                i.height,
+                i.size_bytes,
+                i.mime_type,
+                i.description,
+            )
+            for n, i in enumerate(images)
+        ],
+    )
 
 
 def _unpack_events(first_seq: int, data: bytes, terminal: bool) -> list[StoredEvent]:

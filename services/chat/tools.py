@@ -152,7 +152,7 @@ class ToolRunner:
         self.max_zooms = max_zooms
         self.url_ttl = url_ttl
         self.labels = user_labels or {}
-        self.blocks: dict[str, Block] = {}  # every block the turn knows, by id
+        self.blocks: dict[str, Block] = {}  # every block the turn knows, by its handle
         # Pages the hits carried, by (document id, page number), and documents' names.
         self.pages: dict[tuple[str, int], PageInfo] = {}
         self.filenames: dict[str, str] = {}
@@ -165,17 +165,16 @@ class ToolRunner:
 
     # -- what the turn knows -----------------------------------------------------------
     def add_hits(self, hits: list[Hit]) -> None:
-        """Remembers the hits' blocks, pages and file names."""
+        """Remembers the hits' pages and file names (their blocks come through
+        `add_block`, with the handles the model sees)."""
         for hit in hits:
             if hit.filename:
                 self.filenames.setdefault(hit.document_id, hit.filename)
             if hit.page_image is not None:
                 self.pages.setdefault((hit.document_id, hit.page_image.number), hit.page_image)
-            for block in hit.blocks:
-                self.blocks.setdefault(block.id, block)
 
     def add_block(self, block: Block) -> None:
-        self.blocks.setdefault(block.id, block)
+        self.blocks.setdefault(block.handle, block)
 
     def catalogue(self, blocks: list[Block]) -> list[tuple[str, str, PageInfo]]:
         """(document id, file name, page) of the rendered pages the blocks sit on."""
@@ -306,7 +305,7 @@ class ToolRunner:
             for block in found:
                 page = await self.page(block.document_id, block.page)
                 if page is None or not page.image_file_id:
-                    missing.append(block.id)
+                    missing.append(block.handle)
                     continue
                 await self._page_image(page)
                 pages.append((block, page))
@@ -332,7 +331,7 @@ class ToolRunner:
                     images.append(Part(image=data))
                     described.append(
                         {
-                            "block_id": block.id,
+                            "block_id": block.handle,
                             "image_id": row.id,
                             "page": page.number,
                             "width": row.width,

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from services.common import context as ctx
+from services.common import tracing
 from services.common.access import Access, method_table
 from services.common.internal import (
     AUTHORIZATION_HEADER,
@@ -142,6 +143,6 @@ def open_channel(
         ("grpc.max_receive_message_length", 16 * 1024 * 1024),
         *extra_options,
     ]
-    return grpc.aio.insecure_channel(
-        target, options=options, interceptors=relay_interceptors(internal_token)
-    )
+    # A client span per call and the W3C trace context in its metadata while tracing is on.
+    interceptors = [*tracing.client_interceptors(), *relay_interceptors(internal_token)]
+    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)

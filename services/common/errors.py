@@ -73,6 +73,10 @@ class Reason:
     MODEL_NOT_READY = errors_pb2.ERROR_REASON_MODEL_NOT_READY
     # -- training as a product (100-119)
     # -- chat as a product (120-139)
+    NOT_LATEST_MESSAGE = errors_pb2.ERROR_REASON_NOT_LATEST_MESSAGE
+    IMAGE_TOO_LARGE = errors_pb2.ERROR_REASON_IMAGE_TOO_LARGE
+    MODEL_BUSY = errors_pb2.ERROR_REASON_MODEL_BUSY
+    ADAPTER_INVALID = errors_pb2.ERROR_REASON_ADAPTER_INVALID
     # -- service identity and sessions (140-159)
     SESSION_REVOKED = errors_pb2.ERROR_REASON_SESSION_REVOKED
 

@@ -1,5 +1,6 @@
 """Structured JSON logs. Each line carries the service, the request id and the caller, so
-a request can be followed across services. A redaction filter scrubs anything shaped like
+a request can be followed across services (and, while tracing is on, the trace and span
+ids, so a line leads to its trace). A redaction filter scrubs anything shaped like
 a token or an API key, as a last line of defence: code must not log secrets at all."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from services.common import context
+from services.common import context, tracing
 
 _SECRET_PATTERNS = re.compile(
     r"(avs_[A-Za-z0-9_\-]{8,}"  # static tokens
@@ -44,6 +45,10 @@ class JsonFormatter(logging.Formatter):
         rid = context.request_id()
         if rid:
             payload["request_id"] = rid
+        if tracing.enabled():
+            ids = tracing.current_ids()
+            if ids is not None:
+                payload["trace_id"], payload["span_id"] = ids
         caller = context.current_caller()
         if caller.user_id:
             payload["user_id"] = caller.user_id

@@ -143,6 +143,22 @@ CATALOGUE: dict[int, tuple[str, str]] = {
     ),
     # -- training as a product (100-119)
     # -- chat as a product (120-139)
+    Reason.NOT_LATEST_MESSAGE: (
+        "Повторить или изменить можно только последнее сообщение чата.",
+        "Only the chat's latest message can be regenerated or edited.",
+    ),
+    Reason.IMAGE_TOO_LARGE: (
+        "Изображение слишком большое: уменьшите его разрешение или размер файла.",
+        "The image is too large: reduce its resolution or file size.",
+    ),
+    Reason.MODEL_BUSY: (
+        "Модель сейчас перегружена запросами: повторите чуть позже.",
+        "The model is busy with other requests: retry shortly.",
+    ),
+    Reason.ADAPTER_INVALID: (
+        "Адаптер клона повреждён или не подходит к базовой модели: переобучите клон.",
+        "The clone's adapter is corrupt or does not fit its base model: retrain the clone.",
+    ),
     # -- service identity and sessions (140-159)
     Reason.SESSION_REVOKED: (
         "Сеанс завершён (токен заменён или доступ отключён). Войдите заново.",

@@ -23,6 +23,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from aivera.storage.v1 import storage_pb2, storage_pb2_grpc
+from services.common import tracing
 from services.common.config import CommonSettings
 from services.common.errors import (
     AlreadyExists,
@@ -134,7 +135,10 @@ class StorageClient:
 
     async def download(self, file_id: str) -> bytes:
         """The whole file (for files a service holds in memory anyway)."""
-        return b"".join([chunk async for chunk in self.chunks(file_id)])
+        with tracing.span("storage.download", {"storage.file_id": file_id}) as span:
+            data = b"".join([chunk async for chunk in self.chunks(file_id)])
+            span.set_attribute("storage.bytes", len(data))
+        return data
 
     async def upload(
         self,
@@ -159,8 +163,13 @@ class StorageClient:
             for start in range(0, len(data), CHUNK_BYTES):
                 yield storage_pb2.UploadRequest(chunk=bytes(view[start : start + CHUNK_BYTES]))
 
+        async def send() -> Any:
+            # The call starts inside the transfer's span, so its client span is a child.
+            return await self.stub.Upload(requests(), timeout=self.deadlines.transfer)
+
+        attrs = {"storage.bytes": len(data), "storage.bucket": storage_pb2.Bucket.Name(bucket)}
         try:
-            f: Any = await self.stub.Upload(requests(), timeout=self.deadlines.transfer)
+            f: Any = await tracing.within("storage.upload", send(), attrs)
         except grpc.aio.AioRpcError as exc:
             raise map_rpc_error(exc, "file upload") from None
         return f  # type: ignore[no-any-return]

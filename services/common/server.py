@@ -27,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from services.common import db, logs, migrations, pages
+from services.common import db, logs, metrics, migrations, pages, tracing
 from services.common.channels import open_channel
 from services.common.config import CommonSettings
 from services.common.errors import Unavailable
@@ -197,6 +197,7 @@ class App:
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         self.serving = serving
+        metrics.set_serving(self.spec.name, serving)
         for name in ["", *self.service_names]:
             await self.health.set(name, status)
 
@@ -249,13 +250,15 @@ class App:
 
     async def start(self) -> None:
         server = grpc.aio.server(
+            # A server span per call while tracing is on; none (no cost) while it is off.
+            interceptors=tracing.server_interceptors(),
             options=[
                 ("grpc.max_receive_message_length", 16 * 1024 * 1024),
                 ("grpc.max_send_message_length", 16 * 1024 * 1024),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
                 *self.spec.grpc_options,
-            ]
+            ],
         )
         for descriptor, servicer in await self.spec.build(self):
             server.add_generic_rpc_handlers((service_handler(descriptor, servicer, self.runtime),))
@@ -319,6 +322,7 @@ class App:
 async def serve(spec: ServiceSpec, settings: CommonSettings) -> None:
     """Run until SIGTERM or SIGINT, then drain."""
     logs.configure(spec.name, settings.log_level)
+    tracing.configure(spec.name)
     app = App(spec, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -330,6 +334,7 @@ async def serve(spec: ServiceSpec, settings: CommonSettings) -> None:
         "%s: shutdown signal, draining for up to %.0fs", spec.name, settings.shutdown_grace_seconds
     )
     await app.stop()
+    tracing.shutdown()
 
 
 async def migrate_only(spec: ServiceSpec, settings: CommonSettings) -> None:

@@ -43,6 +43,7 @@ from aivera.common.v1 import common_pb2
 from aivera.rag.v1 import rag_pb2
 from aivera.storage.v1 import storage_pb2
 from services.common import context as ctx
+from services.common import tracing
 from services.common.errors import (
     Aborted,
     FailedPrecondition,
@@ -383,13 +384,16 @@ class Ingestor:
         emit(phase(doc_id, P.INGEST_STAGE_PARSING, 0, 0, "pages"))
         parsed = preparsed
         if parsed is None:
-            parsed = await asyncio.to_thread(
-                parse_document,
-                data,
-                filename=file.filename,
-                content_type=file.content_type,
-                format=DocumentFormat(run.doc.format),
-                options=self._parse_options(params),
+            parsed = await tracing.within(
+                "rag.parse",
+                asyncio.to_thread(
+                    parse_document,
+                    data,
+                    filename=file.filename,
+                    content_type=file.content_type,
+                    format=DocumentFormat(run.doc.format),
+                    options=self._parse_options(params),
+                ),
             )
         n_pages = parsed.page_count
         emit(phase(doc_id, P.INGEST_STAGE_PARSING, n_pages, n_pages, "pages"))
@@ -399,17 +403,24 @@ class Ingestor:
             emit(warning(doc_id, "the document has no text"))
         await self._beat(run)
 
-        pages = await self._render_pages(run, parsed, data, params, file, emit)
+        pages = await tracing.within(
+            "rag.render_pages",
+            self._render_pages(run, parsed, data, params, file, emit),
+            {"rag.pages": parsed.page_count},
+        )
 
         embedder = self.embedder
         emit(phase(doc_id, P.INGEST_STAGE_CHUNKING, 0, 0, "chunks"))
-        chunks: list[Chunk] = await asyncio.to_thread(
-            make_chunks,
-            doc_id,
-            parsed.blocks,
-            embedder,
-            size=params.chunk_size,
-            overlap=params.chunk_overlap,
+        chunks: list[Chunk] = await tracing.within(
+            "rag.chunk",
+            asyncio.to_thread(
+                make_chunks,
+                doc_id,
+                parsed.blocks,
+                embedder,
+                size=params.chunk_size,
+                overlap=params.chunk_overlap,
+            ),
         )
         total = len(chunks)
         emit(phase(doc_id, P.INGEST_STAGE_CHUNKING, total, total, "chunks"))
@@ -419,20 +430,23 @@ class Ingestor:
         sparse: list[SparseVector] = []
         if total:
             emit(phase(doc_id, P.INGEST_STAGE_EMBEDDING, 0, total, "chunks"))
-            try:
-                async for batch in vectorize(chunks, embedder, batch_size=self.limits.embed_batch):
-                    dense.extend(batch.dense)
-                    sparse.extend(batch.sparse)
-                    emit(phase(doc_id, P.INGEST_STAGE_EMBEDDING, batch.done, total, "chunks"))
-                    await self._beat(run)
-            except (OSError, RuntimeError) as exc:
-                raise Unavailable(
-                    f"the embedder is unavailable: {type(exc).__name__}",
-                    reason=Reason.DEPENDENCY_UNAVAILABLE,
-                    metadata={"dependency": "embedder"},
-                ) from exc
+            with tracing.span("rag.embed", {"rag.chunks": total}):
+                try:
+                    async for batch in vectorize(
+                        chunks, embedder, batch_size=self.limits.embed_batch
+                    ):
+                        dense.extend(batch.dense)
+                        sparse.extend(batch.sparse)
+                        emit(phase(doc_id, P.INGEST_STAGE_EMBEDDING, batch.done, total, "chunks"))
+                        await self._beat(run)
+                except (OSError, RuntimeError) as exc:
+                    raise Unavailable(
+                        f"the embedder is unavailable: {type(exc).__name__}",
+                        reason=Reason.DEPENDENCY_UNAVAILABLE,
+                        metadata={"dependency": "embedder"},
+                    ) from exc
             emit(phase(doc_id, P.INGEST_STAGE_INDEXING, 0, total, "chunks"))
-        await self.index.replace_document(
+        indexed = self.index.replace_document(
             user_id=run.user_id,
             knowledge_base_id=str(run.doc.knowledge_base_id),
             document_id=doc_id,
@@ -441,6 +455,7 @@ class Ingestor:
             dense=dense,
             sparse=sparse,
         )
+        await tracing.within("rag.index", indexed, {"rag.chunks": total})
         if total:
             emit(phase(doc_id, P.INGEST_STAGE_INDEXING, total, total, "chunks"))
 

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from services.common import tracing
 from services.common.errors import Reason, Unavailable, not_found
 from services.rag.embedder import Embedder
 from services.rag.index import Hit, Index, SearchMode
@@ -67,13 +68,13 @@ class Searcher:
                 raise not_found("knowledge base", raw)
         dense = None
         if request.mode is not SearchMode.SPARSE:
-            dense = await self._embed(request.query)
+            dense = await tracing.within("rag.embed_query", self._embed(request.query))
         sparse = (
             Bm25Encoder().encode_query(request.query)
             if request.mode is not SearchMode.DENSE
             else None
         )
-        hits = await self.index.search(
+        searched = self.index.search(
             user_id=user_id,
             knowledge_base_ids=[str(k) for _, k in request.knowledge_bases],
             dense=dense,
@@ -83,8 +84,14 @@ class Searcher:
             pages=list(request.pages) or None,
             mode=request.mode,
         )
+        attrs = {"rag.mode": request.mode.name.lower(), "rag.top_k": request.top_k}
+        hits = await tracing.within("rag.index_search", searched, attrs)
         keys = [_hit_key(h) for h in hits]
-        context = await self.store.hit_context(user_id, [k for k in keys if k is not None])
+        context = await tracing.within(
+            "rag.hit_context",
+            self.store.hit_context(user_id, [k for k in keys if k is not None]),
+            {"rag.hits": len(hits)},
+        )
         return [
             Found(h, context.blocks_of(k), context.page(k)) if k is not None else Found(h, (), None)
             for h, k in zip(hits, keys, strict=True)

@@ -14,6 +14,7 @@ from typing import Any
 from google.protobuf import empty_pb2
 
 from aivera.storage.v1 import storage_pb2
+from services.common import tracing
 from services.common.context import require_user_id
 from services.common.protoutil import timestamp
 from services.storage.files import Files
@@ -60,7 +61,12 @@ class StorageServiceServicer:
     async def Upload(
         self, request_iterator: AsyncIterator[storage_pb2.UploadRequest], context: Any
     ) -> storage_pb2.File:
-        return file_proto(await self.files.upload(require_user_id(), request_iterator))
+        row = await self.files.upload(require_user_id(), request_iterator)
+        # The transfer on the call's span (while tracing is on): how much, to which backend.
+        tracing.current_span().set_attributes(
+            {"storage.bytes": row.size_bytes, "storage.backend": row.backend}
+        )
+        return file_proto(row)
 
     async def Download(
         self, request: storage_pb2.DownloadRequest, context: Any
@@ -78,6 +84,9 @@ class StorageServiceServicer:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
                 await aclose()
+        tracing.current_span().set_attributes(
+            {"storage.bytes": sent, "storage.backend": row.backend}
+        )
         yield storage_pb2.DownloadResponse(done=storage_pb2.DownloadDone(bytes_sent=sent))
 
     async def GetFile(self, request: storage_pb2.GetFileRequest, context: Any) -> storage_pb2.File:

@@ -27,6 +27,13 @@ class DatasetService:
             file_id=request.file_id,
             base_model=request.base_model,
             max_seq_length=request.max_seq_length,
+            description=request.description,
+        )
+        return dataset_proto(row)
+
+    async def UpdateDataset(self, request: D.UpdateDatasetRequest, context: Any) -> D.Dataset:
+        row = await self.datasets.update(
+            ctx.require_user_id(), request.dataset, list(request.update_mask.paths)
         )
         return dataset_proto(row)
 

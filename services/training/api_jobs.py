@@ -11,7 +11,7 @@ from google.protobuf import empty_pb2
 from aivera.training.v1 import jobs_pb2
 from services.common import context as ctx
 from services.common import pages
-from services.training.convert import checkpoint_proto, job_proto, metric_proto
+from services.training.convert import checkpoint_proto, estimate_proto, job_proto, metric_proto
 from services.training.hub import Heartbeat
 from services.training.jobs import Finished, JobDetail, Jobs
 
@@ -36,8 +36,14 @@ class TrainingService:
             method=request.method,
             executor=request.executor,
             hyperparameters=request.hyperparameters,
+            hardware_class=request.hardware_class,
+            init_model_id=request.init_model_id,
         )
         return self._job(detail)
+
+    async def EstimateJob(self, request: J.EstimateJobRequest, context: Any) -> J.JobEstimate:
+        out = await self.jobs.estimate(ctx.require_user_id(), request.job)
+        return estimate_proto(out.hp, out.estimate, out.quota_message, self.currency)
 
     async def GetJob(self, request: J.GetJobRequest, context: Any) -> J.TrainingJob:
         return self._job(await self.jobs.get(ctx.require_user_id(), request.id))
@@ -54,7 +60,13 @@ class TrainingService:
         return self._job(await self.jobs.cancel(ctx.require_user_id(), request.id))
 
     async def RetryJob(self, request: J.RetryJobRequest, context: Any) -> J.TrainingJob:
-        return self._job(await self.jobs.retry(ctx.require_user_id(), request.id))
+        detail = await self.jobs.retry(
+            ctx.require_user_id(),
+            request.id,
+            request.hyperparameters,
+            list(request.update_mask.paths),
+        )
+        return self._job(detail)
 
     async def DeleteJob(self, request: J.DeleteJobRequest, context: Any) -> empty_pb2.Empty:
         await self.jobs.delete(ctx.require_user_id(), request.id)

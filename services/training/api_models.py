@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from google.protobuf import empty_pb2
+
 from aivera.training.v1 import models_pb2
 from services.common import context as ctx
 from services.common import pages
@@ -40,3 +42,21 @@ class ModelService:
         for u in urls:
             out.urls.add(name=u.name, url=u.url, size_bytes=u.size_bytes)
         return out
+
+    async def UpdateModel(self, request: M.UpdateModelRequest, context: Any) -> M.ModelArtifact:
+        row = await self.models.rename(
+            ctx.require_user_id(), request.model, list(request.update_mask.paths)
+        )
+        return model_proto(row)
+
+    async def DeleteModel(self, request: M.DeleteModelRequest, context: Any) -> empty_pb2.Empty:
+        await self.models.delete(ctx.require_user_id(), request.id)
+        return empty_pb2.Empty()
+
+    async def PromoteCheckpoint(
+        self, request: M.PromoteCheckpointRequest, context: Any
+    ) -> M.ModelArtifact:
+        row = await self.models.promote(
+            ctx.require_user_id(), request.job_id, request.checkpoint_id, request.name
+        )
+        return model_proto(row)

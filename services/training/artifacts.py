@@ -4,18 +4,27 @@ workers upload, and signed download URLs of a model's files, made on demand."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
+import json
+import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from aivera.storage.v1 import storage_pb2
+from aivera.training.v1 import jobs_pb2, models_pb2, notifications_pb2
+from services.common import context as ctx
 from services.common import pages
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Reason, not_found
 from services.common.protoutil import parse_uuid
 from services.common.remote import StorageClient
-from services.training.store import ModelRow, Store
+from services.training import basemodels, checks, convert, executors
+from services.training.config import TrainingSettings
+from services.training.store import JobRow, ModelRow, Store
+
+log = logging.getLogger("aivera.training.models")
 
 BUCKET_NAMES: dict[int, str] = {
     storage_pb2.BUCKET_DATASETS: "datasets",
@@ -79,12 +88,120 @@ async def upload_adapter(
     return out
 
 
-class Models:
-    """Model artifacts of a user: read, listed, and downloaded through signed URLs."""
+def checkpoint_adapter(job: JobRow, blob: bytes, base_model_path: str) -> dict[str, bytes]:
+    """The adapter files of a checkpoint tar: its weights with the job's adapter config (a
+    simulated job's checkpoint has none: the placeholder)."""
+    hp = convert.hp_from_json(job.hyperparameters)
+    if job.executor == jobs_pb2.EXECUTOR_SIMULATE:
+        return executors.placeholder_adapter(hp)
+    files = executors.read_tar(blob)
+    if "adapter_model.safetensors" not in files:
+        raise FailedPrecondition(
+            "the checkpoint holds no adapter weights", reason=Reason.MODEL_NOT_READY
+        )
+    config = executors.adapter_config(hp, base_model_path)
+    return {
+        "adapter_model.safetensors": files["adapter_model.safetensors"],
+        "adapter_config.json": json.dumps(config, indent=2).encode(),
+    }
 
-    def __init__(self, store: Store, storage: StorageClient) -> None:
+
+class Models:
+    """Model artifacts of a user: read, listed, renamed, deleted (files purged after the
+    retention period), promoted from checkpoints, and downloaded through signed URLs."""
+
+    def __init__(self, store: Store, storage: StorageClient, settings: TrainingSettings) -> None:
         self.store = store
         self.storage = storage
+        self.settings = settings
+
+    async def rename(
+        self, user: str, model: models_pb2.ModelArtifact, paths: list[str]
+    ) -> ModelRow:
+        if paths != ["name"]:
+            raise InvalidArgument("update_mask must be exactly `name`", field="update_mask")
+        name = checks.name(model.name, "model.name")
+        row = await self.get(user, model.id)
+        await self.store.rename_model(row.id, name)
+        return await self.get(user, model.id)
+
+    async def delete(self, user: str, raw_id: str) -> None:
+        """Soft-delete; clones whose active model it was lose it and their owner is told."""
+        async with self.store.transaction() as tx:
+            row = await tx.get_model(user, parse_uuid(raw_id, field="id"))
+            if row is None:
+                raise not_found("model", raw_id)
+            for clone_id, clone_name in await tx.delete_model(row.id):
+                await tx.notify(
+                    user,
+                    notifications_pb2.NOTIFICATION_KIND_MODEL_DELETED,
+                    "Model deleted",
+                    f"Clone {clone_name!r} lost its model {row.name!r}: it answers with its "
+                    "base model until you set another.",
+                    model_id=str(row.id),
+                    clone_id=str(clone_id),
+                )
+
+    async def promote(self, user: str, job_id: str, checkpoint_id: str, name: str) -> ModelRow:
+        """A model from a checkpoint of one of the user's jobs."""
+        name = checks.name(name, required=False)
+        job = await self.store.get_job(user, parse_uuid(job_id, field="job_id"))
+        if job is None:
+            raise not_found("job", job_id)
+        ck = await self.store.get_checkpoint(
+            job.id, parse_uuid(checkpoint_id, field="checkpoint_id")
+        )
+        if ck is None:
+            raise not_found("checkpoint", checkpoint_id)
+        blob = await self.storage.download(ck.file_id)
+        path = ""
+        if job.executor != jobs_pb2.EXECUTOR_SIMULATE:
+            try:
+                path = str(
+                    await asyncio.to_thread(basemodels.resolve, job.base_model, self.settings)
+                )
+            except FileNotFoundError:
+                path = job.base_model
+        files = checkpoint_adapter(job, blob, path)
+        uploaded = await upload_adapter(self.storage, job_id=job.id, files=files)
+        return await self.store.insert_model(
+            user_id=user,
+            name=name or f"{job.name} (step {ck.step})",
+            job_id=job.id,
+            clone_id=job.clone_id,
+            base_model=job.base_model,
+            method=job.method,
+            kind=models_pb2.MODEL_KIND_LORA_ADAPTER,
+            files=uploaded,
+            steps=ck.step,
+            final_loss=ck.loss,
+            final_eval_loss=ck.eval_loss,
+            simulated=job.executor == jobs_pb2.EXECUTOR_SIMULATE,
+            checkpoint_id=ck.id,
+        )
+
+    async def purge_once(self) -> int:
+        """Delete the files of models deleted longer than the retention period ago; how
+        many models were purged. A file already gone counts as purged."""
+        rows = await self.store.models_to_purge(self.settings.training_model_retention_seconds)
+        for row in rows:
+            with ctx.acting_for(row.user_id):
+                for f in row.files:
+                    try:
+                        await self.storage.delete_file(f["file_id"])
+                    except NotFound:
+                        continue
+            await self.store.mark_purged(row.id)
+            log.info("purged the files of deleted model %s", row.id)
+        return len(rows)
+
+    async def purge_loop(self) -> None:
+        while True:
+            try:
+                await self.purge_once()
+            except Exception as exc:  # storage or Postgres down: try again next round
+                log.warning("model purge failed: %s", exc)
+            await asyncio.sleep(self.settings.training_purge_interval_seconds)
 
     async def get(self, user: str, raw_id: str) -> ModelRow:
         row = await self.store.get_model(user, parse_uuid(raw_id, field="id"))

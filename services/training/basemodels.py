@@ -1,6 +1,8 @@
 """Base models: resolving an allowed base model id to a local HF folder, and what the
-server needs to know of it (tokenizer, context length, adaptable module names). Loading is
-cached per folder; only the tokenizer and the config are read here, never the weights."""
+server needs to know of it (tokenizer, context length, adaptable module names, the
+architecture the estimates use). Loading is cached per folder; only the tokenizer and the
+config are read here, never the weights. What a model *is* (family, licence, memory per
+method) comes from the shared catalogue, services.common.catalogue."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.common import catalogue
 from services.training.config import TrainingSettings
 
 _lock = threading.Lock()
@@ -45,6 +48,8 @@ def tokenizer(name: str, settings: TrainingSettings) -> Any:
 class ModelFacts:
     context_length: int
     linear_modules: tuple[str, ...]  # adaptable leaf names of attention and MLP blocks
+    arch: catalogue.Arch | None = None
+    model_type: str = ""
 
 
 @functools.lru_cache(maxsize=8)
@@ -62,8 +67,15 @@ def _facts(path: str) -> ModelFacts:
             leaf = full.rsplit(".", 1)[-1]
             if leaf not in ("lm_head", "score", "classifier"):
                 names.add(leaf)
-    return ModelFacts(context, tuple(sorted(names)))
+    parameters = sum(p.numel() for p in model.parameters())
+    arch = catalogue.Arch.from_config(config.to_dict(), parameters)
+    return ModelFacts(context, tuple(sorted(names)), arch, str(config.model_type))
 
 
 def facts(name: str, settings: TrainingSettings) -> ModelFacts:
     return _facts(str(resolve(name, settings)))
+
+
+def chat_template(name: str, settings: TrainingSettings) -> str:
+    """The family of the tokenizer's chat template ("" without one)."""
+    return catalogue.template_name(getattr(tokenizer(name, settings), "chat_template", None))

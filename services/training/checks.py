@@ -8,6 +8,7 @@ from services.training.config import TrainingSettings
 
 MAX_NAME = 200
 MAX_PERSONA = 8000
+MAX_DESCRIPTION = 2000
 
 
 def _printable(value: str, field: str) -> str:
@@ -31,6 +32,13 @@ def persona(value: str, field: str = "persona_prompt") -> str:
         raise InvalidArgument(
             f"persona_prompt must be at most {MAX_PERSONA} characters", field=field
         )
+    return value
+
+
+def description(value: str, field: str = "description") -> str:
+    _printable(value, field)
+    if len(value) > MAX_DESCRIPTION:
+        raise InvalidArgument(f"{field} must be at most {MAX_DESCRIPTION} characters", field=field)
     return value
 
 

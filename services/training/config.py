@@ -15,7 +15,7 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field, SecretStr
 
 from services.common.config import CommonSettings
 from services.common.ports import SERVICES
@@ -32,6 +32,48 @@ ExecutorName = Literal["peft", "simulate"]
 
 def _all_executors() -> list[ExecutorName]:
     return ["peft", "simulate"]
+
+
+class HardwareClassSpec(BaseModel):
+    """A hardware class a job can ask for: the worker pool that runs it (node selector),
+    what one device holds and sustains, and its price."""
+
+    device_type: str
+    gpu_count: int = 1
+    # Memory of one device (GPU memory; for a CPU class, the memory a worker may use).
+    memory_gib: float
+    hourly_rate_micros: int
+    # Sustained training throughput of one device (peak bf16 × a typical utilisation),
+    # what time estimates divide by.
+    effective_tflops: float
+    node_selector: dict[str, str] = Field(default_factory=dict)
+
+
+def _hardware_classes() -> dict[str, HardwareClassSpec]:
+    def gpu(device: str, gib: float, rate: int, tflops: float, product: str) -> HardwareClassSpec:
+        return HardwareClassSpec(
+            device_type=device,
+            memory_gib=gib,
+            hourly_rate_micros=rate,
+            effective_tflops=tflops,
+            node_selector={"nvidia.com/gpu.product": product},
+        )
+
+    return {
+        # ~200 tokens/s of SmolLM2-135M LoRA on 2 cores (DESIGN.md): 4·N·200 ≈ 0.1 TFLOP/s.
+        "cpu": HardwareClassSpec(
+            device_type="cpu",
+            gpu_count=0,
+            memory_gib=16,
+            hourly_rate_micros=100_000,
+            effective_tflops=0.1,
+            node_selector={"aivera.io/pool": "cpu"},
+        ),
+        "nvidia-l4": gpu("nvidia-l4", 22.5, 800_000, 40, "NVIDIA-L4"),
+        "nvidia-a100": gpu("nvidia-a100", 79.6, 3_000_000, 125, "NVIDIA-A100-SXM4-80GB"),
+        "nvidia-h100": gpu("nvidia-h100", 79.6, 4_500_000, 350, "NVIDIA-H100-80GB-HBM3"),
+        "nvidia-h200": gpu("nvidia-h200", 140, 5_500_000, 400, "NVIDIA-H200"),
+    }
 
 
 class TrainingSettings(CommonSettings):
@@ -85,12 +127,48 @@ class TrainingSettings(CommonSettings):
     )
     training_default_hourly_rate_micros: int = 2_000_000
     training_currency: str = "USD"
+    # Hardware classes jobs may ask for (name → spec) and the one a job gets when it names
+    # none. A worker claims only jobs of `training_worker_hardware_classes` (empty: any).
+    training_hardware_classes: dict[str, HardwareClassSpec] = Field(
+        default_factory=_hardware_classes
+    )
+    training_default_hardware_class: str = "cpu"
+    training_worker_hardware_classes: list[str] = Field(default_factory=list)
+    # Per-user monthly limits (UTC calendar months) unless an admin set the user's own:
+    # device hours on GPU classes (0: unlimited) and spending (0: no budget).
+    training_gpu_hours_per_month: float = 0.0
+    training_monthly_budget_micros: int = 0
+    # The simulate executor in prod only when this allows it (never billed, so it must
+    # not pass for real training there).
+    training_allow_simulate_in_prod: bool = False
+    # A deleted model's files are deleted from storage this long after (checked every
+    # `training_purge_interval_seconds`).
+    training_model_retention_seconds: float = 30 * 86400.0
+    training_purge_interval_seconds: float = 3600.0
+    # Outbound webhooks (services.training.webhooks). The key seals their signing secrets
+    # at rest (base64url of 32 bytes; required in prod). Private, loopback and link-local
+    # URLs (and plain http) only when allowed: unset means allowed outside prod.
+    training_webhook_key: SecretStr = SecretStr("")
+    training_webhook_allow_private: bool | None = None
+    # Seconds before each retry (the last repeats) until `give_up` after the event.
+    training_webhook_retry_seconds: list[float] = Field(
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
+    )
+    training_webhook_give_up_seconds: float = 24 * 3600.0
+    training_webhook_timeout_seconds: float = 10.0
+    training_webhook_poll_seconds: float = 1.0
+    training_max_webhooks: int = 10
     # Torch threads of a worker (0 = torch's default).
     training_torch_threads: int = 0
     # Simulate executor: seconds per synthetic step.
     training_simulate_step_seconds: float = 0.2
     # WatchJob / WatchNotifications heartbeat after this many idle seconds.
     training_watch_heartbeat_seconds: float = 15.0
+
+    def default_hardware_class(self) -> str:
+        if self.training_default_hardware_class in self.training_hardware_classes:
+            return self.training_default_hardware_class
+        return next(iter(self.training_hardware_classes), "")
 
     def default_base_model(self) -> str:
         return self.allowed_base_models[0] if self.allowed_base_models else ""

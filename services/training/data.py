@@ -35,6 +35,13 @@ class Example:
     conversation_id: str = ""
 
 
+@dataclass(frozen=True)
+class _Invalid:
+    """A line that is not JSON (kept in order with the records)."""
+
+    message: str
+
+
 @dataclass
 class Parsed:
     format: int = 0
@@ -103,8 +110,40 @@ def _record(record: dict[str, Any], fmt: int) -> Example:
     return Example(0, _messages(record.get("turns"), "turns"), conversation_id=cid)
 
 
+def _array_records(text: str, error: Any) -> list[tuple[int, Any]]:
+    """The elements of a `.json` file holding one array of records, each with the line it
+    starts on (element by element, so a line number points at the record)."""
+    decoder = json.JSONDecoder()
+    ws = " \t\r\n"
+    i = len(text) - len(text.lstrip(ws)) + 1  # past "["
+    records: list[tuple[int, Any]] = []
+    while True:
+        while i < len(text) and text[i] in ws:
+            i += 1
+        if i < len(text) and text[i] == "]":
+            rest = text[i + 1 :].strip(ws)
+            if rest:
+                error(text.count("\n", 0, i) + 1, "unexpected content after the array")
+            return records
+        line = text.count("\n", 0, i) + 1
+        try:
+            record, i = decoder.raw_decode(text, i)
+        except json.JSONDecodeError as exc:
+            error(exc.lineno, f"invalid JSON: {exc.msg} at column {exc.colno}")
+            return records
+        records.append((line, record))
+        while i < len(text) and text[i] in ws:
+            i += 1
+        if i < len(text) and text[i] == ",":
+            i += 1
+        elif not (i < len(text) and text[i] == "]"):
+            error(text.count("\n", 0, i) + 1, "invalid JSON: expected ',' or ']' in the array")
+            return records
+
+
 def parse_jsonl(data: bytes, *, max_errors: int = 100) -> Parsed:
-    """Every line checked; the first `max_errors` problems kept, all counted."""
+    """Every record checked (JSON Lines, one record a line; or a `.json` file holding one
+    array of records); the first `max_errors` problems kept, all counted."""
     out = Parsed()
 
     def error(line: int, message: str) -> None:
@@ -119,15 +158,21 @@ def parse_jsonl(data: bytes, *, max_errors: int = 100) -> Parsed:
         return out
     if text.startswith("\ufeff"):
         text = text[1:]
-    seen_record = False
-    for number, raw in enumerate(text.split("\n"), start=1):
-        if not raw.strip():
-            continue
-        seen_record = True
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            error(number, f"invalid JSON: {exc.msg} at column {exc.colno}")
+    items: list[tuple[int, Any]] = []
+    if text.lstrip().startswith("["):  # a record is an object: "[" opens a .json array
+        items = _array_records(text, error)
+    else:
+        for number, raw in enumerate(text.split("\n"), start=1):
+            if not raw.strip():
+                continue
+            try:
+                items.append((number, json.loads(raw)))
+            except json.JSONDecodeError as exc:
+                items.append((number, _Invalid(f"invalid JSON: {exc.msg} at column {exc.colno}")))
+    seen_record = bool(items) or out.error_count > 0
+    for number, record in items:
+        if isinstance(record, _Invalid):
+            error(number, record.message)
             continue
         if not isinstance(record, dict):
             error(number, "a record must be a JSON object")

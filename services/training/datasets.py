@@ -99,9 +99,17 @@ class Datasets:
         return await self.store.list_datasets(user, status, page)
 
     async def create(
-        self, user: str, *, name: str, file_id: str, base_model: str, max_seq_length: int
+        self,
+        user: str,
+        *,
+        name: str,
+        file_id: str,
+        base_model: str,
+        max_seq_length: int,
+        description: str = "",
     ) -> DatasetRow:
         name = checks.name(name)
+        description = checks.description(description)
         base_model = checks.base_model(self.settings, base_model)
         max_len = max_seq_length or DEFAULT_MAX_SEQ_LENGTH
         if not MIN_SEQ_LENGTH <= max_len <= MAX_SEQ_LENGTH:
@@ -134,6 +142,7 @@ class Datasets:
             status=D.DATASET_STATUS_VALIDATING,
             base_model=base_model,
             max_seq_length=max_len,
+            description=description,
         )
         self.spawn(self.validate(row.id, user), f"validate-dataset-{row.id}")
         return row
@@ -201,8 +210,27 @@ class Datasets:
                     dataset_id=str(ds_id),
                 )
 
+    async def update(self, user: str, dataset: D.Dataset, paths: list[str]) -> DatasetRow:
+        """Rename or describe a dataset (the fields in `paths`)."""
+        if not paths or any(p not in ("name", "description") for p in paths):
+            raise InvalidArgument(
+                "update_mask must name `name` and/or `description`", field="update_mask"
+            )
+        name = checks.name(dataset.name, "dataset.name") if "name" in paths else None
+        text = (
+            checks.description(dataset.description, "dataset.description")
+            if "description" in paths
+            else None
+        )
+        row = await owned(self.store, user, dataset.id, "dataset.id")
+        await self.store.update_dataset(row.id, name=name, description=text)
+        return await owned(self.store, user, dataset.id, "dataset.id")
+
     async def delete(self, user: str, raw_id: str) -> None:
         async with self.store.transaction() as tx:
+            # The user's job-creation lock: a CreateJob in flight either sees the dataset
+            # deleted or holds its job before this check counts it.
+            await tx.lock_user(user)
             row = await owned(tx, user, raw_id)
             if await tx.active_jobs_using(row.id):
                 raise FailedPrecondition(

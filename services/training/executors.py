@@ -88,6 +88,12 @@ def run_simulate(s: Session) -> Result:
             s.on_checkpoint(
                 point, make_tar({"state.json": json.dumps({"step": step + 1}).encode()})
             )
+    return Result(files=placeholder_adapter(hp), steps=total, final_loss=loss)
+
+
+def placeholder_adapter(hp: jobs_pb2.Hyperparameters) -> dict[str, bytes]:
+    """The files a simulated job leaves: a placeholder tensor and a config that says it
+    is simulated (never a usable adapter)."""
     import numpy as np
     from safetensors.numpy import save
 
@@ -99,14 +105,26 @@ def run_simulate(s: Session) -> Result:
         "lora_alpha": hp.lora_alpha,
         "target_modules": list(hp.target_modules),
     }
-    return Result(
-        files={
-            "adapter_model.safetensors": weights,
-            "adapter_config.json": json.dumps(config).encode(),
-        },
-        steps=total,
-        final_loss=loss,
-    )
+    return {
+        "adapter_model.safetensors": weights,
+        "adapter_config.json": json.dumps(config).encode(),
+    }
+
+
+def adapter_config(hp: jobs_pb2.Hyperparameters, base_model_path: str) -> dict[str, object]:
+    """A peft `adapter_config.json` for a LoRA adapter trained with `hp` (what
+    `save_pretrained` writes, for weights taken from a checkpoint)."""
+    return {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model_path,
+        "r": hp.lora_rank,
+        "lora_alpha": hp.lora_alpha,
+        "lora_dropout": hp.lora_dropout,
+        "target_modules": sorted(hp.target_modules),
+        "bias": "none",
+        "inference_mode": True,
+    }
 
 
 # -- peft -----------------------------------------------------------------------------------
@@ -345,6 +363,14 @@ def run_peft(s: Session) -> Result:
     if s.resume is not None:
         trainer.load_blob(s.resume)
         s.log(f"resumed from checkpoint at step {trainer.step}")
+    elif s.init_adapter is not None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load
+
+        result = set_peft_model_state_dict(model, load(s.init_adapter))
+        if getattr(result, "unexpected_keys", None):
+            raise ModelLoadError("the model to continue from does not match this adapter")
+        s.log("continuing from the adapter of the starting model")
     total = s.plan.total_steps
     point: StepPoint | None = None
     while trainer.step < total:

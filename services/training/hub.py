@@ -14,14 +14,21 @@ from typing import Any
 
 import asyncpg
 
-from services.training.store import EVENTS_CHANNEL, NOTIFICATIONS_CHANNEL, QUEUE_CHANNEL
+from services.training.store import (
+    EVENTS_CHANNEL,
+    NOTIFICATIONS_CHANNEL,
+    QUEUE_CHANNEL,
+    WEBHOOKS_CHANNEL,
+)
 
 log = logging.getLogger("aivera.training.hub")
 
 
 class Hub:
     def __init__(
-        self, dsn: str, channels: tuple[str, ...] = (EVENTS_CHANNEL, NOTIFICATIONS_CHANNEL)
+        self,
+        dsn: str,
+        channels: tuple[str, ...] = (EVENTS_CHANNEL, NOTIFICATIONS_CHANNEL, WEBHOOKS_CHANNEL),
     ) -> None:
         self._dsn = dsn
         self._channels = channels

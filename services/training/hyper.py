@@ -30,6 +30,32 @@ def effective(
     linear_modules: Sequence[str],
     dataset_max_seq_length: int,
     checkpoint_every_default: int,
+    prefix: str = F,
+) -> jobs_pb2.Hyperparameters:
+    """The effective values; a bad one is INVALID_ARGUMENT naming `prefix` + its name
+    (EstimateJob nests the request one level deeper)."""
+    try:
+        return _effective(
+            hp,
+            context_length=context_length,
+            linear_modules=linear_modules,
+            dataset_max_seq_length=dataset_max_seq_length,
+            checkpoint_every_default=checkpoint_every_default,
+        )
+    except InvalidArgument as exc:
+        if prefix == F or not exc.field:
+            raise
+        field = prefix + exc.field.removeprefix(F)
+        raise InvalidArgument(exc.message, field=field) from None
+
+
+def _effective(
+    hp: jobs_pb2.Hyperparameters,
+    *,
+    context_length: int,
+    linear_modules: Sequence[str],
+    dataset_max_seq_length: int,
+    checkpoint_every_default: int,
 ) -> jobs_pb2.Hyperparameters:
     out = jobs_pb2.Hyperparameters()
     duration = hp.WhichOneof("duration")

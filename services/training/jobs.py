@@ -14,7 +14,7 @@ from typing import Any
 
 from aivera.training.v1 import datasets_pb2, jobs_pb2
 from services.common import context as ctx
-from services.common import pages
+from services.common import pages, tracing
 from services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -25,7 +25,19 @@ from services.common.errors import (
 )
 from services.common.protoutil import parse_uuid
 from services.common.remote import StorageClient
-from services.training import basemodels, checks, clones, convert, datasets, hyper, lifecycle
+from services.training import (
+    basemodels,
+    catalogue,
+    checks,
+    clones,
+    convert,
+    datasets,
+    estimates,
+    hyper,
+    lifecycle,
+)
+from services.training.billing import Billing
+from services.training.catalogue import HardwareClass
 from services.training.config import TrainingSettings
 from services.training.hub import Beat, Heartbeat, Hub
 from services.training.lifecycle import Failure
@@ -33,9 +45,12 @@ from services.training.plan import PlanError, make_plan
 from services.training.store import (
     EVENTS_CHANNEL,
     CheckpointRow,
+    CloneRow,
     CostRow,
+    DatasetRow,
     JobRow,
     MetricRow,
+    ModelRow,
     Store,
 )
 
@@ -56,6 +71,35 @@ class JobDetail:
 
     job: JobRow
     costs: list[CostRow]
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A checked CreateJob request with its effective settings."""
+
+    name: str
+    dataset: DatasetRow
+    clone: CloneRow | None
+    base_model: str
+    method: int
+    executor: int
+    hp: jobs_pb2.Hyperparameters
+    hardware: HardwareClass
+    init: ModelRow | None = None
+
+    @property
+    def simulated(self) -> bool:
+        return self.executor == J.EXECUTOR_SIMULATE
+
+
+@dataclass(frozen=True, slots=True)
+class Estimated:
+    """EstimateJob's answer: the effective settings, the estimate and, when the caller's
+    quota has no room for it, why."""
+
+    hp: jobs_pb2.Hyperparameters
+    estimate: estimates.Estimate
+    quota_message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +135,14 @@ class Jobs:
         storage: StorageClient,
         hub: Hub,
         spawn: Spawn,
+        billing: Billing,
     ) -> None:
         self.store = store
         self.settings = settings
         self.storage = storage
         self.hub = hub
         self.spawn = spawn
+        self.billing = billing
 
     # -- reads ----------------------------------------------------------------------------
     async def get(self, user: str, raw_id: str) -> JobDetail:
@@ -125,7 +171,136 @@ class Jobs:
     async def _detail(store: Store, job: JobRow) -> JobDetail:
         return JobDetail(job, (await store.costs([job.id]))[job.id])
 
-    # -- create and validate ----------------------------------------------------------------
+    # -- create, estimate and validate -----------------------------------------------------
+    async def _prepare(
+        self,
+        user: str,
+        *,
+        name: str,
+        dataset_id: str,
+        clone_id: str,
+        base_model: str,
+        method: int,
+        executor: int,
+        hyperparameters: jobs_pb2.Hyperparameters,
+        hardware_class: str,
+        init_model_id: str = "",
+        field_prefix: str = "",
+    ) -> Prepared:
+        """Every check of CreateJob but the quota, and the effective settings."""
+        f = field_prefix
+        name = checks.name(name, f + "name", required=False)
+        if method not in (J.TRAINING_METHOD_UNSPECIFIED, *METHODS):
+            raise InvalidArgument("method must be LORA or QLORA", field=f + "method")
+        method = method or J.TRAINING_METHOD_LORA
+        default_executor = EXECUTORS[self.settings.training_executor]
+        executor = executor or default_executor
+        enabled = {EXECUTORS[e] for e in self.settings.training_executors_enabled}
+        if executor not in enabled | {default_executor}:
+            raise InvalidArgument(
+                f"executor {executor_name(executor)} is not enabled on this server",
+                field=f + "executor",
+            )
+        if (
+            executor == J.EXECUTOR_SIMULATE
+            and self.settings.aivera_env == "prod"
+            and not self.settings.training_allow_simulate_in_prod
+        ):
+            # Simulated jobs are never billed: in production they must be asked for on
+            # purpose (TRAINING_ALLOW_SIMULATE_IN_PROD), never slip through as training.
+            raise InvalidArgument(
+                "the simulate executor is disabled in production", field=f + "executor"
+            )
+        hardware = catalogue.hardware_class(self.settings, hardware_class, f + "hardware_class")
+        dataset = await datasets.owned(self.store, user, dataset_id, f + "dataset_id")
+        clone = await clones.owned(self.store, user, clone_id, f + "clone_id") if clone_id else None
+        init = None
+        if init_model_id:
+            init = await self.store.get_model(
+                user, parse_uuid(init_model_id, field=f + "init_model_id")
+            )
+            if init is None:
+                raise not_found("model", init_model_id)
+        base_model = base_model or (
+            clone.base_model if clone else init.base_model if init else dataset.base_model
+        )
+        base_model = checks.base_model(self.settings, base_model, f + "base_model")
+        if clone is not None and base_model != clone.base_model:
+            raise InvalidArgument(
+                f"base_model {base_model!r} differs from the clone's {clone.base_model!r}",
+                field=f + "base_model",
+            )
+        try:
+            facts = await asyncio.to_thread(basemodels.facts, base_model, self.settings)
+        except (OSError, ValueError) as exc:
+            raise InvalidArgument(
+                f"base_model {base_model!r} cannot be loaded: {exc}",
+                field=f + "base_model",
+                reason=Reason.BASE_MODEL_UNAVAILABLE,
+            ) from None
+        if init is not None:
+            hyperparameters = await self._continue_from(
+                init, base_model, executor, hyperparameters, f
+            )
+        hp = hyper.effective(
+            hyperparameters,
+            context_length=facts.context_length,
+            linear_modules=facts.linear_modules,
+            dataset_max_seq_length=dataset.max_seq_length,
+            checkpoint_every_default=self.settings.training_checkpoint_every_steps,
+            prefix=f + "hyperparameters.",
+        )
+        if dataset.status != datasets_pb2.DATASET_STATUS_READY:
+            raise FailedPrecondition(
+                "the dataset is not READY",
+                reason=Reason.DATASET_NOT_READY,
+                metadata={"dataset_id": str(dataset.id)},
+            )
+        return Prepared(name, dataset, clone, base_model, method, executor, hp, hardware, init)
+
+    async def _continue_from(
+        self,
+        init: ModelRow,
+        base_model: str,
+        executor: int,
+        requested: jobs_pb2.Hyperparameters,
+        f: str,
+    ) -> jobs_pb2.Hyperparameters:
+        """The request's hyperparameters with the starting model's adapter shape (rank,
+        alpha, target modules); asking for another shape is INVALID_ARGUMENT."""
+        if init.base_model != base_model:
+            raise InvalidArgument(
+                f"the model adapts {init.base_model!r}, not {base_model!r}",
+                field=f + "init_model_id",
+            )
+        if init.simulated and executor != J.EXECUTOR_SIMULATE:
+            raise InvalidArgument(
+                "a simulated model has no weights to continue from", field=f + "init_model_id"
+            )
+        source = await self.store.job_by_id(init.job_id)
+        assert source is not None  # a model's job row is never removed (soft delete)
+        shape = convert.hp_from_json(source.hyperparameters)
+        hp = jobs_pb2.Hyperparameters()
+        hp.CopyFrom(requested)
+        for name in ("lora_rank", "lora_alpha"):
+            asked = getattr(requested, name)
+            if asked and asked != getattr(shape, name):
+                raise InvalidArgument(
+                    f"{name} must be the starting model's ({getattr(shape, name)})",
+                    field=f"{f}hyperparameters.{name}",
+                )
+            setattr(hp, name, getattr(shape, name))
+        if requested.target_modules and sorted(requested.target_modules) != sorted(
+            shape.target_modules
+        ):
+            raise InvalidArgument(
+                "target_modules must be the starting model's",
+                field=f + "hyperparameters.target_modules",
+            )
+        del hp.target_modules[:]
+        hp.target_modules.extend(shape.target_modules)
+        return hp
+
     async def create(
         self,
         user: str,
@@ -137,74 +312,122 @@ class Jobs:
         method: int,
         executor: int,
         hyperparameters: jobs_pb2.Hyperparameters,
+        hardware_class: str = "",
+        init_model_id: str = "",
     ) -> JobDetail:
-        name = checks.name(name, required=False)
-        if method not in (J.TRAINING_METHOD_UNSPECIFIED, *METHODS):
-            raise InvalidArgument("method must be LORA or QLORA", field="method")
-        method = method or J.TRAINING_METHOD_LORA
-        default_executor = EXECUTORS[self.settings.training_executor]
-        executor = executor or default_executor
-        enabled = {EXECUTORS[e] for e in self.settings.training_executors_enabled}
-        if executor not in enabled | {default_executor}:
-            raise InvalidArgument(
-                f"executor {executor_name(executor)} is not enabled on this server",
-                field="executor",
-            )
-        dataset = await datasets.owned(self.store, user, dataset_id, "dataset_id")
-        clone = await clones.owned(self.store, user, clone_id, "clone_id") if clone_id else None
-        base_model = base_model or (clone.base_model if clone else dataset.base_model)
-        base_model = checks.base_model(self.settings, base_model)
-        if clone is not None and base_model != clone.base_model:
-            raise InvalidArgument(
-                f"base_model {base_model!r} differs from the clone's {clone.base_model!r}",
-                field="base_model",
-            )
-        try:
-            facts = await asyncio.to_thread(basemodels.facts, base_model, self.settings)
-        except (OSError, ValueError) as exc:
-            raise InvalidArgument(
-                f"base_model {base_model!r} cannot be loaded: {exc}",
-                field="base_model",
-                reason=Reason.BASE_MODEL_UNAVAILABLE,
-            ) from None
-        hp = hyper.effective(
-            hyperparameters,
-            context_length=facts.context_length,
-            linear_modules=facts.linear_modules,
-            dataset_max_seq_length=dataset.max_seq_length,
-            checkpoint_every_default=self.settings.training_checkpoint_every_steps,
+        p = await self._prepare(
+            user,
+            name=name,
+            dataset_id=dataset_id,
+            clone_id=clone_id,
+            base_model=base_model,
+            method=method,
+            executor=executor,
+            hyperparameters=hyperparameters,
+            hardware_class=hardware_class,
+            init_model_id=init_model_id,
         )
-        if dataset.status != datasets_pb2.DATASET_STATUS_READY:
-            raise FailedPrecondition(
-                "the dataset is not READY",
-                reason=Reason.DATASET_NOT_READY,
-                metadata={"dataset_id": str(dataset.id)},
-            )
-        limit = self.settings.training_max_active_jobs
+        expected: estimates.Estimate | None = None
+        if not p.simulated:
+            before = await self.billing.quota(self.store, user)
+            if self.billing.limited(before, gpu=p.hardware.is_gpu):
+                # A limit applies: what this job is expected to use must fit in it too.
+                expected = await self._estimate(p)
         async with self.store.transaction() as tx:
             await tx.lock_user(user)
-            active = await tx.count_active_jobs(user)
+            # Under the lock DeleteDataset takes too: a dataset deleted since the checks
+            # above is not trained on.
+            if await tx.dataset_deleted(p.dataset.id):
+                raise not_found("dataset", dataset_id)
+            quota = await self.billing.quota(tx, user)
+            limit = quota.limits.max_active_jobs
+            active = quota.usage.active_jobs
             if active >= limit:
                 raise ResourceExhausted(
                     f"you already have {active} unfinished jobs (limit {limit})",
                     reason=Reason.TOO_MANY_ACTIVE_JOBS,
                     metadata={"limit": str(limit)},
                 )
-            label = "qlora" if method == J.TRAINING_METHOD_QLORA else "lora"
+            if not p.simulated:
+                self.billing.check(
+                    quota,
+                    gpu=p.hardware.is_gpu,
+                    extra_gpu_hours=expected.gpu_hours if expected else 0.0,
+                    extra_micros=expected.cost_micros if expected else 0,
+                )
+            label = "qlora" if p.method == J.TRAINING_METHOD_QLORA else "lora"
             job = await tx.insert_job(
                 user_id=user,
-                name=name or f"{dataset.name} ({label})",
-                dataset_id=dataset.id,
-                base_model=base_model,
-                method=method,
-                hyperparameters=convert.hp_to_json(hp),
-                executor=executor,
-                clone_id=clone.id if clone else None,
+                name=p.name or f"{p.dataset.name} ({label})",
+                dataset_id=p.dataset.id,
+                base_model=p.base_model,
+                method=p.method,
+                hyperparameters=convert.hp_to_json(p.hp),
+                executor=p.executor,
+                clone_id=p.clone.id if p.clone else None,
                 created=lifecycle.create(),
+                hardware_class=p.hardware.name,
+                init_model_id=p.init.id if p.init else None,
             )
+            trace = tracing.carrier()
+            if trace:  # the worker that runs the job continues this request's trace
+                await tx.save_trace_context(job.id, trace)
             detail = await self._detail(tx, job)
         self.spawn(self.validate(job.id, user), f"validate-job-{job.id}")
         return detail
+
+    async def _estimate(self, p: Prepared) -> estimates.Estimate:
+        """The job's plan from the dataset's real tokens, and what it would use."""
+        raw = await self.storage.download(p.dataset.file_id)
+        tok = await asyncio.to_thread(basemodels.tokenizer, p.base_model, self.settings)
+        try:
+            plan = await asyncio.to_thread(make_plan, raw, tok, p.hp)
+        except PlanError as exc:
+            raise FailedPrecondition(
+                f"the dataset cannot be trained with these settings: {exc}",
+                reason=Reason.DATASET_NOT_READY,
+                metadata={"dataset_id": str(p.dataset.id)},
+            ) from None
+        arch = await asyncio.to_thread(catalogue.arch_of, p.base_model, self.settings)
+        return estimates.estimate(
+            plan,
+            p.hp,
+            arch=arch,
+            method=p.method,
+            hardware=p.hardware,
+            simulated=p.simulated,
+            simulate_step_seconds=self.settings.training_simulate_step_seconds,
+        )
+
+    async def estimate(self, user: str, request: jobs_pb2.CreateJobRequest) -> Estimated:
+        """What CreateJob with `request` would run and cost; nothing is created."""
+        p = await self._prepare(
+            user,
+            name=request.name,
+            dataset_id=request.dataset_id,
+            clone_id=request.clone_id,
+            base_model=request.base_model,
+            method=request.method,
+            executor=request.executor,
+            hyperparameters=request.hyperparameters,
+            hardware_class=request.hardware_class,
+            init_model_id=request.init_model_id,
+            field_prefix="job.",
+        )
+        est = await self._estimate(p)
+        quota = await self.billing.quota(self.store, user)
+        why = ""
+        if quota.usage.active_jobs >= quota.limits.max_active_jobs:
+            limit = quota.limits.max_active_jobs
+            why = f"{quota.usage.active_jobs} unfinished jobs (limit {limit})"
+        elif not p.simulated:
+            why = self.billing.why_over(
+                quota,
+                gpu=p.hardware.is_gpu,
+                extra_gpu_hours=est.gpu_hours,
+                extra_micros=est.cost_micros,
+            )
+        return Estimated(p.hp, est, why)
 
     async def validate(self, job_id: uuid.UUID, user: str) -> None:
         """VALIDATING → QUEUED with the total steps, or FAILED (DATASET_INVALID, …)."""
@@ -253,9 +476,23 @@ class Jobs:
                 job = await tx.apply(job.id, change)
             return await self._detail(tx, job)
 
-    async def retry(self, user: str, raw_id: str) -> JobDetail:
+    async def retry(
+        self,
+        user: str,
+        raw_id: str,
+        hyperparameters: jobs_pb2.Hyperparameters | None = None,
+        paths: list[str] | None = None,
+    ) -> JobDetail:
         """A new attempt of a FAILED or CANCELLED job: back to the queue from its last
-        checkpoint, or validated again when it failed before its plan was known."""
+        checkpoint, or validated again when it failed before its plan was known. With
+        `paths` (`hyperparameters.<field>`), those take the new values and the attempt
+        starts over from step 0, validated again."""
+        changed = None
+        if paths:
+            job = await owned(self.store, user, raw_id)
+            changed = await self._changed_hp(
+                job, hyperparameters or jobs_pb2.Hyperparameters(), paths
+            )
         async with self.store.transaction() as tx:
             job = await owned(tx, user, raw_id, lock=True)
             change = lifecycle.retry(job)
@@ -263,8 +500,11 @@ class Jobs:
                 raise FailedPrecondition(
                     "the job's dataset was deleted", reason=Reason.DATASET_NOT_READY
                 )
-            planned = job.total_steps > 0
+            planned = job.total_steps > 0 and changed is None
             job = await tx.apply(job.id, change)
+            if changed is not None:
+                await tx.restart_plan(job.id, convert.hp_to_json(changed), job.attempt)
+                job = await owned(tx, user, raw_id)
             if planned:
                 from_step = await tx.last_checkpoint_step(job.id)
                 job = await tx.apply(job.id, lifecycle.resume(job, from_step=from_step))
@@ -272,6 +512,46 @@ class Jobs:
         if not planned:
             self.spawn(self.validate(job.id, user), f"validate-job-{job.id}")
         return detail
+
+    async def _changed_hp(
+        self, job: JobRow, requested: jobs_pb2.Hyperparameters, paths: list[str]
+    ) -> jobs_pb2.Hyperparameters:
+        """The job's hyperparameters with the named fields from `requested`, checked as
+        CreateJob checks them."""
+        merged = convert.hp_from_json(job.hyperparameters)
+        fields = jobs_pb2.Hyperparameters.DESCRIPTOR.fields_by_name
+        for path in paths:
+            name = path.removeprefix("hyperparameters.")
+            field = fields.get(name)
+            if not path.startswith("hyperparameters.") or field is None:
+                raise InvalidArgument(
+                    f"update_mask has {path!r}: only hyperparameters.<field>",
+                    field="update_mask",
+                )
+            # Untyped views: the field is named at run time.
+            src: Any = requested
+            dst: Any = merged
+            if name == "target_modules":  # the one repeated field
+                del dst.target_modules[:]
+                dst.target_modules.extend(src.target_modules)
+            elif field.has_presence and not src.HasField(name):
+                dst.ClearField(name)
+            else:
+                setattr(dst, name, getattr(src, name))
+        if job.init_model_id is not None:
+            init = await self.store.model_by_id(job.init_model_id)
+            if init is not None:
+                merged = await self._continue_from(init, job.base_model, job.executor, merged, "")
+        dataset = await self.store.dataset_by_id(job.dataset_id)
+        assert dataset is not None
+        facts = await asyncio.to_thread(basemodels.facts, job.base_model, self.settings)
+        return hyper.effective(
+            merged,
+            context_length=facts.context_length,
+            linear_modules=facts.linear_modules,
+            dataset_max_seq_length=dataset.max_seq_length,
+            checkpoint_every_default=self.settings.training_checkpoint_every_steps,
+        )
 
     async def delete(self, user: str, raw_id: str) -> None:
         async with self.store.transaction() as tx:

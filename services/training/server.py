@@ -15,19 +15,30 @@ from pathlib import Path
 from typing import Any
 
 from aivera.training.v1 import (
+    admin_pb2,
+    billing_pb2,
+    catalogue_pb2,
     clones_pb2,
     datasets_pb2,
     jobs_pb2,
     models_pb2,
     notifications_pb2,
+    webhooks_pb2,
 )
 from services.common.server import App, Servicers, ServiceSpec
+from services.training import queue_metrics
+from services.training.admin import Admin
+from services.training.api_admin import TrainingAdminService
+from services.training.api_billing import BillingService
+from services.training.api_catalogue import CatalogueService
 from services.training.api_clones import CloneService
 from services.training.api_datasets import DatasetService
 from services.training.api_jobs import TrainingService
 from services.training.api_models import ModelService
 from services.training.api_notifications import NotificationService
+from services.training.api_webhooks import WebhookService
 from services.training.artifacts import Models
+from services.training.billing import Billing
 from services.training.clones import Clones
 from services.training.config import TrainingSettings
 from services.training.datasets import Datasets
@@ -36,6 +47,7 @@ from services.training.jobs import Jobs
 from services.training.knowledge import KnowledgeClient
 from services.training.notifications import Notifications
 from services.training.store import Store
+from services.training.webhooks import Deliverer, Webhooks
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -50,6 +62,9 @@ class Training:
     models: Models
     clones: Clones
     notifications: Notifications
+    billing: Billing
+    webhooks: Webhooks
+    admin: Admin
 
     @classmethod
     def build(cls, app: App, settings: TrainingSettings) -> Training:
@@ -60,13 +75,17 @@ class Training:
         storage = app.storage()
         hub = Hub(settings.dsn())
         knowledge = KnowledgeClient(app.channel(settings.rag_addr), app.deadlines, spawn)
+        billing = Billing(store, settings)
         return cls(
             hub=hub,
             datasets=Datasets(store, settings, storage, spawn),
-            jobs=Jobs(store, settings, storage, hub, spawn),
-            models=Models(store, storage),
+            jobs=Jobs(store, settings, storage, hub, spawn, billing),
+            models=Models(store, storage, settings),
             clones=Clones(store, settings, knowledge),
             notifications=Notifications(store, settings, hub),
+            billing=billing,
+            webhooks=Webhooks(store, settings),
+            admin=Admin(store),
         )
 
     def servicers(self, settings: TrainingSettings) -> Servicers:
@@ -84,6 +103,16 @@ class Training:
             (
                 service(notifications_pb2, "NotificationService"),
                 NotificationService(self.notifications),
+            ),
+            (service(catalogue_pb2, "CatalogueService"), CatalogueService(settings)),
+            (
+                service(billing_pb2, "BillingService"),
+                BillingService(self.billing, settings.training_currency),
+            ),
+            (service(webhooks_pb2, "WebhookService"), WebhookService(self.webhooks)),
+            (
+                service(admin_pb2, "TrainingAdminService"),
+                TrainingAdminService(self.admin, settings.training_currency),
             ),
         ]
 
@@ -107,6 +136,12 @@ def make_spec(settings: TrainingSettings) -> TrainingSpec:
         await spec.training.hub.start()
         await spec.training.datasets.resume_pending()
         await spec.training.jobs.resume_pending()
+        app.spawn(spec.training.models.purge_loop(), name="purge-deleted-models")
+        if spec.training.webhooks.sealer.enabled:
+            deliverer = Deliverer(spec.training.webhooks, spec.training.hub)
+            app.spawn(deliverer.run(), name="deliver-webhooks")
+        # Queue depth, job states and the oldest wait as Prometheus gauges.
+        app.spawn(queue_metrics.keep_fresh(Store(app)), name="training-queue-metrics")
 
     async def on_stop(app: App) -> None:
         if spec.training is not None:

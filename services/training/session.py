@@ -55,6 +55,8 @@ class Session:
     stop: threading.Event = field(default_factory=threading.Event)
     torch_threads: int = 0
     simulate_step_seconds: float = 0.2
+    # Adapter weights (safetensors) a job continues from when it has no checkpoint yet.
+    init_adapter: bytes | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def check_stop(self) -> None:

@@ -24,12 +24,13 @@ from services.common import pages
 from services.common.db import Database
 from services.common.errors import InvalidArgument, Reason
 from services.common.protoutil import timestamp
-from services.training import lifecycle
+from services.training import events, lifecycle
 from services.training.session import StepPoint
 
 EVENTS_CHANNEL = "training_job_events"
 NOTIFICATIONS_CHANNEL = "training_notifications"
 QUEUE_CHANNEL = "training_queue"
+WEBHOOKS_CHANNEL = "training_webhooks"
 
 J = jobs_pb2
 
@@ -51,6 +52,7 @@ class DatasetRow:
     stats: dict[str, Any] | None  # DatasetStats fields, when READY
     created_at: dt.datetime
     updated_at: dt.datetime
+    description: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +89,9 @@ class JobRow:
     end_time: dt.datetime | None
     updated_at: dt.datetime
     deleted_at: dt.datetime | None
+    hardware_class: str
+    init_model_id: uuid.UUID | None
+    resume_from_attempt: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +101,28 @@ class CostRow:
     device_type: str
     hourly_rate_micros: int
     device_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class MonthCostRow:
+    """A user's billed device time of one month on one device type."""
+
+    month: dt.datetime  # the first instant of the month, UTC
+    device_type: str
+    hourly_rate_micros: int
+    device_seconds: float
+    amount_micros: int
+    job_count: int  # jobs of the month (all device types)
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaRow:
+    """An admin's limits for a user; None keeps the server default."""
+
+    user_id: str
+    max_active_jobs: int | None
+    gpu_hours_per_month: float | None
+    monthly_budget_micros: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +171,8 @@ class ModelRow:
     final_loss: float
     final_eval_loss: float | None
     created_at: dt.datetime
+    simulated: bool
+    checkpoint_id: uuid.UUID | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +203,55 @@ class NotificationRow:
     model_id: str
     read: bool
     created_at: dt.datetime
+    clone_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookRow:
+    id: uuid.UUID
+    user_id: str
+    url: str
+    description: str
+    event_kinds: list[int]
+    secret_hint: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRow:
+    delivery_id: uuid.UUID
+    response_code: int
+    error: str
+    duration_ms: int
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRow:
+    id: uuid.UUID
+    webhook_id: uuid.UUID
+    notification_id: uuid.UUID
+    event_type: str
+    status: int
+    next_attempt_at: dt.datetime | None
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DueRow:
+    """A delivery claimed for an attempt, with what sending it needs."""
+
+    id: uuid.UUID
+    webhook_id: uuid.UUID
+    body: str
+    created_at: dt.datetime
+    url: str
+    secret: bytes
+    previous_secret: bytes | None
+    previous_expires_at: dt.datetime | None
+    attempts: int
+    now: dt.datetime
 
 
 def _columns(row: type, prefix: str = "", *, skip: tuple[str, ...] = ()) -> str:
@@ -186,6 +264,8 @@ _METRIC = _columns(MetricRow)
 _CHECKPOINT = _columns(CheckpointRow)
 _MODEL = _columns(ModelRow)
 _NOTIFICATION = _columns(NotificationRow)
+_WEBHOOK = _columns(WebhookRow)
+_DELIVERY = _columns(DeliveryRow)
 # $2 of every clone query: the active job statuses.
 _CLONE = (
     _columns(CloneRow, "c.", skip=("training", "last_job_status"))
@@ -256,11 +336,12 @@ class Store:
         status: int,
         base_model: str,
         max_seq_length: int,
+        description: str = "",
     ) -> DatasetRow:
         record = await self.db.fetchrow(
             f"""INSERT INTO datasets (id, user_id, name, file_id, size_bytes, status, base_model,
-                                      max_seq_length)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {_DATASET}""",
+                                      max_seq_length, description)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {_DATASET}""",
             uuid.uuid4(),
             user_id,
             name,
@@ -269,8 +350,22 @@ class Store:
             status,
             base_model,
             max_seq_length,
+            description,
         )
         return _make(DatasetRow, record)  # type: ignore[no-any-return]
+
+    async def update_dataset(
+        self, dataset_id: uuid.UUID, *, name: str | None, description: str | None
+    ) -> None:
+        """Change the given fields (None: unchanged)."""
+        await self.db.execute(
+            """UPDATE datasets SET name = coalesce($2, name),
+                      description = coalesce($3, description), updated_at = clock_timestamp()
+               WHERE id = $1""",
+            dataset_id,
+            name,
+            description,
+        )
 
     async def get_dataset(self, user_id: str, dataset_id: uuid.UUID) -> DatasetRow | None:
         record = await self.db.fetchrow(
@@ -379,12 +474,14 @@ class Store:
         executor: int,
         clone_id: uuid.UUID | None,
         created: lifecycle.Change,
+        hardware_class: str,
+        init_model_id: uuid.UUID | None = None,
     ) -> JobRow:
         """A new job in the status of `created`, with its first event (in a transaction)."""
         record = await self.db.fetchrow(
             f"""INSERT INTO training_jobs (id, user_id, name, dataset_id, base_model, method,
-                    hyperparameters, executor, clone_id, status)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {_JOB}""",
+                    hyperparameters, executor, clone_id, status, hardware_class, init_model_id)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {_JOB}""",
             uuid.uuid4(),
             user_id,
             name,
@@ -395,6 +492,8 @@ class Store:
             executor,
             clone_id,
             created.status,
+            hardware_class,
+            init_model_id,
         )
         job: JobRow = _make(JobRow, record)
         await self._status_event(job, created)
@@ -506,6 +605,7 @@ class Store:
                 change.notice.body,
                 job_id=str(job.id),
                 model_id=str(job.model_id) if job.model_id else "",
+                clone_id=str(job.clone_id) if job.clone_id else "",
             )
         if change.queued:
             await self.db.execute("SELECT pg_notify($1, $2)", QUEUE_CHANNEL, str(job.id))
@@ -566,12 +666,15 @@ class Store:
         )
         return [_make(JobRow, r) for r in records]
 
-    async def next_queued(self) -> JobRow | None:
-        """The oldest QUEUED job, locked (skipping those other workers are claiming)."""
+    async def next_queued(self, classes: Sequence[str] = ()) -> JobRow | None:
+        """The oldest QUEUED job of one of the hardware `classes` (empty: any), locked
+        (skipping those other workers are claiming)."""
         record = await self.db.fetchrow(
             f"""SELECT {_JOB} FROM training_jobs WHERE status = $1 AND deleted_at IS NULL
+                AND ($2::text[] IS NULL OR hardware_class = ANY($2::text[]))
                 ORDER BY queued_at, id LIMIT 1 FOR UPDATE SKIP LOCKED""",
             lifecycle.QUEUED,
+            list(classes) or None,
         )
         return None if record is None else _make(JobRow, record)
 
@@ -678,6 +781,7 @@ class Store:
     async def latest_checkpoint(self, job_id: uuid.UUID) -> CheckpointRow | None:
         record = await self.db.fetchrow(
             f"""SELECT {_CHECKPOINT} FROM checkpoints WHERE job_id = $1
+                AND attempt >= (SELECT resume_from_attempt FROM training_jobs WHERE id = $1)
                 ORDER BY step DESC, created_at DESC LIMIT 1""",
             job_id,
         )
@@ -685,7 +789,11 @@ class Store:
 
     async def last_checkpoint_step(self, job_id: uuid.UUID) -> int:
         """The step a resumed job starts from (0: from the beginning)."""
-        step = await self.db.fetchval("SELECT max(step) FROM checkpoints WHERE job_id = $1", job_id)
+        step = await self.db.fetchval(
+            """SELECT max(step) FROM checkpoints WHERE job_id = $1
+               AND attempt >= (SELECT resume_from_attempt FROM training_jobs WHERE id = $1)""",
+            job_id,
+        )
         return int(step or 0)
 
     async def list_checkpoints(
@@ -704,20 +812,119 @@ class Store:
 
     # -- costs --------------------------------------------------------------------------------
     async def open_cost(
-        self, *, job_id: uuid.UUID, attempt: int, worker_id: str, device_type: str, rate: int
+        self,
+        *,
+        job: JobRow,
+        worker_id: str,
+        device_type: str,
+        rate: int,
+        simulated: bool = False,
     ) -> int:
-        """A cost record for one claim of a job; its id."""
+        """A cost record for one claim of a job; its id. A simulated job's time is kept
+        at rate 0 (never billed)."""
         cost_id: int = await self.db.fetchval(
             """INSERT INTO cost_records (job_id, attempt, worker_id, device_type,
-                                         hourly_rate_micros)
-               VALUES ($1, $2, $3, $4, $5) RETURNING id""",
-            job_id,
-            attempt,
+                                         hourly_rate_micros, simulated, hardware_class, user_id)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id""",
+            job.id,
+            job.attempt,
             worker_id,
             device_type,
-            rate,
+            0 if simulated else rate,
+            simulated,
+            job.hardware_class,
+            job.user_id,
         )
         return cost_id
+
+    async def month_usage(self, user_id: str, since: dt.datetime) -> tuple[float, int]:
+        """A user's billed GPU device-seconds and spending (micros) since `since`."""
+        record = await self.db.fetchrow(
+            """SELECT coalesce(sum(device_seconds) FILTER (WHERE device_type <> 'cpu'), 0)
+                          AS gpu_seconds,
+                      coalesce(sum(round(device_seconds * hourly_rate_micros / 3600.0)), 0)
+                          AS spent
+               FROM cost_records WHERE user_id = $1 AND NOT simulated AND started_at >= $2""",
+            user_id,
+            since,
+        )
+        return float(record["gpu_seconds"]), int(record["spent"])
+
+    async def monthly_costs(
+        self, user_id: str, page: pages.PageRequest
+    ) -> tuple[list[list[MonthCostRow]], str]:
+        """A user's billed costs grouped by UTC month, newest first; each month's rows by
+        device type."""
+        (after,) = _after(page, 1)
+        months = await self.db.fetch(
+            """SELECT month FROM (
+                   SELECT DISTINCT date_trunc('month', started_at AT TIME ZONE 'UTC') AS month
+                   FROM cost_records WHERE user_id = $1 AND NOT simulated) m
+               WHERE ($2::timestamp IS NULL OR month < $2) ORDER BY month DESC LIMIT $3""",
+            user_id,
+            after,
+            page.limit,
+        )
+        chosen = [r["month"] for r in months]
+        records = await self.db.fetch(
+            """WITH c AS (SELECT date_trunc('month', started_at AT TIME ZONE 'UTC') AS month, *
+                        FROM cost_records WHERE user_id = $1 AND NOT simulated)
+               SELECT month, device_type, max(hourly_rate_micros) AS rate,
+                      sum(device_seconds) AS secs,
+                      sum(round(device_seconds * hourly_rate_micros / 3600.0)) AS amount,
+                      (SELECT count(DISTINCT job_id) FROM c c2 WHERE c2.month = c.month) AS jobs,
+                      min(id) AS first
+               FROM c WHERE month = ANY($2::timestamp[])
+               GROUP BY month, device_type ORDER BY month DESC, first""",
+            user_id,
+            chosen[: page.limit],
+        )
+        grouped: dict[dt.datetime, list[MonthCostRow]] = {m: [] for m in chosen}
+        for r in records:
+            grouped[r["month"]].append(
+                MonthCostRow(
+                    month=r["month"].replace(tzinfo=dt.UTC),
+                    device_type=r["device_type"],
+                    hourly_rate_micros=int(r["rate"]),
+                    device_seconds=float(r["secs"]),
+                    amount_micros=int(r["amount"]),
+                    job_count=int(r["jobs"]),
+                )
+            )
+        out = [grouped[m] for m in chosen]
+        return pages.take(out, page, key=lambda rows: (rows[0].month.replace(tzinfo=None),))
+
+    async def user_quota(self, user_id: str) -> QuotaRow | None:
+        record = await self.db.fetchrow(
+            """SELECT user_id, max_active_jobs, gpu_hours_per_month, monthly_budget_micros
+               FROM user_quotas WHERE user_id = $1""",
+            user_id,
+        )
+        return None if record is None else _make(QuotaRow, record)
+
+    async def set_user_quota(self, row: QuotaRow, fields_: Sequence[str], admin: str) -> None:
+        """Set the named fields of a user's quota (None: back to the default)."""
+        names = [
+            f
+            for f in ("max_active_jobs", "gpu_hours_per_month", "monthly_budget_micros")
+            if f in fields_
+        ]
+        values = [getattr(row, f) for f in names]
+        sets = ", ".join(f"{f} = ${i + 3}" for i, f in enumerate(names))
+        await self.db.execute(
+            """INSERT INTO user_quotas (user_id, updated_by) VALUES ($1, $2)
+                ON CONFLICT (user_id) DO UPDATE SET updated_by = $2,
+                    updated_at = clock_timestamp()""",
+            row.user_id,
+            admin,
+        )
+        if names:
+            await self.db.execute(
+                f"UPDATE user_quotas SET {sets}, updated_by = $2 WHERE user_id = $1",
+                row.user_id,
+                admin,
+                *values,
+            )
 
     async def bill(self, cost_id: int) -> None:
         """Bring a claim's device time up to now."""
@@ -728,6 +935,34 @@ class Store:
                WHERE id = $1""",
             cost_id,
         )
+
+    async def save_trace_context(self, job_id: uuid.UUID, carrier: dict[str, str]) -> None:
+        """The W3C trace context of the request that created the job (tracing on)."""
+        await self.db.execute(
+            "UPDATE training_jobs SET trace_context = $2 WHERE id = $1", job_id, carrier
+        )
+
+    async def trace_context(self, job_id: uuid.UUID) -> dict[str, str]:
+        """The job's stored trace context; empty when it was created untraced."""
+        stored = await self.db.fetchval(
+            "SELECT trace_context FROM training_jobs WHERE id = $1", job_id
+        )
+        return {str(k): str(v) for k, v in (stored or {}).items()}
+
+    async def queue_stats(self) -> tuple[dict[int, int], float]:
+        """Jobs (not deleted) by status, and the age in seconds of the oldest QUEUED job
+        (0 when none waits) — the queue's gauges."""
+        records = await self.db.fetch(
+            """SELECT status, count(*) AS n,
+                      extract(epoch FROM now() - min(queued_at)) AS oldest
+               FROM training_jobs WHERE deleted_at IS NULL GROUP BY status"""
+        )
+        counts = {int(r["status"]): int(r["n"]) for r in records}
+        oldest = next(
+            (float(r["oldest"] or 0) for r in records if r["status"] == jobs_pb2.JOB_STATUS_QUEUED),
+            0.0,
+        )
+        return counts, oldest
 
     async def device_seconds(self, job_id: uuid.UUID) -> float:
         spent = await self.db.fetchval(
@@ -764,11 +999,14 @@ class Store:
         steps: int,
         final_loss: float,
         final_eval_loss: float | None,
+        simulated: bool = False,
+        checkpoint_id: uuid.UUID | None = None,
     ) -> ModelRow:
         record = await self.db.fetchrow(
             f"""INSERT INTO model_artifacts (id, user_id, name, job_id, clone_id, base_model,
-                    method, kind, files, size_bytes, steps, final_loss, final_eval_loss)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                    method, kind, files, size_bytes, steps, final_loss, final_eval_loss,
+                    simulated, checkpoint_id)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
                 RETURNING {_MODEL}""",
             uuid.uuid4(),
             user_id,
@@ -783,12 +1021,15 @@ class Store:
             steps,
             final_loss,
             final_eval_loss,
+            simulated,
+            checkpoint_id,
         )
         return _make(ModelRow, record)  # type: ignore[no-any-return]
 
     async def get_model(self, user_id: str, model_id: uuid.UUID) -> ModelRow | None:
         record = await self.db.fetchrow(
-            f"SELECT {_MODEL} FROM model_artifacts WHERE id = $1 AND user_id = $2",
+            f"""SELECT {_MODEL} FROM model_artifacts
+                WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL""",
             model_id,
             user_id,
         )
@@ -799,7 +1040,7 @@ class Store:
     ) -> tuple[list[ModelRow], str]:
         """Newest first; only the clone's when `clone_id` is given."""
         records = await self.db.fetch(
-            f"""SELECT {_MODEL} FROM model_artifacts WHERE user_id = $1
+            f"""SELECT {_MODEL} FROM model_artifacts WHERE user_id = $1 AND deleted_at IS NULL
                 AND ($2::uuid IS NULL OR clone_id = $2)
                 AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
                 ORDER BY created_at DESC, id DESC LIMIT $5""",
@@ -809,6 +1050,72 @@ class Store:
             page.limit,
         )
         return pages.take([_make(ModelRow, r) for r in records], page, key=_created)
+
+    async def rename_model(self, model_id: uuid.UUID, name: str) -> None:
+        await self.db.execute("UPDATE model_artifacts SET name = $2 WHERE id = $1", model_id, name)
+
+    async def delete_model(self, model_id: uuid.UUID) -> list[tuple[uuid.UUID, str]]:
+        """Soft-delete a model and take it from the clones whose active model it was;
+        those clones (id, name)."""
+        await self.db.execute(
+            "UPDATE model_artifacts SET deleted_at = clock_timestamp() WHERE id = $1", model_id
+        )
+        records = await self.db.fetch(
+            """UPDATE clones SET active_model_id = NULL, updated_at = clock_timestamp()
+               WHERE active_model_id = $1 AND deleted_at IS NULL RETURNING id, name""",
+            model_id,
+        )
+        return [(r["id"], r["name"]) for r in records]
+
+    async def models_to_purge(self, older_than: float, limit: int = 100) -> list[ModelRow]:
+        """Deleted models whose retention has passed and whose files are still kept."""
+        records = await self.db.fetch(
+            f"""SELECT {_MODEL} FROM model_artifacts WHERE deleted_at IS NOT NULL
+                AND purged_at IS NULL
+                AND deleted_at <= clock_timestamp() - make_interval(secs => $1)
+                ORDER BY deleted_at LIMIT $2""",
+            float(older_than),
+            limit,
+        )
+        return [_make(ModelRow, r) for r in records]
+
+    async def mark_purged(self, model_id: uuid.UUID) -> None:
+        await self.db.execute(
+            "UPDATE model_artifacts SET purged_at = clock_timestamp() WHERE id = $1", model_id
+        )
+
+    async def get_checkpoint(
+        self, job_id: uuid.UUID, checkpoint_id: uuid.UUID
+    ) -> CheckpointRow | None:
+        record = await self.db.fetchrow(
+            f"SELECT {_CHECKPOINT} FROM checkpoints WHERE id = $1 AND job_id = $2",
+            checkpoint_id,
+            job_id,
+        )
+        return None if record is None else _make(CheckpointRow, record)
+
+    async def model_by_id(self, model_id: uuid.UUID) -> ModelRow | None:
+        """Any model, deleted ones too (workers: a job's starting adapter)."""
+        record = await self.db.fetchrow(
+            f"SELECT {_MODEL} FROM model_artifacts WHERE id = $1", model_id
+        )
+        return None if record is None else _make(ModelRow, record)
+
+    async def restart_plan(
+        self, job_id: uuid.UUID, hyperparameters: dict[str, Any], attempt: int
+    ) -> None:
+        """New hyperparameters for a retried job: its plan is computed again and it starts
+        over from step 0 (checkpoints of earlier attempts are not resumed)."""
+        await self.db.execute(
+            """UPDATE training_jobs SET hyperparameters = $2, total_steps = 0,
+                      steps_per_epoch = 0, steps_done = 0, epoch = 0, loss = 0,
+                      eval_loss = NULL, tokens_per_second = 0, eta_seconds = 0,
+                      resume_from_attempt = $3, updated_at = clock_timestamp()
+               WHERE id = $1""",
+            job_id,
+            hyperparameters,
+            attempt,
+        )
 
     # -- clones -------------------------------------------------------------------------------
     async def insert_clone(
@@ -910,13 +1217,16 @@ class Store:
         job_id: str = "",
         dataset_id: str = "",
         model_id: str = "",
+        clone_id: str = "",
     ) -> None:
-        """A notification for the user; their watchers wake on commit."""
-        await self.db.execute(
+        """A notification for the user (their watchers wake on commit) and its delivery to
+        each of their webhooks whose filter takes it (the outbox the deliverer sends)."""
+        note_id = uuid.uuid4()
+        created = await self.db.fetchval(
             """INSERT INTO notifications (id, user_id, kind, title, body, job_id, dataset_id,
-                                          model_id)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
-            uuid.uuid4(),
+                                          model_id, clone_id)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING created_at""",
+            note_id,
             user_id,
             kind,
             title,
@@ -924,8 +1234,37 @@ class Store:
             job_id,
             dataset_id,
             model_id,
+            clone_id,
         )
         await self.db.execute("SELECT pg_notify($1, $2)", NOTIFICATIONS_CHANNEL, user_id)
+        payload = events.body(
+            notification_id=note_id,
+            kind=kind,
+            title=title,
+            text=body[:1000],
+            job_id=job_id,
+            dataset_id=dataset_id,
+            model_id=model_id,
+            clone_id=clone_id,
+            at=created,
+        )
+        queued = await self.db.fetchval(
+            """WITH d AS (
+                   INSERT INTO webhook_deliveries (id, webhook_id, user_id, notification_id,
+                       event_type, body, status, next_attempt_at)
+                   SELECT gen_random_uuid(), w.id, w.user_id, $2, $3, $4, 1, clock_timestamp()
+                   FROM webhooks w WHERE w.user_id = $1 AND w.deleted_at IS NULL
+                   AND (cardinality(w.event_kinds) = 0 OR $5::smallint = ANY(w.event_kinds))
+                   RETURNING 1)
+               SELECT count(*) FROM d""",
+            user_id,
+            note_id,
+            events.event_type(kind),
+            payload,
+            kind,
+        )
+        if queued:
+            await self.db.execute("SELECT pg_notify($1, '')", WEBHOOKS_CHANNEL)
 
     async def list_notifications(
         self, user_id: str, unread_only: bool, page: pages.PageRequest
@@ -982,3 +1321,192 @@ class Store:
             None if ids is None else list(ids),
         )
         return len(records)
+
+    # -- webhooks -------------------------------------------------------------------------------
+    async def count_webhooks(self, user_id: str) -> int:
+        count: int = await self.db.fetchval(
+            "SELECT count(*) FROM webhooks WHERE user_id = $1 AND deleted_at IS NULL", user_id
+        )
+        return count
+
+    async def insert_webhook(
+        self,
+        *,
+        webhook_id: uuid.UUID,
+        user_id: str,
+        url: str,
+        description: str,
+        event_kinds: list[int],
+        secret: bytes,
+        secret_hint: str,
+    ) -> WebhookRow:
+        record = await self.db.fetchrow(
+            f"""INSERT INTO webhooks (id, user_id, url, description, event_kinds, secret,
+                                      secret_hint)
+                VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {_WEBHOOK}""",
+            webhook_id,
+            user_id,
+            url,
+            description,
+            event_kinds,
+            secret,
+            secret_hint,
+        )
+        return _make(WebhookRow, record)  # type: ignore[no-any-return]
+
+    async def get_webhook(self, user_id: str, webhook_id: uuid.UUID) -> WebhookRow | None:
+        record = await self.db.fetchrow(
+            f"""SELECT {_WEBHOOK} FROM webhooks
+                WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL""",
+            webhook_id,
+            user_id,
+        )
+        return None if record is None else _make(WebhookRow, record)
+
+    async def list_webhooks(
+        self, user_id: str, page: pages.PageRequest
+    ) -> tuple[list[WebhookRow], str]:
+        records = await self.db.fetch(
+            f"""SELECT {_WEBHOOK} FROM webhooks WHERE user_id = $1 AND deleted_at IS NULL
+                AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid))
+                ORDER BY created_at DESC, id DESC LIMIT $4""",
+            user_id,
+            *_after(page, 2),
+            page.limit,
+        )
+        return pages.take([_make(WebhookRow, r) for r in records], page, key=_created)
+
+    async def delete_webhook(self, webhook_id: uuid.UUID) -> None:
+        """Soft-delete; its pending deliveries are given up."""
+        await self.db.execute(
+            "UPDATE webhooks SET deleted_at = clock_timestamp() WHERE id = $1", webhook_id
+        )
+        await self.db.execute(
+            """UPDATE webhook_deliveries SET status = 3, next_attempt_at = NULL
+               WHERE webhook_id = $1 AND status = 1""",
+            webhook_id,
+        )
+
+    async def rotate_webhook_secret(
+        self, webhook_id: uuid.UUID, secret: bytes, hint: str, previous_for: float
+    ) -> WebhookRow:
+        """A new secret; the current one keeps signing for `previous_for` seconds."""
+        record = await self.db.fetchrow(
+            f"""UPDATE webhooks SET previous_secret = secret,
+                    previous_expires_at = clock_timestamp() + make_interval(secs => $4),
+                    secret = $2, secret_hint = $3, updated_at = clock_timestamp()
+                WHERE id = $1 RETURNING {_WEBHOOK}""",
+            webhook_id,
+            secret,
+            hint,
+            float(previous_for),
+        )
+        return _make(WebhookRow, record)  # type: ignore[no-any-return]
+
+    async def claim_deliveries(self, limit: int, hold_seconds: float) -> list[DueRow]:
+        """Due deliveries, claimed for `hold_seconds` (another replica skips them while
+        this one sends; a crash leaves them due again after it)."""
+        records = await self.db.fetch(
+            """WITH due AS (
+                   SELECT d.id FROM webhook_deliveries d
+                   WHERE d.status = 1 AND d.next_attempt_at <= clock_timestamp()
+                   ORDER BY d.next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED),
+               held AS (
+                   UPDATE webhook_deliveries d
+                   SET next_attempt_at = clock_timestamp() + make_interval(secs => $2)
+                   FROM due WHERE d.id = due.id RETURNING d.*)
+               SELECT h.id, h.webhook_id, h.body, h.created_at, w.url, w.secret,
+                      w.previous_secret, w.previous_expires_at,
+                      (SELECT count(*) FROM webhook_attempts a WHERE a.delivery_id = h.id)
+                          AS attempts,
+                      clock_timestamp() AS now
+               FROM held h JOIN webhooks w ON w.id = h.webhook_id""",
+            limit,
+            float(hold_seconds),
+        )
+        return [_make(DueRow, r) for r in records]
+
+    async def record_attempt(
+        self,
+        delivery_id: uuid.UUID,
+        *,
+        response_code: int,
+        error: str,
+        duration_ms: int,
+        status: int,
+        retry_in: float | None,
+    ) -> None:
+        """Log an attempt and set the delivery's status (and its next attempt)."""
+        await self.db.execute(
+            """INSERT INTO webhook_attempts (delivery_id, response_code, error, duration_ms)
+               VALUES ($1, $2, $3, $4)""",
+            delivery_id,
+            response_code,
+            error[:500],
+            duration_ms,
+        )
+        await self.db.execute(
+            """UPDATE webhook_deliveries SET status = $2,
+                   next_attempt_at = CASE WHEN $3::float8 IS NULL THEN NULL
+                       ELSE clock_timestamp() + make_interval(secs => $3) END
+               WHERE id = $1 AND status = 1""",
+            delivery_id,
+            status,
+            retry_in,
+        )
+
+    async def list_deliveries(
+        self, webhook_id: uuid.UUID, page: pages.PageRequest
+    ) -> tuple[list[tuple[DeliveryRow, list[AttemptRow]]], str]:
+        records = await self.db.fetch(
+            f"""SELECT {_DELIVERY} FROM webhook_deliveries WHERE webhook_id = $1
+                AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid))
+                ORDER BY created_at DESC, id DESC LIMIT $4""",
+            webhook_id,
+            *_after(page, 2),
+            page.limit,
+        )
+        rows, token = pages.take([_make(DeliveryRow, r) for r in records], page, key=_created)
+        attempts = await self.db.fetch(
+            """SELECT delivery_id, response_code, error, duration_ms, created_at
+               FROM webhook_attempts WHERE delivery_id = ANY($1::uuid[]) ORDER BY id""",
+            [r.id for r in rows],
+        )
+        by: dict[uuid.UUID, list[AttemptRow]] = {r.id: [] for r in rows}
+        for a in attempts:
+            by[a["delivery_id"]].append(_make(AttemptRow, a))
+        return [(r, by[r.id]) for r in rows], token
+
+    # -- admin ----------------------------------------------------------------------------------
+    async def list_all_jobs(
+        self, user_id: str | None, status: int, page: pages.PageRequest
+    ) -> tuple[list[JobRow], str]:
+        """Any user's jobs (one user's with `user_id`), deleted ones too, newest first."""
+        records = await self.db.fetch(
+            f"""SELECT {_JOB} FROM training_jobs WHERE ($1::text IS NULL OR user_id = $1)
+                AND ($2::smallint IS NULL OR status = $2)
+                AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
+                ORDER BY created_at DESC, id DESC LIMIT $5""",
+            user_id,
+            status or None,
+            *_after(page, 2),
+            page.limit,
+        )
+        return pages.take([_make(JobRow, r) for r in records], page, key=_created)
+
+    async def events_page(
+        self, job_id: uuid.UUID, page: pages.PageRequest
+    ) -> tuple[list[J.JobEvent], int | None]:
+        """Up to `page.size` stored events after the page's position, and the position of
+        the next page (None on the last)."""
+        (after,) = _after(page, 1)
+        records = await self.db.fetch(
+            """SELECT seq, event FROM job_events WHERE job_id = $1 AND seq > $2
+               ORDER BY seq LIMIT $3""",
+            job_id,
+            after or 0,
+            page.limit,
+        )
+        events = [J.JobEvent.FromString(r["event"]) for r in records[: page.size]]
+        more = len(records) > page.size
+        return events, (int(records[page.size - 1]["seq"]) if more else None)

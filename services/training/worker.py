@@ -37,13 +37,16 @@ from pathlib import Path
 from typing import Any
 
 from aivera.training.v1 import jobs_pb2, models_pb2
+from services.common import catalogue as shared_catalogue
 from services.common import context as ctx
-from services.common import db, logs, migrations
+from services.common import db, logs, migrations, tracing
 from services.common.channels import open_channel
 from services.common.db import Connected
-from services.common.errors import ServiceError
+from services.common.errors import FailedPrecondition, NotFound, ServiceError
+from services.common.metrics import sample_gpus
 from services.common.remote import Deadlines, StorageClient
-from services.training import artifacts, basemodels, lifecycle
+from services.training import artifacts, basemodels, catalogue, estimates, lifecycle
+from services.training.billing import Billing
 from services.training.config import TrainingSettings
 from services.training.convert import checkpoint_proto, hp_from_json, metric_proto
 from services.training.executors import EXECUTORS, ModelLoadError
@@ -68,6 +71,17 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 def loop_time() -> float:
     return time.monotonic()
+
+
+OOM_MARKERS = ("out of memory", "can't allocate memory", "not enough memory")
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """A device or host allocation failure (torch's CUDA OOM error, its CPU allocator's
+    failure, Python's MemoryError), not any other error."""
+    if isinstance(exc, MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in OOM_MARKERS)
 
 
 class JobFailure(Exception):
@@ -105,6 +119,7 @@ class Claim:
     token: uuid.UUID
     cost_id: int
     timed_out: bool = False
+    over_quota: str = ""  # why the owner's month has no room left (the job stops)
     started: float = 0.0  # monotonic time training began in this claim
     base_step: int = 0  # the step it resumed from
     step_reached: int = 0  # the last step trained (reported with a failure)
@@ -114,6 +129,7 @@ class Worker:
     def __init__(self, settings: TrainingSettings, pool: Any, storage_channel: Any) -> None:
         self.settings = settings
         self.store = Store(Connected(pool))
+        self.billing = Billing(self.store, settings)
         self.storage = StorageClient(storage_channel, Deadlines.from_settings(settings))
         self.worker_id = settings.worker_id
         self.device = device_type(settings)
@@ -160,19 +176,27 @@ class Worker:
                 await tx.apply(job.id, change)
         return len(jobs)
 
+    def rate_for(self, job: JobRow) -> int:
+        """The job's hardware class price when this worker is that class's device, else
+        this device's own rate: a job is billed for the device that ran it."""
+        spec = self.settings.training_hardware_classes.get(job.hardware_class)
+        if spec is not None and spec.device_type == self.device:
+            return spec.hourly_rate_micros
+        return self.rate
+
     async def claim(self) -> Claim | None:
         lease = Lease(uuid.uuid4(), self.worker_id, self.settings.training_lease_seconds)
         async with self.store.transaction() as tx:
-            job = await tx.next_queued()
+            job = await tx.next_queued(self.settings.training_worker_hardware_classes)
             if job is None:
                 return None
             job = await tx.apply(job.id, lifecycle.claim(job, lease, self.device))
             cost_id = await tx.open_cost(
-                job_id=job.id,
-                attempt=job.attempt,
+                job=job,
                 worker_id=self.worker_id,
                 device_type=self.device,
-                rate=self.rate,
+                rate=self.rate_for(job),
+                simulated=job.executor == J.EXECUTOR_SIMULATE,
             )
         return Claim(job=job, token=lease.token, cost_id=cost_id, step_reached=job.steps_done)
 
@@ -196,14 +220,30 @@ class Worker:
                 QUEUE_ERRORS.inc()
                 continue
             self._reached_queue()
+            sample_gpus()
             if not ok:
                 log.info("job %s is no longer ours (cancelled or lease lost)", claim.job.id)
                 stop.set()
             elif spent > self.settings.training_max_job_seconds:
                 claim.timed_out = True
                 stop.set()
+            elif await self._over_quota(claim):
+                stop.set()
             if self.shutdown.is_set():
                 stop.set()
+
+    async def _over_quota(self, claim: Claim) -> bool:
+        """Whether the owner's monthly GPU hours or budget ran out (a simulated job is
+        never billed, so never stopped for it)."""
+        if claim.job.executor == J.EXECUTOR_SIMULATE:
+            return False
+        try:
+            view = await self.billing.quota(self.store, claim.job.user_id)
+        except Exception as exc:  # a Postgres blip: check again at the next beat
+            log.warning("quota check failed: %s", exc)
+            return False
+        claim.over_quota = self.billing.why_over(view, gpu=self.device != "cpu")
+        return bool(claim.over_quota)
 
     # -- one job --------------------------------------------------------------------------
     async def run_job(self, claim: Claim) -> None:
@@ -213,8 +253,11 @@ class Worker:
         self.running_job = str(job.id)
         BUSY.set(1)
         outcome = "failed"
+        # The job's spans join the trace of the request that created it (tracing on).
+        attrs = {"training.attempt": job.attempt, "training.worker": self.worker_id}
         try:
-            with ctx.acting_for(job.user_id):
+            trace = await self.store.trace_context(job.id) if tracing.enabled() else {}
+            with ctx.acting_for(job.user_id), tracing.continued(trace, "training.job", attrs):
                 result = await self._train(claim, session_stop)
                 if result is None:
                     outcome = "stopped"
@@ -255,6 +298,12 @@ class Worker:
         hp = hp_from_json(job.hyperparameters)
         try:
             raw = await self.storage.download(await self.store.dataset_file(job.dataset_id))
+        except (NotFound, FailedPrecondition):
+            # The dataset's storage file was deleted (its dataset row cannot be while the
+            # job is unfinished): the job cannot read its data again.
+            raise JobFailure(
+                J.JOB_ERROR_CODE_DATASET_INVALID, "the dataset's file was deleted from storage"
+            ) from None
         except ServiceError as exc:
             raise JobFailure(J.JOB_ERROR_CODE_STORAGE_ERROR, exc.message) from None
         try:
@@ -267,6 +316,8 @@ class Worker:
         except PlanError as exc:
             raise JobFailure(J.JOB_ERROR_CODE_DATASET_INVALID, str(exc)) from None
         plan.total_steps = job.total_steps or plan.total_steps
+        if job.executor != J.EXECUTOR_SIMULATE:
+            await self._check_memory(job, hp)
         last = await self.store.latest_checkpoint(job.id)
         resume = None
         if last is not None:
@@ -275,6 +326,9 @@ class Worker:
             except ServiceError as exc:
                 raise JobFailure(J.JOB_ERROR_CODE_STORAGE_ERROR, exc.message) from None
             await self._log(claim, f"resuming from checkpoint at step {last.step}")
+        init_adapter = None
+        if last is None and job.init_model_id is not None:
+            init_adapter = await self._starting_adapter(job.init_model_id)
 
         def call(coro: Any) -> Any:
             return asyncio.run_coroutine_threadsafe(coro, loop).result()
@@ -301,6 +355,7 @@ class Worker:
             stop=session_stop,
             torch_threads=self.settings.training_torch_threads,
             simulate_step_seconds=self.settings.training_simulate_step_seconds,
+            init_adapter=init_adapter,
         )
         runner = EXECUTORS[job.executor]
         claim.base_step = last.step if last is not None else 0
@@ -315,14 +370,62 @@ class Worker:
             raise JobFailure(J.JOB_ERROR_CODE_MODEL_LOAD_FAILED, str(exc)) from None
         except ServiceError as exc:
             raise JobFailure(J.JOB_ERROR_CODE_STORAGE_ERROR, exc.message) from None
-        except MemoryError:
-            raise JobFailure(J.JOB_ERROR_CODE_OUT_OF_MEMORY, "out of memory") from None
-        except RuntimeError as exc:
-            if "out of memory" in str(exc).lower():
+        except (MemoryError, RuntimeError) as exc:
+            if out_of_memory(exc):
                 raise JobFailure(
-                    J.JOB_ERROR_CODE_OUT_OF_MEMORY, "the device ran out of memory"
+                    J.JOB_ERROR_CODE_OUT_OF_MEMORY,
+                    "the device ran out of memory: lower batch_size or max_seq_length, or "
+                    "enable gradient_checkpointing or QLORA",
                 ) from None
             raise
+
+    def device_memory(self, job: JobRow) -> int:
+        """Memory of this worker's device for the job: its hardware class's when this
+        worker is that class's device, else the CUDA device's; 0 when unknown (CPU)."""
+        spec = self.settings.training_hardware_classes.get(job.hardware_class)
+        if spec is not None and spec.device_type == self.device:
+            return int(spec.memory_gib * 1024**3)
+        if self.device.startswith("nvidia"):
+            import torch
+
+            if torch.cuda.is_available():
+                return int(torch.cuda.get_device_properties(0).total_memory)
+        return 0
+
+    async def _check_memory(self, job: JobRow, hp: jobs_pb2.Hyperparameters) -> None:
+        """Fail fast with OUT_OF_MEMORY when the catalogue's estimate says the job cannot
+        fit this device, before minutes of model loading end the same way."""
+        available = self.device_memory(job)
+        if not available:
+            return
+        arch = await asyncio.to_thread(catalogue.arch_of, job.base_model, self.settings)
+        need = shared_catalogue.training_memory_bytes(
+            arch,
+            estimates.method_name(job.method),
+            int(hp.max_seq_length),
+            batch_size=int(hp.batch_size),
+            lora_rank=int(hp.lora_rank),
+            gradient_checkpointing=hp.gradient_checkpointing,
+        )
+        if need > available:
+            raise JobFailure(
+                J.JOB_ERROR_CODE_OUT_OF_MEMORY,
+                f"the job needs about {need / 1024**3:.1f} GiB and the device has "
+                f"{available / 1024**3:.1f} GiB: lower batch_size or max_seq_length, or enable "
+                "gradient_checkpointing or QLORA",
+            )
+
+    async def _starting_adapter(self, model_id: uuid.UUID) -> bytes:
+        """The weights of the model a job continues from (STORAGE_ERROR when its files
+        are gone, e.g. purged after the model was deleted)."""
+        model = await self.store.model_by_id(model_id)
+        files = {f["name"]: f["file_id"] for f in (model.files if model else [])}
+        if model is None or "adapter_model.safetensors" not in files:
+            raise JobFailure(J.JOB_ERROR_CODE_STORAGE_ERROR, "the starting model's files are gone")
+        try:
+            return await self.storage.download(files["adapter_model.safetensors"])
+        except ServiceError as exc:
+            raise JobFailure(J.JOB_ERROR_CODE_STORAGE_ERROR, exc.message) from None
 
     async def _log(self, claim: Claim, text: str, level: int = J.LOG_LEVEL_INFO) -> None:
         async with self.store.transaction() as tx:
@@ -374,6 +477,14 @@ class Worker:
             if claim.timed_out:
                 await tx.apply(job.id, lifecycle.time_out(job))
                 return
+            if claim.over_quota:
+                failure = Failure(
+                    J.JOB_ERROR_CODE_QUOTA_EXCEEDED,
+                    f"the monthly quota ran out ({claim.over_quota})",
+                    claim.step_reached,
+                )
+                await tx.apply(job.id, lifecycle.fail(job, failure))
+                return
             from_step = await tx.last_checkpoint_step(job.id)
             change = lifecycle.requeue(job, worker_id=self.worker_id, from_step=from_step)
             await tx.apply(job.id, change)
@@ -407,6 +518,7 @@ class Worker:
                 steps=result.steps,
                 final_loss=result.final_loss,
                 final_eval_loss=result.final_eval_loss,
+                simulated=job.executor == J.EXECUTOR_SIMULATE,
             )
             if job.clone_id is not None:
                 await tx.set_clone_model(job.clone_id, model.id)
@@ -459,6 +571,7 @@ class _Probe:
 
 async def run_worker(settings: TrainingSettings) -> None:
     logs.configure("training-worker", settings.log_level)
+    tracing.configure("training-worker")
     probe = _Probe()
     # HTTP first, so the startup probe gets a 503 (not a refused connection) while
     # migrations run and Postgres is reached.
@@ -485,6 +598,7 @@ async def run_worker(settings: TrainingSettings) -> None:
             await pool.close()
     finally:
         await runner.cleanup()
+        tracing.shutdown()
 
 
 __all__ = ["Worker", "run_worker"]

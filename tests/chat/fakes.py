@@ -7,6 +7,7 @@ trips. Used while the RAG service is not wired into the chat tests."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import uuid
@@ -104,9 +105,14 @@ class FakeRag:
     kbs: dict[str, str] = field(default_factory=dict)  # kb id → owner
     docs: dict[str, FakeDoc] = field(default_factory=dict)
     searches: list[tuple[list[str], str]] = field(default_factory=list)
+    search_documents: list[list[str]] = field(default_factory=list)  # document_ids of each
     # Every RPC served, by name (Search, GetDocument, …), in order.
     calls: list[str] = field(default_factory=list)
     ingest_fail: set[str] = field(default_factory=set)  # file ids whose ingest fails
+    ingested: dict[str, str] = field(default_factory=dict)  # document id → owner
+    deleted: list[str] = field(default_factory=list)  # document ids, in order
+    # While set and not released, ingestion stops after its first event (still INGESTING).
+    ingest_hold: asyncio.Event | None = None
 
     def add_kb(self, owner: str) -> str:
         kb_id = str(uuid.uuid4())
@@ -170,9 +176,11 @@ class FakeRag:
             if self.kbs.get(kb_id) != user:
                 raise NotFound(f"knowledge base {kb_id!r} not found")
         self.searches.append((list(request.knowledge_base_ids), request.query))
+        self.search_documents.append(list(request.document_ids))
         hits = []
         for doc in self.docs.values():
-            if doc.kb_id in request.knowledge_base_ids:
+            wanted = not request.document_ids or doc.id in request.document_ids
+            if doc.kb_id in request.knowledge_base_ids and wanted:
                 for n, block_id in enumerate(BLOCKS):
                     block = self._block(doc, block_id)
                     hits.append(
@@ -213,6 +221,16 @@ class FakeRag:
             blocks=[self._block(doc, b) for b in BLOCKS][: request.block_page_size or None],
         )
 
+    async def DeleteDocument(self, request: rag_pb2.DeleteDocumentRequest, context: Any) -> Any:
+        from google.protobuf import empty_pb2
+
+        self.calls.append("DeleteDocument")
+        owner = self.ingested.get(request.id) or getattr(self.docs.get(request.id), "owner", None)
+        if owner != require_user_id() or request.id in self.deleted:
+            raise NotFound(f"document {request.id!r} not found")
+        self.deleted.append(request.id)
+        return empty_pb2.Empty()
+
     async def GetKnowledgeBase(
         self, request: rag_pb2.GetKnowledgeBaseRequest, context: Any
     ) -> rag_pb2.KnowledgeBase:
@@ -236,10 +254,13 @@ class FakeRag:
         if self.kbs.get(request.knowledge_base_id) != user:
             raise NotFound("knowledge base not found")
         doc_id = str(uuid.uuid4())
+        self.ingested[doc_id] = user
         yield rag_pb2.IngestEvent(
             document_id=doc_id,
             phase=rag_pb2.IngestPhase(stage=rag_pb2.INGEST_STAGE_PARSING),
         )
+        if self.ingest_hold is not None:
+            await self.ingest_hold.wait()
         failed = request.file_id in self.ingest_fail
         yield rag_pb2.IngestEvent(
             document_id=doc_id,

@@ -145,3 +145,30 @@ async def test_clone_chat_answers_through_lora_adapter(mesh: Mesh, gemini: Gemin
         await mesh.send(user, pending.id, question)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert reason(info.value) == "CLONE_NOT_READY"
+
+
+async def test_local_model_says_it_cannot_see_the_images(mesh: Mesh, gemini: GeminiServer) -> None:
+    import io
+
+    from PIL import Image
+
+    from services.chat.pipeline.local import IMAGES_NOTICE
+
+    user = await mesh.new_user()  # no key: the local model answers
+    chat = await mesh.stub.CreateChat(chat_pb2.CreateChatRequest(), metadata=user.md)
+    out = io.BytesIO()
+    Image.new("RGB", (20, 10), (0, 0, 255)).save(out, format="PNG")
+    photo = await upload(
+        mesh.storage_stub, out.getvalue(), "photo.png", storage_pb2.BUCKET_IMAGES, user.md
+    )
+    events = await mesh.send(user, chat.id, "What is on the photo?", image_file_ids=[photo])
+    assert events[-1].HasField("final"), events[-1]
+    final = events[-1].final.message
+    assert final.content.startswith(IMAGES_NOTICE + "\n\n")
+    assert len(final.content) > len(IMAGES_NOTICE) + 2  # the model still answered the text
+    assert "".join(tokens(events)) == final.content
+    warnings = [e.warning.code for e in events if e.HasField("warning")]
+    assert warnings == ["IMAGES_NOT_SUPPORTED"]
+    sent = events[0].accepted.user_message.images
+    assert [(i.kind, i.file_id) for i in sent] == [(chat_pb2.IMAGE_KIND_USER, photo)]
+    assert gemini.requests == []

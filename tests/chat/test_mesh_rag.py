@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+from fpdf import FPDF
 from PIL import Image
 
 from aivera.chat.v1 import chat_pb2
@@ -86,3 +88,64 @@ async def test_turn_over_real_rag(mesh: Mesh, gemini: GeminiServer) -> None:
         chat_pb2.IMAGE_KIND_VIEWPORT,
         chat_pb2.IMAGE_KIND_ZOOM,
     ]
+
+
+FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")  # Debian's fonts-dejavu-core
+SHEETS = (
+    "Лист 1. Фундамент ФМ-1: класс бетона B25, арматура A500C.",
+    "Лист 2. Колонна К-1: класс бетона B30, арматура A240.",
+    # Words of the follow-up as asked: searching «а на втором листе?» itself finds this.
+    "Лист 3. Общие указания: узлы на втором листе выполнять по серии 1.020.",
+)
+
+
+def sheets_pdf() -> bytes:
+    """A4 pages in Russian, one «лист» each."""
+    pdf = FPDF(unit="pt", format="A4")
+    pdf.add_font("dejavu", fname=str(FONT))
+    for text in SHEETS:
+        pdf.add_page()
+        pdf.set_font("dejavu", size=12)
+        pdf.text(0.1 * pdf.w, 0.1 * pdf.h, text)
+    return bytes(pdf.output())
+
+
+@pytest.mark.smollm2
+async def test_follow_up_retrieves_the_sheet_it_names(mesh: Mesh, gemini: GeminiServer) -> None:
+    """Without a Gemini key (the local model) the follow-up «а на втором листе?» is
+    searched joined to the previous question, its ordinal as a number: the real RAG
+    service ranks sheet 2 first (the follow-up searched as asked ranks sheet 3, which has
+    its words)."""
+    admin = await mesh.admin_user()
+    for name in ("LLM_SYSTEM", "JSON_ANNOTATION", "HTML_OCR"):  # short: CPU prefill
+        await mesh.admin_stub.CreateSystemPromptVersion(
+            chat_pb2.CreateSystemPromptVersionRequest(
+                name=chat_pb2.SystemPromptName.Value(f"SYSTEM_PROMPT_NAME_{name}"),
+                content="Answer briefly.",
+                activate=True,
+            ),
+            metadata=admin.md,
+        )
+    user = await mesh.new_user()  # no key: the local model and the local heuristic
+    chat = await mesh.stub.CreateChat(chat_pb2.CreateChatRequest(title="КЖ"), metadata=user.md)
+    pdf = await upload(
+        mesh.storage_stub, sheets_pdf(), "kzh-2.pdf", storage_pb2.BUCKET_DOCUMENTS, user.md
+    )
+    await mesh.stub.AttachFile(
+        chat_pb2.AttachFileRequest(chat_id=chat.id, file_id=pdf), metadata=user.md
+    )
+    for _ in range(600):
+        got = await mesh.stub.GetChat(chat_pb2.GetChatRequest(id=chat.id), metadata=user.md)
+        if got.attachments[0].status != chat_pb2.ATTACHMENT_STATUS_INGESTING:
+            break
+        await asyncio.sleep(0.1)
+    assert got.attachments[0].status == chat_pb2.ATTACHMENT_STATUS_READY
+    first = await mesh.send(user, chat.id, "Какой класс бетона указан на первом листе?")
+    assert first[-1].HasField("final"), first[-1]
+    assert first[-1].final.message.search_results
+    follow = await mesh.send(user, chat.id, "а на втором листе?")
+    assert follow[-1].HasField("final"), follow[-1]
+    results = follow[-1].final.message.search_results
+    assert results[0].page == 2 and "B30" in results[0].text
+    assert results[0].filename == "kzh-2.pdf"
+    assert gemini.requests == []

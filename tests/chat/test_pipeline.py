@@ -39,6 +39,7 @@ from services.chat.store import (
     TURN_RUNNING,
     AttachmentRow,
     ChatRow,
+    ImageRow,
     MessageRow,
     RoleRef,
     StoredEvent,
@@ -83,11 +84,24 @@ class MemoryStore:
         self.events: list[StoredEvent] = []
 
     async def turn_context(
-        self, user_id: str, chat_id: uuid.UUID, *, history: int, stale_seconds: float
+        self,
+        user_id: str,
+        chat_id: uuid.UUID,
+        *,
+        history: int,
+        stale_seconds: float,
+        before_seq: int | None = None,
     ) -> TurnContext | None:
         if user_id != self.chat.user_id or chat_id != self.chat.id:
             return None
-        done = [m for m in self.messages if m.content and m.status != STATUS_IN_PROGRESS]
+        done = [
+            m
+            for m in self.messages
+            if m.content
+            and m.status != STATUS_IN_PROGRESS
+            and not m.superseded
+            and (before_seq is None or m.seq < before_seq)
+        ]
         return TurnContext(
             chat=self.chat,
             system=SYSTEM,
@@ -129,11 +143,20 @@ class MemoryStore:
         role_prompt_id: str,
         role_prompt_version: int,
         stale_seconds: float,
+        regenerate: uuid.UUID | None = None,
+        edit: uuid.UUID | None = None,
+        images: Sequence[ImageRow] = (),
     ) -> tuple[MessageRow, MessageRow]:
         if any(m.status == STATUS_IN_PROGRESS for m in self.messages):
             raise turn_in_progress()
-        user = self._message(chat_pb2.MESSAGE_ROLE_USER, STATUS_COMPLETE, text)
-        self.messages.append(user)
+        if regenerate is not None:
+            user = next(m for m in self.messages if m.id == regenerate)
+            for n, m in enumerate(self.messages):
+                if m.seq > user.seq:
+                    self.messages[n] = dataclasses.replace(m, superseded=True)
+        else:
+            user = self._message(chat_pb2.MESSAGE_ROLE_USER, STATUS_COMPLETE, text)
+            self.messages.append(user)
         answer = self._message(
             chat_pb2.MESSAGE_ROLE_ASSISTANT,
             STATUS_IN_PROGRESS,
@@ -141,6 +164,7 @@ class MemoryStore:
             role_prompt_id=uuid.UUID(role_prompt_id) if role_prompt_id else None,
             role_prompt_version=role_prompt_version,
         )
+        answer = dataclasses.replace(answer, reply_to_id=user.id)
         self.messages.append(answer)
         return user, answer
 
@@ -173,6 +197,12 @@ class MemoryStore:
             images=tuple(outcome.images),
             search_results=tuple(outcome.search_results),
         )
+
+    async def get_message(
+        self, user_id: str, chat_id: uuid.UUID, message_id: uuid.UUID
+    ) -> MessageRow | None:
+        found = [m for m in self.messages if m.id == message_id]
+        return found[0] if found and user_id == self.chat.user_id else None
 
     async def watched_turn(
         self, user_id: str, chat_id: uuid.UUID, message_id: uuid.UUID, stale_seconds: float
@@ -225,7 +255,9 @@ class Documents:
     def __init__(self) -> None:
         self.calls: list[str] = []
 
-    async def search(self, kb_ids: list[str], query: str, top_k: int) -> list[Hit]:
+    async def search(
+        self, kb_ids: list[str], query: str, top_k: int, document_ids: list[str] | None = None
+    ) -> list[Hit]:
         self.calls.append("Search")
         block = Block("b1", "doc-1", 1, "image", "Чертёж узла", BOX, 0.9)
         return [
@@ -247,6 +279,9 @@ class Documents:
         return DocumentInfo(document_id, "file-1", "a.pdf", 0, PAGE)
 
     async def create_chat_kb(self, chat_id: str) -> str:
+        raise AssertionError("not used")
+
+    async def delete_document(self, document_id: str) -> None:
         raise AssertionError("not used")
 
     async def check_kb(self, kb_id: str) -> None:

@@ -117,6 +117,8 @@ async def test_model_profile_changes_models(mesh: Mesh, gemini: GeminiServer) ->
     )
     gemini.reset()
     gemini.script(Reply.text("Блок b-text: бетон B25."), Reply.tokens(["Ответ ", "pro."]))
+    # Each turn in a new chat: a follow-up in the same chat adds the query rewrite call.
+    chat = await mesh.chat_with_document(user)
     events = await mesh.send(user, chat.id, "Вопрос")
     check_stream(events)
     assert [r.model for r in gemini.requests] == ["gemini-2.5-flash", "gemini-2.5-pro"]
@@ -133,6 +135,7 @@ async def test_model_profile_changes_models(mesh: Mesh, gemini: GeminiServer) ->
     assert {e.llm_token.model for e in events if e.HasField("llm_token")} == {"gemini-2.5-pro"}
     # A per-turn override back to simple.
     gemini.reset()
+    chat = await mesh.chat_with_document(user)
     await mesh.send(user, chat.id, "Ещё", model_profile=chat_pb2.MODEL_PROFILE_SIMPLE)
     assert [r.model for r in gemini.requests] == ["gemini-2.5-flash"]
     # The admin changes the flash model name.
@@ -142,6 +145,7 @@ async def test_model_profile_changes_models(mesh: Mesh, gemini: GeminiServer) ->
     )
     try:
         gemini.reset()
+        chat = await mesh.chat_with_document(user)
         await mesh.send(user, chat.id, "Ещё", model_profile=chat_pb2.MODEL_PROFILE_SIMPLE)
         assert [r.model for r in gemini.requests] == ["gemini-3-flash"]
     finally:
@@ -516,9 +520,10 @@ async def test_a_turn_asks_rag_once(mesh: Mesh, gemini: GeminiServer) -> None:
     GetDocument, cropping included, in both profiles. Only a zoom asks for the document
     (its source PDF, which no hit names), once."""
     user = await mesh.new_user(KEY)
-    chat = await mesh.chat_with_document(user)
     rag = mesh.rag
     for profile in (chat_pb2.MODEL_PROFILE_SIMPLE, chat_pb2.MODEL_PROFILE_COMPLEX):
+        # A first question each time (a follow-up would add the query rewrite call).
+        chat = await mesh.chat_with_document(user)
         searches, documents = rag.count("Search"), rag.count("GetDocument")
         gemini.reset()
         gemini.script(
@@ -544,6 +549,7 @@ async def test_a_turn_asks_rag_once(mesh: Mesh, gemini: GeminiServer) -> None:
         Reply.call("zoom", {"page": 1, "box": box, "scale": 3}),
         Reply.text("Ответ."),
     )
+    chat = await mesh.chat_with_document(user)
     events = await mesh.send(user, chat.id, "Увеличь")
     assert [i.kind for i in events[-1].final.message.images] == [chat_pb2.IMAGE_KIND_ZOOM] * 2
     assert rag.count("Search") - searches == 1

@@ -44,7 +44,11 @@ class Mesh:
 
 
 @asynccontextmanager
-async def start_mesh(database_url: str, **auth_overrides: Any) -> AsyncIterator[Mesh]:
+async def start_mesh(
+    database_url: str, *, storage_public_url: str | None = None, **auth_overrides: Any
+) -> AsyncIterator[Mesh]:
+    """`storage_public_url`: the base of signed file URLs (a gateway's origin, for the
+    browser console's tests); default the storage service's own HTTP port."""
     internal = "itok-" + uuid.uuid4().hex
     data = Path(tempfile.mkdtemp(prefix="aivera-client-"))
     a_settings = auth_settings(database_url, internal, **auth_overrides)
@@ -55,7 +59,7 @@ async def start_mesh(database_url: str, **auth_overrides: Any) -> AsyncIterator[
             "aivera_internal_token": internal,
             "auth_addr": f"127.0.0.1:{auth_app.grpc_port}",
         }
-        s_settings = StorageSettings(**common, data_dir=data)
+        s_settings = StorageSettings(**common, data_dir=data, storage_public_url=storage_public_url)
         async with running(storage_spec(s_settings), s_settings) as storage_app:
             r_settings = RagSettings(
                 **common,

@@ -1,7 +1,9 @@
 """The CLI's chat and file flows against the real auth, storage, RAG and chat services
 (and the loopback Gemini server): a streamed answer, the model profile naming the models, file
 upload and attach, history, Ctrl-C cancelling a turn, a turn outliving its stream
-(reattach after a network drop, `chat watch`, CancelTurn)."""
+(reattach after a network drop, `chat watch`, CancelTurn); the numbered sources under an
+answer (`--sources` with the crops' signed URLs), regenerate and edit, images, search,
+managing chats, chat administration and projects."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from aivera.chat.v1 import chat_pb2
 from client import AsyncClient, Credentials, Endpoints, NotFound
 from client.cli import chat as chat_cli
 from client.cli import render
-from client.errors import EXIT_NOT_FOUND, EXIT_USAGE
+from client.errors import EXIT_AUTH, EXIT_NOT_FOUND, EXIT_USAGE
 from tests.client.conftest import Cli
 from tests.client.mesh import Mesh, start_mesh
 from tests.helpers.gemini import Reply
@@ -111,6 +113,8 @@ async def test_model_profile_changes_the_models_named(
     assert r.exit_code == 0 and "complex" in r.stdout
     r = await cli("me", "--json")
     assert json.loads(r.stdout)["settings"]["model_profile"] == "MODEL_PROFILE_COMPLEX"
+    # A new chat: a follow-up in the same one would add the query rewrite call.
+    assert (await cli("chat", "new", "Документ 2", "--kb", kb)).exit_code == 0
     mesh.gemini.script(Reply.text("Блок b-text: бетон B25."), Reply.tokens(["Ответ ", "pro."]))
     r = await cli("chat", "send", "Вопрос")
     assert r.exit_code == 0, r.output
@@ -465,3 +469,230 @@ async def test_stream_refused_before_start_is_refreshed_and_repeated(
         assert events[0].HasField("accepted") and events[-1].HasField("final")
         # only one user message: the refused stream stored nothing
         assert [m.content for m in await c.list_messages(chat.id)] == ["Привет", "Ок."]
+
+
+# -- chat as a product: sources, regenerate/edit, images, search, management, projects --
+
+
+async def _chat_with_document(cli: Cli, tmp_path: Path) -> None:
+    r = await cli("kb", "create", "Проект", "--json")
+    kb = json.loads(r.stdout)["id"]
+    doc = tmp_path / "kzh.md"
+    doc.write_text("# Конструкции\n\nБетон класса B25 для фундаментов.\n")
+    assert (await cli("kb", "add", kb, str(doc))).exit_code == 0
+    assert (await cli("chat", "new", "Документ", "--kb", kb)).exit_code == 0
+
+
+async def test_answer_lists_its_sources(mesh: Mesh, gemini: object, tmp_path: Path) -> None:
+    cli = await signed_in(mesh, tmp_path)
+    await _chat_with_document(cli, tmp_path)
+    mesh.gemini.script(Reply.text("Бетон B25 [1]."))
+    r = await cli("chat", "send", "Какой бетон?")
+    assert r.exit_code == 0, r.output
+    assert "Источники:" in r.stdout
+    assert "[1] kzh.md, с. 1, блок " in r.stdout
+    assert "«" not in r.stdout  # collapsed: no block text
+    # --sources expands: the cited block's text.
+    mesh.gemini.script(Reply.text("запрос"), Reply.text("Да, B25 [1]."))
+    r = await cli("chat", "send", "Точно?", "--sources")
+    assert r.exit_code == 0, r.output
+    assert "[1] kzh.md, с. 1, блок " in r.stdout and "«" in r.stdout
+    # History shows the same list under each answer.
+    r = await cli("chat", "history")
+    assert r.stdout.count("Источники:") == 2
+    r = await cli("chat", "history", "--json")
+    answer = json.loads(r.stdout)[1]
+    assert answer["citations"][0]["marker"] == 1
+    assert answer["citations"][0]["filename"] == "kzh.md"
+
+
+async def test_crops_are_listed_with_signed_urls(
+    mesh: Mesh, gemini: object, tmp_path: Path
+) -> None:
+    from fpdf import FPDF
+
+    cli = await signed_in(mesh, tmp_path)
+    pdf = FPDF(unit="pt", format="A4")
+    pdf.add_page()
+    pdf.set_font("helvetica", size=14)
+    pdf.text(60, 80, "Beton klassa B25")
+    path = tmp_path / "kzh.pdf"
+    path.write_bytes(bytes(pdf.output()))
+    r = await cli("kb", "create", "PDF", "--json")
+    kb = json.loads(r.stdout)["id"]
+    assert (await cli("kb", "add", kb, str(path))).exit_code == 0
+    assert (await cli("chat", "new", "Чертёж", "--kb", kb)).exit_code == 0
+    r = await cli("kb", "search", "Beton", "--kb", kb, "--json")
+    block_id = json.loads(r.stdout)[0]["block_ids"][0]
+    mesh.gemini.script(
+        Reply.call("request_images", {"block_ids": [block_id]}), Reply.text("B25 [1].")
+    )
+    r = await cli("chat", "send", "Что на листе?")
+    assert r.exit_code == 0, r.output
+    r = await cli("chat", "history", "--sources")
+    assert r.exit_code == 0, r.output
+    assert "[1] kzh.pdf, с. 1, блок " in r.stdout and "Изображения ответа:" in r.stdout
+    crop = next(line for line in r.stdout.splitlines() if "viewport p.1" in line)
+    assert "http" in crop  # a signed URL of the stored crop
+
+
+async def test_send_with_an_image(mesh: Mesh, gemini: object, tmp_path: Path) -> None:
+    from PIL import Image
+
+    cli = await signed_in(mesh, tmp_path)
+    assert (await cli("chat", "new", "Фото")).exit_code == 0
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (32, 24), (10, 200, 10)).save(photo, format="JPEG")
+    mesh.gemini.script(Reply.text("Зелёный прямоугольник."))
+    r = await cli("chat", "send", "Что на фото?", "--image", str(photo))
+    assert r.exit_code == 0, r.output
+    assert "Зелёный прямоугольник." in r.stdout
+    assert mesh.gemini.requests[0].inline_images() == [("image/jpeg", photo.read_bytes())]
+    r = await cli("chat", "history")
+    assert "🖼  photo.jpg 32×24" in r.stdout
+
+
+async def test_regenerate_and_edit(mesh: Mesh, gemini: object, tmp_path: Path) -> None:
+    cli = await signed_in(mesh, tmp_path)
+    assert (await cli("chat", "new", "Без документов")).exit_code == 0
+    mesh.gemini.script(Reply.text("Первый ответ."))
+    assert (await cli("chat", "send", "Вопрос?")).exit_code == 0
+    mesh.gemini.script(Reply.text("Второй ответ."))
+    r = await cli("chat", "regenerate")
+    assert r.exit_code == 0, r.output
+    assert "Второй ответ." in r.stdout
+    r = await cli("chat", "history", "--json")
+    assert [m["content"] for m in json.loads(r.stdout)] == ["Вопрос?", "Второй ответ."]
+    r = await cli("chat", "history", "--all")
+    assert "Первый ответ." in r.stdout and "заменено" in r.stdout
+    mesh.gemini.script(Reply.text("Ответ на новый вопрос."))
+    r = await cli("chat", "edit", "Новый вопрос?")
+    assert r.exit_code == 0, r.output
+    assert "Ответ на новый вопрос." in r.stdout
+    r = await cli("chat", "history", "--json")
+    assert [m["content"] for m in json.loads(r.stdout)] == [
+        "Новый вопрос?",
+        "Ответ на новый вопрос.",
+    ]
+    r = await cli("chat", "regenerate", str(uuid.uuid4()))
+    assert r.exit_code == EXIT_NOT_FOUND
+
+
+async def test_search_messages(mesh: Mesh, gemini: object, tmp_path: Path) -> None:
+    cli = await signed_in(mesh, tmp_path)
+    assert (await cli("chat", "new", "Фундаменты")).exit_code == 0
+    mesh.gemini.script(Reply.text("Класс бетона B25."))
+    assert (await cli("chat", "send", "Какой бетон у фундамента?")).exit_code == 0
+    r = await cli("chat", "search", "бетоном")
+    assert r.exit_code == 0, r.output
+    assert "Фундаменты · Ассистент" in r.stdout and "«бетона»" in r.stdout
+    r = await cli("chat", "search", "бетон", "--json")
+    assert len(json.loads(r.stdout)) == 2
+    r = await cli("chat", "search", "арматура")
+    assert r.exit_code == 0 and "Ничего не найдено." in r.stderr
+
+
+async def test_detach_a_file(mesh: Mesh, gemini: object, tmp_path: Path) -> None:
+    cli = await signed_in(mesh, tmp_path)
+    assert (await cli("chat", "new", "С файлом")).exit_code == 0
+    doc = tmp_path / "notes.md"
+    doc.write_text("# Заметки\n\nБетон B25.\n")
+    r = await cli("file", "upload", str(doc), "--json")
+    file_id = json.loads(r.stdout)["file"]["id"]
+    assert (await cli("chat", "attach", file_id, "--wait")).exit_code == 0
+    r = await cli("chat", "detach", file_id)
+    assert r.exit_code == 0 and "откреплён" in r.stdout
+    r = await cli("chat", "show", "--json")
+    assert json.loads(r.stdout).get("attachments", []) == []
+    assert (await cli("chat", "detach", file_id)).exit_code == EXIT_NOT_FOUND
+
+
+async def test_admin_chat_commands(mesh: Mesh, gemini: object, tmp_path: Path) -> None:
+    cli = Cli(tmp_path / "admin", {**mesh.env(), "AIVERA_LANG": ""})
+    r = await cli("login", input=mesh.bootstrap_token + "\n")
+    assert r.exit_code == 0, r.output
+    prompt = tmp_path / "flash.txt"
+    prompt.write_text("Собери блоки.")
+    r = await cli("admin", "prompt", "create", "flash_extractor", "--file", str(prompt), "--json")
+    assert r.exit_code == 0, r.output
+    created = json.loads(r.stdout)
+    assert created["version"] == 2 and not created.get("is_active")
+    assert (await cli("admin", "prompt", "activate", created["id"])).exit_code == 0
+    r = await cli("admin", "prompt", "list", "--json")
+    active = {p["name"]: p["content"] for p in json.loads(r.stdout)}
+    assert active["SYSTEM_PROMPT_NAME_FLASH_EXTRACTOR"] == "Собери блоки."
+    assert (await cli("admin", "prompt", "create", "nope", "--content", "x")).exit_code == 2
+    r = await cli("admin", "role", "create", "сметчик", "--content", "Считай объёмы.", "--json")
+    role = json.loads(r.stdout)
+    r = await cli("admin", "role", "update", role["id"], "--content", "Считай.", "--inactive")
+    assert r.exit_code == 0 and "версия 2" in r.stdout
+    r = await cli("admin", "role", "list", "--json")
+    mine = next(x for x in json.loads(r.stdout) if x["id"] == role["id"])
+    assert mine["content"] == "Считай." and not mine.get("is_active")
+    r = await cli("admin", "system", "set", "--limit", "max_tool_iterations=4", "--no-local-model")
+    assert r.exit_code == 0, r.output
+    assert "limits.max_tool_iterations" in r.stdout
+    r = await cli("admin", "system", "show", "--json")
+    shown = json.loads(r.stdout)
+    assert shown["limits"]["max_tool_iterations"] == 4 and not shown.get("local_model_enabled")
+    assert (await cli("admin", "system", "set", "--limit", "bogus=1")).exit_code == 2
+    r = await cli("admin", "system", "set", "--flash-model", "not-allowed")
+    assert r.exit_code == 1
+    assert (await cli("admin", "system", "set", "--local-model")).exit_code == 0
+    # A user without the admin role is refused.
+    user = await signed_in(mesh, tmp_path / "user", key=False)
+    assert (await user("admin", "system", "show")).exit_code == EXIT_AUTH
+
+
+async def test_projects(mesh: Mesh, gemini: object, tmp_path: Path) -> None:
+    cli = await signed_in(mesh, tmp_path)
+    r = await cli("kb", "create", "Библиотека", "--json")
+    kb = json.loads(r.stdout)["id"]
+    doc = tmp_path / "kzh.md"
+    doc.write_text("# Конструкции\n\nБетон класса B25 для фундаментов.\n")
+    r = await cli("kb", "add", kb, str(doc), "--json")
+    document_id = json.loads(r.stdout)["id"]
+    r = await cli("project", "new", "Объект А", "--json")
+    folder = json.loads(r.stdout)["id"]
+    r = await cli("project", "new", "КЖ", "--parent", folder, "--json")
+    sub = json.loads(r.stdout)["id"]
+    assert (await cli("project", "add-doc", sub, document_id)).exit_code == 0
+    assert (await cli("chat", "new", "Вопросы", "--folder", folder)).exit_code == 0
+    mesh.gemini.script(Reply.text("Бетон B25 [1]."))
+    r = await cli("chat", "send", "Какой бетон?")
+    assert r.exit_code == 0, r.output
+    assert "[1] kzh.md" in r.stdout  # the folder's document was searched
+    r = await cli("project", "tree")
+    assert "📁 Объект А" in r.stdout and "  📁 КЖ" in r.stdout
+    assert "📄 kzh.md" in r.stdout and "💬 Вопросы" in r.stdout
+    r = await cli("project", "answers", document_id)
+    assert r.exit_code == 0 and "Бетон B25 [1]." in r.stdout
+    assert (await cli("project", "rename", sub, "КЖ-1")).exit_code == 0
+    assert (await cli("project", "move", sub)).exit_code == 0
+    assert (await cli("chat", "move", sub)).exit_code == 0
+    r = await cli("project", "tree", sub, "--json")
+    assert json.loads(r.stdout)[0]["chats"][0]["title"] == "Вопросы"
+    assert (await cli("project", "remove-doc", sub, document_id)).exit_code == 0
+    assert (await cli("project", "delete", sub)).exit_code == 0
+    assert (await cli("project", "delete", sub)).exit_code == EXIT_NOT_FOUND
+    r = await cli("project", "tree", "--json")
+    assert [n["folder"]["name"] for n in json.loads(r.stdout)] == ["Объект А"]
+
+
+async def test_rename_archive_delete(mesh: Mesh, gemini: object, tmp_path: Path) -> None:
+    cli = await signed_in(mesh, tmp_path, key=False)
+    r = await cli("chat", "new", "Старое", "--json")
+    chat_id = json.loads(r.stdout)["id"]
+    r = await cli("chat", "rename", "Новое")
+    assert r.exit_code == 0 and "Новое" in r.stdout
+    assert (await cli("chat", "archive")).exit_code == 0
+    r = await cli("chat", "list", "--json")
+    assert json.loads(r.stdout) == []
+    r = await cli("chat", "list", "--archived", "--json")
+    assert [c["title"] for c in json.loads(r.stdout)] == ["Новое"]
+    assert (await cli("chat", "unarchive")).exit_code == 0
+    r = await cli("chat", "list", "--json")
+    assert [c["id"] for c in json.loads(r.stdout)] == [chat_id]
+    assert (await cli("chat", "delete", chat_id)).exit_code == 0
+    assert json.loads((await cli("chat", "list", "--json")).stdout) == []
+    assert (await cli("chat", "delete", chat_id)).exit_code == EXIT_NOT_FOUND

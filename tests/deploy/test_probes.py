@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from gateway.envoy_config import ENVOY_YAML, PROBES_PORT
+from gateway.static import HEALTH_PATH, WEB_PORT
 from services.common import ports
 
 BASE = Path(__file__).resolve().parents[2] / "deploy" / "k8s" / "base"
@@ -59,10 +60,13 @@ def envoy_paths(port: int) -> set[str]:
 
 def test_every_http_probe_is_served_by_its_process() -> None:
     probes = http_probes()
-    assert set(probes) == {"training-worker", "envoy"}, "a new httpGet probe: check it here"
+    assert set(probes) == {"training-worker", "envoy", "web"}, "a new httpGet probe: check it here"
     for path, port in probes["training-worker"]:
         assert port == ports.TRAINING_WORKER_HTTP
         assert path in WORKER_PATHS
     for path, port in probes["envoy"]:
         assert port == PROBES_PORT
         assert path in envoy_paths(port), path
+    # The console's static server (`python -m gateway.static`; tests/web/test_static.py).
+    for path, port in probes["web"]:
+        assert (path, port) == (HEALTH_PATH, WEB_PORT)

@@ -18,6 +18,7 @@ from google.protobuf import descriptor_pool, json_format
 from gateway import cors, envoy_config
 from gateway.config import REQUEST_TIMEOUT_SECONDS
 from gateway.routes import GRPC_PORTS, HTTP_PORTS, upstream_of
+from gateway.static import WEB_PORT
 from services.common.access import Access, MethodInfo, method_table, routable_services
 from services.common.internal import HEADERS_STRIPPED_AT_EDGE
 
@@ -200,12 +201,16 @@ def test_internal_services_are_never_routed(config: dict[str, Any]) -> None:
         routes = _routes(config, listener)
         for info in internal:
             assert not _forwards(_match(routes, info.path)), (listener, info.path)
-        # Nothing forwards every path (that would route internal services too); the
-        # catch-all edge routes answer at the edge.
+        # Nothing forwards every path to a service (that would route internal services
+        # too); the catch-all edge routes answer at the edge, and non-gRPC GETs go to the
+        # console's static files.
         for route in routes:
             if route["match"].get("prefix") in ("", "/"):
                 edge = "direct_response" in route
-                edge = edge or route["route"]["cluster"] == envoy_config.EDGE_REFUSAL
+                edge = edge or route["route"]["cluster"] in (
+                    envoy_config.EDGE_REFUSAL,
+                    envoy_config.WEB_CLUSTER,
+                )
                 assert edge, (listener, route)
 
 
@@ -305,6 +310,26 @@ def test_only_post_reaches_a_grpc_cluster(config: dict[str, Any], listener: str)
     if listener == "public":
         policy = _vhost_cors(config)
         assert policy["forward_not_matching_preflights"] is False
+
+
+def test_console_and_signed_urls_share_the_public_origin(config: dict[str, Any]) -> None:
+    """Browser GETs (pages, assets) go to the console's static server, signed file URLs
+    to storage's HTTP port, RPCs to their services: one origin for all three."""
+    public = _routes(config, "public")
+    page = {":method": "GET", "accept": "text/html"}
+    for path in ("/", "/assets/index-abc.js", "/chat/1f0e"):
+        route = _match(public, path, page)
+        assert route is not None and route["route"]["cluster"] == envoy_config.WEB_CLUSTER
+    route = _match(public, "/files/1f0e?exp=1&sig=2", {":method": "PUT"})
+    assert route is not None and route["route"]["cluster"] == "storage_http"
+    route = _match(public, "/aivera.auth.v1.AuthService/GetJwks")
+    assert route is not None and route["route"]["cluster"] == "auth"
+    # The admin listener serves no console.
+    assert not _forwards(_match(_routes(config, "admin"), "/", page))
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    endpoint = clusters[envoy_config.WEB_CLUSTER]["load_assignment"]["endpoints"][0]
+    address = endpoint["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    assert address == {"address": "web", "port_value": WEB_PORT}
 
 
 def test_cors_origins_come_from_configuration_only(

@@ -282,16 +282,33 @@ async def test_empty_body_is_answered_at_once(web: WebClient, fake: FakeMesh) ->
     assert fake.calls == []
 
 
-async def test_truncated_frame_is_bounded_by_the_route_timeout(
-    web: WebClient, fake: FakeMesh
-) -> None:
-    """Envoy forwards a truncated frame (it does not parse bodies); the service never
-    sees a whole message, and the route timeout ends the call."""
-    started = time.monotonic()
-    result = await asyncio.wait_for(_post(web, NOT_IDEMPOTENT, b"\x00\x00\x00\x00\x0aabc"), 10)
-    assert time.monotonic() - started < 5
-    assert result.grpc_status != 0, result
+async def test_truncated_frame_is_answered_at_once(web: WebClient, fake: FakeMesh) -> None:
+    """A frame cut short (header or message) is INVALID_ARGUMENT from Envoy's frame check
+    at once, for unary and server-streaming RPCs, binary and text mode; no service sees it
+    (a gRPC server left with half a message never answers: only the route timeout would)."""
+    for body in (b"\x00\x00\x00", b"\x00\x00\x00\x00\x0aabc", grpc_web_body(b"ok") + b"\x00"):
+        for path in (UNARY, NOT_IDEMPOTENT, STREAM):
+            started = time.monotonic()
+            result = await asyncio.wait_for(_post(web, path, body), 5)
+            assert time.monotonic() - started < 1
+            assert result.grpc_status == 3, (path, body, result)  # INVALID_ARGUMENT
+            assert "truncated" in result.trailers.get("grpc-message", ""), result
+    # Text mode: base64 of a header declaring 10 bytes and 3 of them.
+    headers = {
+        "Content-Type": grpcweb.CONTENT_TYPE_TEXT,
+        "Accept": grpcweb.CONTENT_TYPE_TEXT,
+        "X-Grpc-Web": "1",
+        "Origin": web.origin,
+    }
+    cut = grpcweb.Mode(True, "").encode(b"\x00\x00\x00\x00\x0aabc")
+    async with web.http.post(web.url(UNARY), data=cut, headers=headers) as resp:
+        lowered = {k.lower(): v for k, v in resp.headers.items()}
+        text = parse_response(resp.status, lowered, await resp.read(), True)
+    assert text.grpc_status == 3, text
     assert fake.calls == []
+    # Whole frames still go through, up to the services' 4 MiB (the check buffers them).
+    assert (await web.call(UNARY, b"")).grpc_status == 0
+    assert (await web.call(UNARY, b"x" * (3 << 20))).grpc_status == 0
 
 
 async def test_unary_route_timeout_ends_a_call_without_deadline(
@@ -309,3 +326,28 @@ async def test_unary_route_timeout_ends_a_call_without_deadline(
     # A shorter grpc-timeout is the service's to enforce: DEADLINE_EXCEEDED, no race.
     result = await web.call(NOT_IDEMPOTENT, b"", headers={"grpc-timeout": "300m"})
     assert result.grpc_status == 4
+
+
+async def test_trace_context_reaches_the_service_through_envoy(
+    web: WebClient, fake: FakeMesh
+) -> None:
+    # A browser that traces its work sends W3C trace context: the preflight allows it and
+    # the service receives it, so the mesh's spans join the browser's trace.
+    async with web.http.options(
+        web.url(UNARY),
+        headers={
+            "Origin": web.origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "traceparent,tracestate,x-grpc-web",
+        },
+    ) as resp:
+        allowed = resp.headers.get("access-control-allow-headers", "").lower()
+    assert "traceparent" in allowed and "tracestate" in allowed
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    result = await web.call(
+        UNARY, b"t", headers={"traceparent": traceparent, "tracestate": "aivera=1"}
+    )
+    assert result.grpc_status == 0
+    (received,) = fake.calls
+    assert received.metadata["traceparent"] == traceparent
+    assert received.metadata["tracestate"] == "aivera=1"

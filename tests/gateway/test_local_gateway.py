@@ -197,10 +197,12 @@ async def test_metadata_forwarded_and_internal_credential_stripped(
             "X-Aivera-On-Behalf-Of": "victim",
             "X-Trace-Bin": base64.b64encode(b"\x00\x01").decode(),
             "Cookie": "session=1",
+            "Accept-Language": "en",
         },
     )
     (received,) = fake.calls
     assert received.metadata["authorization"] == "Bearer user-jwt"
+    assert received.metadata["accept-language"] == "en"  # errors in the user's language
     assert received.metadata["x-request-id"] == "rid-123"
     assert received.metadata["x-trace-bin"] == b"\x00\x01"
     assert "x-aivera-internal-token" not in received.metadata

@@ -4,6 +4,7 @@ training service, and helpers to upload datasets and call the API as a user."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -24,11 +25,14 @@ from aivera.training.v1 import (
     models_pb2_grpc,
     notifications_pb2_grpc,
 )
+from services.common import db
+from services.common.channels import open_channel
 from services.common.server import App
 from services.storage.config import StorageSettings
 from services.storage.server import make_spec as storage_spec
 from services.training.config import TrainingSettings
 from services.training.server import make_spec as training_spec
+from services.training.worker import Worker
 from tests.helpers.services import bearer, channel, running
 from tests.helpers.tiny import build_tiny_model
 from tests.helpers.tokens import Keyring
@@ -90,7 +94,7 @@ async def env(
         storage_backend="local",
     )
     async with running(storage_spec(s_settings), s_settings, verifier=keyring.verifier()) as st:
-        t_settings = TrainingSettings(
+        base: dict[str, Any] = dict(
             database_url=database_url,
             aivera_internal_token=module_token,
             storage_addr=f"127.0.0.1:{st.grpc_port}",
@@ -103,8 +107,8 @@ async def env(
             training_watch_heartbeat_seconds=2.0,
             training_simulate_step_seconds=0.05,
             training_torch_threads=1,
-            **training_overrides,
         )
+        t_settings = TrainingSettings(**{**base, **training_overrides})
         async with running(
             training_spec(t_settings), t_settings, verifier=keyring.verifier()
         ) as tr:
@@ -221,3 +225,24 @@ MEMO = [
 
 def code_of(exc: grpc.aio.AioRpcError) -> grpc.StatusCode:
     return exc.code()
+
+
+@contextlib.asynccontextmanager
+async def running_worker(env: Env, **settings: Any) -> AsyncIterator[Worker]:
+    """An in-process worker on the module's database and storage; `settings` override the
+    module's (a device type it bills as, the hardware classes it claims, ...)."""
+    pool = await db.create_pool(
+        env.settings.dsn(), schema="training", service="w", min_size=1, max_size=4
+    )
+    chan = open_channel(env.settings.storage_addr, internal_token=env.settings.internal_token())
+    update = {"worker_id": f"test-worker-{uuid.uuid4().hex[:6]}", **settings}
+    w = Worker(env.settings.model_copy(update=update), pool, chan)
+    task = asyncio.create_task(w.run())
+    try:
+        yield w
+    finally:
+        w.shutdown.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 30)
+        await chan.close()
+        await pool.close()

@@ -4,12 +4,14 @@ the model tool loop."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from aivera.chat.v1 import chat_pb2
 from services.chat import prompts
 from services.chat.clients import Block, Documents, Hit
 from services.chat.providers.base import Content, LlmRequest, Part, Provider, ToolSpec
+from services.chat.providers.observed import model_call
 from services.chat.store import SearchRow
 from services.chat.tools import ToolRunner
 from services.chat.turns import Turn
@@ -33,6 +35,18 @@ class TurnInput:
     max_tool_iterations: int
     top_k: int
     notes: list[str] = field(default_factory=list)  # e.g. attachments that failed
+    # What the document search looks for: the request, or for a follow-up the request
+    # rewritten from the history (services.chat.followup); empty: `text`.
+    query: str = ""
+    # Images the user sent with the message, as model parts (services.chat.user_images).
+    images: list[Part] = field(default_factory=list)
+    # (knowledge base id, document id) of the documents of the chat's project folder:
+    # searched besides `kb_ids`.
+    project_documents: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def searchable(self) -> bool:
+        return bool(self.kb_ids or self.project_documents)
 
 
 async def search_context(
@@ -40,11 +54,11 @@ async def search_context(
 ) -> list[Block]:
     """One Search over the chat's knowledge bases: the blocks the hits carry (with their
     boxes and pages) become the turn's context and its stored search results."""
-    if not inp.kb_ids:
+    if not inp.searchable:
         return []
     async with turn.phase(chat_pb2.PHASE_DOCUMENT_SEARCH, "Поиск по документам"):
         try:
-            hits = await documents.search(inp.kb_ids, inp.text, inp.top_k)
+            hits = await _search(documents, inp)
         except ServiceError as exc:
             turn.warning("FILE_UNREADABLE", f"Поиск по документам недоступен: {exc.message}")
             return []
@@ -54,24 +68,62 @@ async def search_context(
         for block in blocks:
             tools.add_block(block)
     for block in blocks:
-        turn.search_results.append(
-            SearchRow(
-                block_id=block.id,
-                document_id=block.document_id,
-                page=block.page,
-                text=block.text,
-                box=block.box,
-                score=block.score,
-            )
-        )
+        cite(turn, block, tools.filenames.get(block.document_id, ""), score=block.score)
     return blocks
+
+
+def cite(turn: Turn, block: Block, filename: str = "", *, score: float = 0.0) -> int:
+    """The block's ref (1-based position in the turn's search results, what the model
+    cites as `[n]`), adding it to the results when new (blocks the model asked for come
+    with score 0)."""
+    for n, row in enumerate(turn.search_results, start=1):
+        if row.block_id == block.id and row.document_id == block.document_id:
+            return n
+    turn.search_results.append(
+        SearchRow(
+            block_id=block.id,
+            document_id=block.document_id,
+            page=block.page,
+            text=block.text,
+            box=block.box,
+            score=score,
+            filename=filename,
+        )
+    )
+    return len(turn.search_results)
+
+
+def refs(turn: Turn) -> dict[tuple[str, str], int]:
+    """(document id, block id) → ref of the turn's search results."""
+    out: dict[tuple[str, str], int] = {}
+    for n, row in enumerate(turn.search_results, start=1):
+        out.setdefault((row.document_id, row.block_id), n)
+    return out
+
+
+async def _search(documents: Documents, inp: TurnInput) -> list[Hit]:
+    """The chat's knowledge bases whole and its project's documents: one Search each
+    (usually only one of them), merged by score."""
+    query = inp.query or inp.text
+    scopes: list[tuple[list[str], list[str] | None]] = []
+    if inp.kb_ids:
+        scopes.append((inp.kb_ids, None))
+    if inp.project_documents:
+        kb_ids = list(dict.fromkeys(kb for kb, _ in inp.project_documents))
+        scopes.append((kb_ids, [doc for _, doc in inp.project_documents]))
+    hits: list[Hit] = []
+    for kb_ids, document_ids in scopes:
+        hits.extend(await documents.search(kb_ids, query, inp.top_k, document_ids))
+    if len(scopes) > 1:
+        hits.sort(key=lambda h: -h.score)
+    return hits[: inp.top_k]
 
 
 def blocks_of(hits: list[Hit]) -> list[Block]:
     """The hits' blocks in rank order, each once; a hit without blocks (a format without
     layout) stands for itself as one block with the chunk's text and box."""
     out: list[Block] = []
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()  # block ids are unique within a document only
     for hit in hits:
         blocks = list(hit.blocks)
         if not blocks:
@@ -80,10 +132,17 @@ def blocks_of(hits: list[Hit]) -> list[Block]:
                 Block(block_id, hit.document_id, hit.page, "text", hit.text, hit.box, hit.score)
             ]
         for block in blocks:
-            if block.id not in seen:
-                seen.add(block.id)
+            if (block.document_id, block.id) not in seen:
+                seen.add((block.document_id, block.id))
                 out.append(block)
-    return out
+    # The same id in two documents: the model gets them apart as «<document>:<id>».
+    documents: dict[str, set[str]] = {}
+    for block in out:
+        documents.setdefault(block.id, set()).add(block.document_id)
+    return [
+        dataclasses.replace(b, key=f"{b.document_id[:8]}:{b.id}") if len(documents[b.id]) > 1 else b
+        for b in out
+    ]
 
 
 async def tool_loop(
@@ -127,14 +186,16 @@ async def tool_loop(
             phase, f"Вызов модели {model}" + (f" (итерация {iteration})" if specs else "")
         ):
             usage = None
-            async for chunk in provider.stream(request):
-                if chunk.text:
-                    call_text.append(chunk.text)
-                    if stream_tokens:
-                        turn.token(chunk.text, model)
-                calls.extend(chunk.calls)
-                if chunk.usage is not None:
-                    usage = chunk.usage
+            with model_call(provider.name, model) as observed:
+                async for chunk in provider.stream(request):
+                    if chunk.text:
+                        call_text.append(chunk.text)
+                        if stream_tokens:
+                            turn.token(chunk.text, model)
+                    calls.extend(chunk.calls)
+                    if chunk.usage is not None:
+                        usage = chunk.usage
+                observed.usage = usage
             if usage is not None:
                 turn.usage.add(usage)
         texts.append("".join(call_text))

@@ -7,7 +7,7 @@ from __future__ import annotations
 from aivera.chat.v1 import chat_pb2
 from services.chat import prompts
 from services.chat.clients import Documents
-from services.chat.pipeline.base import TurnInput, search_context, tool_loop
+from services.chat.pipeline.base import TurnInput, cite, refs, search_context, tool_loop
 from services.chat.providers.base import Provider
 from services.chat.tools import ToolRunner
 from services.chat.turns import Turn
@@ -23,20 +23,37 @@ async def run_complex(
         tools,
         model=inp.flash_model,
         system=prompts.flash_system_instruction(inp.prompts),
-        contents=[prompts.flash_user_content(inp.text, blocks, tools.catalogue(blocks), inp.notes)],
+        # The flash stage sees the conversation too, so a follow-up makes sense to it.
+        contents=[
+            *prompts.history_contents(inp.history),
+            prompts.flash_user_content(
+                inp.text,
+                blocks,
+                tools.catalogue(blocks),
+                inp.notes,
+                refs=refs(turn),
+                images=inp.images,
+            ),
+        ],
         phase=chat_pb2.PHASE_FLASH_CALL,
         max_iterations=inp.max_tool_iterations,
         stream_tokens=False,
     )
     # The relevant blocks: those found by search and those the flash stage asked for.
     relevant = list(blocks)
-    known = {b.id for b in relevant}
+    known = {b.handle for b in relevant}
     for block_id in tools.requested:
         if block_id not in known:
             known.add(block_id)
-            relevant.append(tools.blocks[block_id])
+            block = tools.blocks[block_id]
+            relevant.append(block)
+            cite(turn, block, tools.filenames.get(block.document_id, ""))
     contents = prompts.history_contents(inp.history)
-    contents.append(prompts.pro_user_content(inp.text, relevant, notes, tools.collected))
+    contents.append(
+        prompts.pro_user_content(
+            inp.text, relevant, notes, [*inp.images, *tools.collected], refs=refs(turn)
+        )
+    )
     await tool_loop(
         turn,
         provider,

@@ -7,11 +7,15 @@ from __future__ import annotations
 from aivera.chat.v1 import chat_pb2
 from services.chat import prompts
 from services.chat.clients import Documents
-from services.chat.pipeline.base import TurnInput, search_context, tool_loop
+from services.chat.pipeline.base import TurnInput, refs, search_context, tool_loop
 from services.chat.providers.base import Provider
-from services.chat.providers.local import LocalProvider
 from services.chat.tools import ToolRunner
 from services.chat.turns import Turn
+
+IMAGES_NOTICE = (
+    "Локальная модель не видит изображения: отвечаю только по тексту сообщения и "
+    "документам. Чтобы модель учла изображения, задайте ключ Gemini."
+)
 
 
 async def run_local(
@@ -20,8 +24,27 @@ async def run_local(
     blocks = await search_context(turn, inp, documents, tools)
     system = prompts.answer_system_instruction(inp.prompts, inp.role, inp.persona)
     contents = prompts.history_contents(inp.history)
-    contents.append(prompts.simple_user_content(inp.text, blocks, inp.notes))
-    model = provider.model_name if isinstance(provider, LocalProvider) else provider.name
+    contents.append(prompts.simple_user_content(inp.text, blocks, inp.notes, refs=refs(turn)))
+    model = getattr(provider, "model_name", provider.name)
+    for code, message in getattr(provider, "notices", ()):
+        # E.g. a simulated adapter: the base model answers, and the user is told.
+        turn.warning(code, message)
+    if hasattr(provider, "on_queued"):
+
+        def queued(position: int) -> None:
+            turn.progress(
+                chat_pb2.PHASE_LOCAL_CALL,
+                position,
+                0,
+                "queue_position",
+                f"В очереди, позиция {position}",
+            )
+
+        provider.on_queued = queued
+    if inp.images:
+        # A text model: the answer says first that it did not see the images.
+        turn.warning("IMAGES_NOT_SUPPORTED", IMAGES_NOTICE)
+        turn.token(IMAGES_NOTICE + "\n\n", model)
     await tool_loop(
         turn,
         provider,

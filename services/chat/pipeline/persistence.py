@@ -15,15 +15,36 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from services.chat.attachments import AttachmentStore
-from services.chat.store import MessageRow, StoredEvent, TurnContext, TurnOutcome, WatchedTurn
+from services.chat.store import (
+    ImageRow,
+    MessageRow,
+    StoredEvent,
+    TurnContext,
+    TurnOutcome,
+    WatchedTurn,
+)
 
 
 class TurnStore(AttachmentStore, Protocol):
     async def turn_context(
-        self, user_id: str, chat_id: uuid.UUID, *, history: int, stale_seconds: float
+        self,
+        user_id: str,
+        chat_id: uuid.UUID,
+        *,
+        history: int,
+        stale_seconds: float,
+        before_seq: int | None = None,
     ) -> TurnContext | None:
-        """The user's chat and what a turn needs; None for a chat that is missing,
-        deleted or another user's."""
+        """The user's chat and what a turn needs (the history: current messages, before
+        `before_seq` when given); None for a chat that is missing, deleted or another
+        user's."""
+        ...
+
+    async def get_message(
+        self, user_id: str, chat_id: uuid.UUID, message_id: uuid.UUID
+    ) -> MessageRow | None:
+        """A message of the user's chat with its images and search results; None when
+        missing or another user's."""
         ...
 
     async def begin_turn(
@@ -36,9 +57,16 @@ class TurnStore(AttachmentStore, Protocol):
         role_prompt_id: str,
         role_prompt_version: int,
         stale_seconds: float,
+        regenerate: uuid.UUID | None = None,
+        edit: uuid.UUID | None = None,
+        images: Sequence[ImageRow] = (),
     ) -> tuple[MessageRow, MessageRow]:
         """(user message, IN_PROGRESS answer); raises `store.turn_in_progress()` while a
-        live turn runs in the chat."""
+        live turn runs in the chat. `regenerate`: answer this user message again (its
+        answers superseded); `edit`: supersede this user message and what follows and
+        store `text` as the new one; both raise `store.not_latest()` when a newer user
+        message exists. `images`: the images the user sent, stored with a new user
+        message."""
         ...
 
     async def flush_turn(

@@ -3,15 +3,19 @@
 1. `prepare` — the checks made before anything is stored, on the turn's context read in
    one store query (chat, settings, role, prompts, attached files, history, whether a turn
    runs): the chat, the text, the files, then the model (a clone's adapter, the user's
-   Gemini key, or the local model). Errors here are statuses with an ErrorInfo reason
-   (TURN_IN_PROGRESS, PROVIDER_KEY_MISSING, CLONE_NOT_READY, …).
+   Gemini key, or the local model), the images sent along. Errors here are statuses with
+   an ErrorInfo reason (TURN_IN_PROGRESS, PROVIDER_KEY_MISSING, CLONE_NOT_READY, …).
+   RegenerateMessage answers the chat's latest user message again and EditMessage
+   answers its new text instead, each with the history before that message; what they
+   replace is kept as superseded (NOT_LATEST_MESSAGE for an older message).
 2. `start` — stores the user message with the running answer (the turn's lease), emits
    `accepted` and starts the pipeline task, which runs to its end on the server whoever
    watches; `run` (SendMessage) and `watch` (WatchTurn) stream the turn's events,
    `cancel` (CancelTurn) stops it, `drain` checkpoints the running turns at shutdown.
-3. the pipeline task — attaches files sent along, runs the simple, complex or local
-   pipeline, and stores the outcome whatever happens (answer, failure, CancelTurn, chat
-   deleted, shutdown); failures and stops become the terminal `error` event.
+3. the pipeline task — attaches files sent along, rewrites a follow-up into a standalone
+   search query (services.chat.followup), runs the simple, complex or local pipeline,
+   and stores the outcome whatever happens (answer, failure, CancelTurn, chat deleted,
+   shutdown); failures and stops become the terminal `error` event.
 
 `Turns` depends on the `TurnStore` protocol, not on Postgres.
 """
@@ -23,7 +27,7 @@ import contextlib
 import dataclasses
 import logging
 import uuid
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +36,7 @@ from google.rpc import code_pb2
 
 from aivera.chat.v1 import chat_pb2
 from aivera.training.v1 import clones_pb2
-from services.chat import convert
+from services.chat import convert, followup, user_images
 from services.chat.attachments import Attachments, Spawn, too_many
 from services.chat.clients import Clones, Documents, Files, Keys
 from services.chat.config import ChatSettings
@@ -43,15 +47,20 @@ from services.chat.pipeline.persistence import TurnStore
 from services.chat.pipeline.simple import run_simple
 from services.chat.providers.base import Provider, ProviderError
 from services.chat.providers.local import LocalModels
+from services.chat.serving import Serving
 from services.chat.spool import Spool
 from services.chat.store import (
+    ROLE_ASSISTANT,
+    ROLE_USER,
     STATUS_COMPLETE,
     STATUS_IN_PROGRESS,
     STATUS_INCOMPLETE,
     ChatRow,
+    ImageRow,
     MessageRow,
     StoredEvent,
     TurnContext,
+    not_latest,
     turn_in_progress,
 )
 from services.chat.tools import ToolRunner
@@ -100,6 +109,9 @@ class Prepared:
     role_version: int
     max_zooms: int
     max_attachments: int
+    regenerate: uuid.UUID | None = None  # RegenerateMessage: the user message answered again
+    edit: uuid.UUID | None = None  # EditMessage: the user message replaced
+    images: list[user_images.UserImage] = dataclasses.field(default_factory=list)
 
 
 class Turns:
@@ -133,6 +145,10 @@ class Turns:
         self.adapters_dir = adapters_dir
         self.spawn = spawn
         self.spool = spool
+        # Who serves clones and the default model (services.chat.serving).
+        self.serving = Serving(
+            local=local, clones=clones, files=files, adapters_dir=adapters_dir, settings=settings
+        )
         # Running turns of this replica by chat id (DeleteChat stops them) and by turn
         # (message) id (WatchTurn, CancelTurn); their pipeline tasks (drain).
         self.running: dict[str, Turn] = {}
@@ -148,20 +164,101 @@ class Turns:
 
     # -- 1. before anything is stored ------------------------------------------------------
     async def prepare(self, user_id: str, request: chat_pb2.SendMessageRequest) -> Prepared:
+        """SendMessage."""
         chat_id = parse_uuid(request.chat_id, field="chat_id")
+        return await self._prepare(
+            user_id,
+            chat_id,
+            request.text,
+            list(request.file_ids),
+            request.model_profile,
+            check_text=True,
+            image_ids=list(request.image_file_ids),
+        )
+
+    async def prepare_regenerate(
+        self, user_id: str, request: chat_pb2.RegenerateMessageRequest
+    ) -> Prepared:
+        """RegenerateMessage: the answer's user message again, with the history before it."""
+        chat_id = parse_uuid(request.chat_id, field="chat_id")
+        message_id = parse_uuid(request.message_id, field="message_id")
+        answer = await self.store.get_message(user_id, chat_id, message_id)
+        if answer is None:
+            raise not_found("message", request.message_id)
+        if answer.role != ROLE_ASSISTANT or answer.reply_to_id is None:
+            raise InvalidArgument("message_id must be an answer", field="message_id")
+        if answer.superseded:
+            raise not_latest()
+        user = await self.store.get_message(user_id, chat_id, answer.reply_to_id)
+        if user is None:
+            raise not_found("message", request.message_id)
+        return await self._prepare(
+            user_id,
+            chat_id,
+            user.content,
+            [],
+            request.model_profile,
+            check_text=False,
+            before_seq=user.seq,
+            regenerate=user.id,
+            sent_images=user.images,
+        )
+
+    async def prepare_edit(self, user_id: str, request: chat_pb2.EditMessageRequest) -> Prepared:
+        """EditMessage: the new text instead of the latest user message, with the history
+        before it."""
+        chat_id = parse_uuid(request.chat_id, field="chat_id")
+        message_id = parse_uuid(request.message_id, field="message_id")
+        old = await self.store.get_message(user_id, chat_id, message_id)
+        if old is None:
+            raise not_found("message", request.message_id)
+        if old.role != ROLE_USER:
+            raise InvalidArgument("message_id must be a user message", field="message_id")
+        if old.superseded:
+            raise not_latest()
+        return await self._prepare(
+            user_id,
+            chat_id,
+            request.text,
+            [str(f) for f in old.file_ids],
+            request.model_profile,
+            check_text=True,
+            before_seq=old.seq,
+            edit=old.id,
+            sent_images=old.images,
+        )
+
+    async def _prepare(
+        self,
+        user_id: str,
+        chat_id: uuid.UUID,
+        raw_text: str,
+        raw_file_ids: list[str],
+        requested_profile: int,
+        *,
+        check_text: bool,
+        before_seq: int | None = None,
+        regenerate: uuid.UUID | None = None,
+        edit: uuid.UUID | None = None,
+        image_ids: list[str] | None = None,
+        sent_images: Sequence[ImageRow] = (),
+    ) -> Prepared:
         context = await self.store.turn_context(
             user_id,
             chat_id,
             history=HISTORY_MESSAGES,
             stale_seconds=self.settings.turn_stale_seconds,
+            before_seq=before_seq,
         )
         if context is None:
-            raise not_found("chat", request.chat_id)
+            raise not_found("chat", str(chat_id))
         system = context.system
-        text = request.text.strip()
+        text = raw_text.strip()
         if not text:
             raise InvalidArgument("text must not be empty", field="text")
-        if len(request.text) > system.max_message_chars:
+        # A regenerated message was accepted once: a lower limit set since does not
+        # refuse it.
+        if check_text and len(raw_text) > system.max_message_chars:
             raise InvalidArgument(
                 f"text is longer than {system.max_message_chars} characters",
                 field="text",
@@ -169,10 +266,11 @@ class Turns:
             )
         if context.turn_running:
             raise turn_in_progress()
-        file_ids = await self._new_files(request, context)
+        file_ids = await self._new_files(raw_file_ids, context)
+        images = await self._images(image_ids or [], sent_images)
         model = await self._model(user_id, context)
         profile = chat_pb2.ModelProfile.ValueType(
-            request.model_profile or context.model_profile or system.default_model_profile
+            requested_profile or context.model_profile or system.default_model_profile
         )
         if model.local:
             profile = chat_pb2.MODEL_PROFILE_SIMPLE
@@ -194,6 +292,8 @@ class Turns:
             pro_model=system.pro_model,
             max_tool_iterations=system.max_tool_iterations,
             top_k=self.settings.search_top_k,
+            images=[i.part() for i in images],
+            project_documents=list(context.folder_documents),
         )
         return Prepared(
             user_id=user_id,
@@ -205,14 +305,41 @@ class Turns:
             role_version=role.version if role else 0,
             max_zooms=system.max_zooms_per_turn,
             max_attachments=system.max_attachments_per_chat,
+            regenerate=regenerate,
+            edit=edit,
+            images=images,
         )
 
-    async def _new_files(
-        self, request: chat_pb2.SendMessageRequest, context: TurnContext
-    ) -> list[str]:
+    async def _images(
+        self, raw_ids: list[str], sent: Sequence[ImageRow]
+    ) -> list[user_images.UserImage]:
+        """The images of the message: the request's (checked), or those the user sent
+        with the message being answered again or edited (fetched again)."""
+        if raw_ids:
+            return await user_images.load(
+                self.files,
+                raw_ids,
+                max_images=self.settings.chat_max_images_per_message,
+                max_pixels=self.settings.chat_max_image_pixels,
+                max_bytes=self.settings.chat_max_image_bytes,
+            )
+        return [
+            user_images.UserImage(
+                row.file_id,
+                row.description,
+                await self.files.download(row.file_id),
+                row.mime_type,
+                row.width,
+                row.height,
+            )
+            for row in sent
+            if row.kind == chat_pb2.IMAGE_KIND_USER
+        ]
+
+    async def _new_files(self, raw_ids: list[str], context: TurnContext) -> list[str]:
         """The request's file ids; files not attached yet are checked (owner, type) and
         counted against the chat's attachment limit."""
-        file_ids = [str(parse_uuid(raw, field="file_ids")) for raw in request.file_ids]
+        file_ids = [str(parse_uuid(raw, field="file_ids")) for raw in raw_ids]
         new = [f for f in dict.fromkeys(file_ids) if f not in context.attached_file_ids]
         for file_id in new:
             await self.attachments.check_type(file_id, field="file_ids")
@@ -233,11 +360,8 @@ class Turns:
                     "the clone's adapter is not ready yet (still training)",
                     reason=Reason.CLONE_NOT_READY,
                 )
-            adapter = None
-            if clone.active_model_id:
-                adapter = (clone.active_model_id, await self._adapter_dir(clone.active_model_id))
             return Model(
-                self.local.provider(adapter),
+                await self.serving.for_clone(clone),
                 local=True,
                 persona=clone.persona or None,
                 knowledge_base_id=clone.knowledge_base_id,
@@ -251,27 +375,7 @@ class Turns:
                 "set a key (SetProviderKey)",
                 reason=Reason.PROVIDER_KEY_MISSING,
             )
-        return Model(self.local.provider(), local=True)
-
-    async def _adapter_dir(self, model_id: str) -> Path:
-        """The clone adapter's folder, fetched from storage once per replica."""
-        folder = self.adapters_dir / model_id
-        if (folder / "adapter_config.json").exists():
-            return folder
-        files = await self.clones.adapter_files(model_id)
-        if not any(name == "adapter_config.json" for name, _, _ in files):
-            raise FailedPrecondition(
-                "the clone's adapter is not ready (no adapter files)",
-                reason=Reason.MODEL_NOT_READY,
-            )
-        tmp = self.adapters_dir / f".{model_id}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir(parents=True, exist_ok=True)
-        for name, file_id, _ in files:
-            data = await self.files.download(file_id)
-            await asyncio.to_thread((tmp / Path(name).name).write_bytes, data)
-        with contextlib.suppress(OSError):  # another turn got there first
-            tmp.rename(folder)
-        return folder
+        return Model(await self.serving.default(), local=True)
 
     # -- 2. the stored turn and its stream -------------------------------------------------
     async def start(self, prepared: Prepared) -> Turn:
@@ -289,6 +393,9 @@ class Turns:
             role_prompt_id=prepared.role_id,
             role_prompt_version=prepared.role_version,
             stale_seconds=self.settings.turn_stale_seconds,
+            regenerate=prepared.regenerate,
+            edit=prepared.edit,
+            images=[] if prepared.regenerate else [i.row() for i in prepared.images],
         )
         turn = Turn(
             self.store,
@@ -444,6 +551,16 @@ class Turns:
             async with turn.phase(chat_pb2.PHASE_CONTEXT, "Подготовка контекста"):
                 if prepared.file_ids:
                     await self._attach_files(prepared, turn)
+            if inp.searchable:
+                # A follow-up searches with a standalone query: the flash model's rewrite
+                # with the user's key, the local heuristic otherwise.
+                inp.query = await followup.search_query(
+                    turn,
+                    None if prepared.model.local else provider,
+                    model=inp.flash_model,
+                    history=inp.history,
+                    text=inp.text,
+                )
             if prepared.model.local:
                 await run_local(turn, inp, provider, self.documents, tools)
             elif inp.profile == chat_pb2.MODEL_PROFILE_COMPLEX:

@@ -1,0 +1,25 @@
+export type StudioRoute =
+  | { page: "datasets" }
+  | { page: "train"; datasetId: string | null }
+  | { page: "jobs"; jobId: string | null }
+  | { page: "models" }
+  | { page: "clones" };
+
+/** `#/studio/<page>[/<id>]` → the studio's page (ids only in the hash, never tokens). */
+export function parseStudio(hash: string): StudioRoute | null {
+  const m = /^#\/studio(?:\/(datasets|train|jobs|models|clones))?(?:\/([\w-]+))?$/.exec(hash);
+  if (m === null) return null;
+  const id = m[2] ?? null;
+  switch (m[1]) {
+    case "train":
+      return { page: "train", datasetId: id };
+    case "jobs":
+      return { page: "jobs", jobId: id };
+    case "models":
+      return { page: "models" };
+    case "clones":
+      return { page: "clones" };
+    default:
+      return { page: "datasets" };
+  }
+}
