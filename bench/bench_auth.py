@@ -200,7 +200,7 @@ async def _verification(pems: str, access_token: str) -> tuple[float, float, flo
     """Calls/s: the RPC wrapper's authorize() for a token seen before (cached) and for a
     new token each call, and a bare jwt.decode with the public key."""
     keyring = Keyring(parse_pems(pems), issuer="aivera-auth", audience="aivera")
-    runtime = RpcRuntime(verifier=keyring.verifier(), internal_token="", log_calls=False)
+    runtime = RpcRuntime(verifier=keyring.verifier(), log_calls=False)
     service = auth_pb2.DESCRIPTOR.services_by_name["AuthService"]
     info = method_info(service, service.methods_by_name["GetCurrentUser"])
     md = {"authorization": f"Bearer {access_token}"}
@@ -280,7 +280,6 @@ async def _run(pg: LocalPostgres) -> None:
         "JWT_PRIVATE_KEYS": pems,
         "MASTER_ENCRYPTION_KEY": "v1:" + base64.urlsafe_b64encode(os.urandom(32)).decode(),
         "AIVERA_BOOTSTRAP_ADMIN_TOKEN": admin_token,
-        "AIVERA_INTERNAL_TOKEN": secrets.token_urlsafe(16),
         "DB_POOL_MAX": str(POOL_SIZE),
         "EXCHANGE_FAILURE_LIMIT": "1000000",
     }

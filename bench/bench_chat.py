@@ -262,7 +262,6 @@ async def _service_figures(pg: LocalPostgres) -> None:
         "CHAT_HTTP_PORT": str(free_port()),
         "GRPC_HOST": "127.0.0.1",
         "HTTP_HOST": "127.0.0.1",
-        "AIVERA_INTERNAL_TOKEN": "bench-internal",
         "BENCH_JWK": json.dumps(jwk),
         "BENCH_BARE_PORT": str(bare_port),
     }

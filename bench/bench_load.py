@@ -52,6 +52,7 @@ from aivera.rag.v1 import rag_pb2, rag_pb2_grpc
 from aivera.storage.v1 import storage_pb2, storage_pb2_grpc
 from aivera.training.v1 import jobs_pb2, jobs_pb2_grpc
 from services.common.devpg import free_port, temporary_cluster
+from services.common.identity import client_entry
 
 SECONDS = float(os.environ.get("BENCH_LOAD_SECONDS", "60"))
 BASELINE_SECONDS = float(os.environ.get("BENCH_LOAD_BASELINE_SECONDS", str(max(3.0, SECONDS / 10))))
@@ -59,6 +60,8 @@ USERS = int(os.environ.get("BENCH_LOAD_USERS", "8"))
 CONCURRENCY = int(os.environ.get("BENCH_LOAD_CONCURRENCY", "32"))
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("auth", "storage", "rag", "training", "chat")
+# Each service's mesh credential for this run (auth needs none).
+SECRETS = {name: "svc_" + secrets.token_urlsafe(24) for name in SERVICES if name != "auth"}
 WEIGHTS = {"exchange": 10, "lists": 35, "chat": 15, "search": 25, "upload": 15}
 DOC = (
     "# Паспорт вентиляции\n\nПриточная установка ПВ-1 обслуживает второй этаж; расход "
@@ -123,7 +126,8 @@ def _env(dsn: str, data: Path, gemini_url: str) -> tuple[dict[str, str], dict[st
         "JWT_PRIVATE_KEYS": pem,
         "MASTER_ENCRYPTION_KEY": "v1:" + base64.urlsafe_b64encode(os.urandom(32)).decode(),
         "AIVERA_BOOTSTRAP_ADMIN_TOKEN": admin,
-        "AIVERA_INTERNAL_TOKEN": secrets.token_urlsafe(24),
+        # One credential per service, registered at auth (services/common/identity.py).
+        "AUTH_SERVICE_CLIENTS": ",".join(client_entry(n, SECRETS[n]) for n in SECRETS),
         "EXCHANGE_FAILURE_LIMIT": "1000000",
         "GEMINI_BASE_URL": gemini_url,
         "PYTHONUNBUFFERED": "1",
@@ -313,7 +317,7 @@ async def _run(dsn: str, data: Path) -> None:
             proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before measuring
                 [sys.executable, "-m", f"services.{name}"],
                 cwd=ROOT,
-                env=env,
+                env={**env, "AIVERA_SERVICE_SECRET": SECRETS.get(name, "")},
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

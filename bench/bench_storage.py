@@ -14,6 +14,7 @@ ratios prints sha256's own rate for scale.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -24,7 +25,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +32,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aivera.storage.v1 import storage_pb2, storage_pb2_grpc
+from bench.standin import JWK_ENV, bearer, keypair, verifier_from_env
 from services.common.devpg import LocalPostgres, free_port
 
 MiB = 1024 * 1024
@@ -181,7 +182,7 @@ def _run(size: int, backend: str, backend_env: dict[str, str], label: str) -> No
         try:
             dsn = pg.create_database("bench_storage")
             port, http_port = free_port(), free_port()
-            token = uuid.uuid4().hex
+            key, jwk = keypair()
             env = dict(
                 os.environ,
                 DATABASE_URL=dsn,
@@ -190,7 +191,7 @@ def _run(size: int, backend: str, backend_env: dict[str, str], label: str) -> No
                 STORAGE_HTTP_PORT=str(http_port),
                 GRPC_HOST="127.0.0.1",
                 HTTP_HOST="127.0.0.1",
-                AIVERA_INTERNAL_TOKEN=token,
+                **{JWK_ENV: jwk},
                 DATA_DIR=str(tmp / "data"),
                 STORAGE_BACKEND=backend,
                 STORAGE_MAX_BYTES_MODELS=str(max(size, 5 * 1024 * MiB)),
@@ -198,7 +199,7 @@ def _run(size: int, backend: str, backend_env: dict[str, str], label: str) -> No
             )
             env.update(backend_env)
             proc = subprocess.Popen(
-                [sys.executable, "-m", "services.storage"],
+                [sys.executable, "-m", "bench.bench_storage", "serve"],
                 cwd=REPO,
                 env=env,
                 stdout=subprocess.DEVNULL,
@@ -208,10 +209,7 @@ def _run(size: int, backend: str, backend_env: dict[str, str], label: str) -> No
             src = tmp / "weights.safetensors"
             _make_file(src, size)
             copy_s = _copy_seconds(src, tmp / "copy.bin")
-            md = (
-                ("x-aivera-internal-token", token),
-                ("x-aivera-on-behalf-of", str(uuid.uuid4())),
-            )
+            md = bearer(key)
             options = [("grpc.max_receive_message_length", 16 * MiB)]
             idle_kib = _status_kib(proc.pid, "VmRSS")
             with grpc.insecure_channel(target, options=options) as ch:
@@ -265,5 +263,24 @@ def _run(size: int, backend: str, backend_env: dict[str, str], label: str) -> No
             pg.stop()
 
 
+async def _serve() -> None:
+    """The storage service, verifying the bench's tokens (no auth service here)."""
+    from services.common import logs
+    from services.common.server import App
+    from services.storage.config import StorageSettings
+    from services.storage.server import make_spec
+
+    settings = StorageSettings()
+    logs.configure("storage", settings.log_level)
+    spec = make_spec(settings)
+    spec.verifier = verifier_from_env()
+    app = App(spec, settings)
+    await app.start()
+    await asyncio.Event().wait()  # until the bench terminates the process
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["serve"]:
+        asyncio.run(_serve())
+    else:
+        main()

@@ -95,7 +95,6 @@ def _start_chat(
         "CHAT_HTTP_PORT": str(free_port()),
         "GRPC_HOST": "127.0.0.1",
         "HTTP_HOST": "127.0.0.1",
-        "AIVERA_INTERNAL_TOKEN": "bench-internal",
         "BENCH_JWK": json.dumps(jwk),
         "BENCH_BARE_PORT": str(free_port()),
         "OTEL_BSP_SCHEDULE_DELAY": "1000",

@@ -37,7 +37,7 @@ committed file and the protos disagree. The layout:
 - One HTTP/2 cluster per service (STRICT_DNS on the headless Kubernetes Service, so Envoy
   balances per request across pods), with active gRPC health checks, outlier detection,
   circuit breakers and a retry budget.
-- The internal credential headers are removed from every request coming in.
+- The mesh credential headers are removed from every request coming in.
 """
 
 from __future__ import annotations
@@ -390,7 +390,7 @@ def _hcm(
     vhost.update(vhost_extra or {})
     hcm["route_config"] = {
         "name": stat_prefix,
-        # The internal credential is set only inside the mesh, never by an outside caller.
+        # Mesh credentials are set only inside the mesh, never by an outside caller.
         "request_headers_to_remove": list(HEADERS_STRIPPED_AT_EDGE),
         "virtual_hosts": [vhost],
     }

@@ -13,8 +13,9 @@ included. A body without exactly the one request message a unary or server-strea
 call takes (empty, truncated, two messages) is answered INVALID_ARGUMENT at once,
 without calling the service. Request headers are
 forwarded as metadata (authorization, x-request-id — one is generated when absent — and
-any custom header) except transport headers and the internal credential
-(`x-aivera-internal-token`, `x-aivera-on-behalf-of`), which only the mesh may set.
+any custom header) except transport headers and the mesh credentials
+(`x-aivera-service-token`, and the retired `x-aivera-internal-token` and
+`x-aivera-on-behalf-of`), which only the mesh may set.
 UNAVAILABLE is retried, by gRPC's own retry machinery, for idempotent RPCs only (the
 channel's service config from `services.common.channels`). If the browser goes away the
 upstream call is cancelled.

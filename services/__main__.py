@@ -30,6 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common import ports
 from services.common.devpg import LocalPostgres
+from services.common.identity import client_entry
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("DATA_DIR", ROOT / ".data")).resolve()
@@ -59,11 +60,29 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+# Which dev secret each process runs with (the worker has its own, as in deploy/k8s).
+SERVICE_SECRET_OF = {
+    name: f"SERVICE_SECRET_{name.upper().replace('-', '_')}"
+    for name in ("chat", "rag", "storage", "training", "training-worker")
+}
+
+
+def service_clients(values: dict[str, str]) -> str:
+    """AUTH_SERVICE_CLIENTS for the dev secrets: `<service>:<sha256>` per workload."""
+    return ",".join(
+        client_entry(name.removesuffix("-worker"), values[key])
+        for name, key in SERVICE_SECRET_OF.items()
+    )
+
+
 def dev_secrets() -> dict[str, str]:
     """Secrets for local use only, generated on the first run and reused after."""
     path = DATA / "dev-secrets.json"
     if path.exists():
-        return dict(json.loads(path.read_text()))
+        values = dict(json.loads(path.read_text()))
+        if all(key in values for key in SERVICE_SECRET_OF.values()):
+            return values
+        path.unlink()  # from before per-service credentials: make a new set
     key = ed25519.Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM,
@@ -71,11 +90,13 @@ def dev_secrets() -> dict[str, str]:
         serialization.NoEncryption(),
     ).decode()
     values = {
-        "AIVERA_INTERNAL_TOKEN": secrets.token_urlsafe(32),
         "AIVERA_BOOTSTRAP_ADMIN_TOKEN": "avs_" + secrets.token_urlsafe(32),
         "JWT_PRIVATE_KEYS": pem,
         "MASTER_ENCRYPTION_KEY": "v1:" + base64.urlsafe_b64encode(os.urandom(32)).decode(),
     }
+    # One credential per workload (services.common.identity); auth holds their SHA-256s.
+    for workload in SERVICE_SECRET_OF.values():
+        values[workload] = "svc_" + secrets.token_urlsafe(32)
     DATA.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600)
     path.write_text(json.dumps(values, indent=2))
@@ -100,8 +121,11 @@ def wait_serving(port: int, timeout: float) -> bool:
 def main() -> int:
     DATA.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    for key, value in dev_secrets().items():
-        env.setdefault(key, value)
+    dev = dev_secrets()
+    for key, value in dev.items():
+        if key not in SERVICE_SECRET_OF.values():
+            env.setdefault(key, value)
+    env.setdefault("AUTH_SERVICE_CLIENTS", service_clients(dev))
     env.setdefault("AIVERA_ENV", "dev")
     env.setdefault("GRPC_HOST", "127.0.0.1")
     env.setdefault("HTTP_HOST", "127.0.0.1")
@@ -138,10 +162,13 @@ def main() -> int:
 
     def spawn(name: str, args: list[str]) -> None:
         out = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the child
+        own = env
+        if name in SERVICE_SECRET_OF:
+            own = {**env, "AIVERA_SERVICE_SECRET": dev[SERVICE_SECRET_OF[name]]}
         proc = subprocess.Popen(
             [sys.executable, "-m", *args],
             cwd=ROOT,
-            env=env,
+            env=own,
             stdout=out,
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,

@@ -49,3 +49,13 @@ class AuthSettings(CommonSettings):
     # peer is one of them, the client address for rate limiting comes from
     # x-forwarded-for. Empty: the direct peer's address is the client.
     auth_trusted_proxies: str = ""
+
+    # The mesh services' credentials, as `<service>:<sha256 hex of its secret>` entries,
+    # comma-separated (services.common.identity). A service may have two entries at once:
+    # rotation adds the new secret's hash, rolls the workload, then drops the old one.
+    auth_service_clients: str = ""
+    # Service tokens (x-aivera-service-token) and delegations are short-lived JWTs; grants
+    # (work that outlives a user's access token) are opaque and end with the user's sessions.
+    service_token_ttl_seconds: int = 900
+    delegation_ttl_seconds: int = 300
+    auth_grant_max_ttl_seconds: int = 30 * 24 * 3600

@@ -26,7 +26,13 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from services.common.jwks import JwksVerifier
+from services.common.jwks import (
+    KIND_DELEGATION,
+    KIND_SERVICE,
+    MESH_AUDIENCE,
+    JwksVerifier,
+    delegation_audience,
+)
 
 log = logging.getLogger("aivera.auth.keys")
 
@@ -174,6 +180,42 @@ class Keyring:
             "sep": epoch,
         }
         return key.sign_jwt(claims)
+
+    def sign_service(self, *, service: str, ttl: int, now: float | None = None) -> str:
+        """A service token: the mesh's audience, the service's name in `svc`."""
+        issued = int(time.time() if now is None else now)
+        return self.current.sign_jwt(
+            {
+                "iss": self.issuer,
+                "aud": MESH_AUDIENCE,
+                "sub": f"service:{service}",
+                "svc": service,
+                "tok": KIND_SERVICE,
+                "iat": issued,
+                "exp": issued + ttl,
+                "jti": uuid.uuid4().hex,
+            }
+        )
+
+    def sign_delegation(
+        self, *, user_id: str, role: str, epoch: int, audience: str, actor: str, ttl: int
+    ) -> str:
+        """A delegation (RFC 8693): `actor` may act for the user at `audience` only."""
+        issued = int(time.time())
+        return self.current.sign_jwt(
+            {
+                "iss": self.issuer,
+                "aud": delegation_audience(audience),
+                "sub": user_id,
+                "role": role,
+                "sep": epoch,
+                "act": {"sub": f"service:{actor}", "svc": actor},
+                "tok": KIND_DELEGATION,
+                "iat": issued,
+                "exp": issued + ttl,
+                "jti": uuid.uuid4().hex,
+            }
+        )
 
     def verifier(self, *, min_refresh_seconds: float = 2.0) -> JwksVerifier:
         """A verifier reading these keys directly (the auth service must not call itself)."""

@@ -31,11 +31,13 @@ from aivera.auth.v1 import auth_pb2
 from services.auth.config import AuthSettings
 from services.auth.core import Auth, rotate_master_key
 from services.auth.crypto import SecretBox
+from services.auth.delegation import Delegation, parse_clients
 from services.auth.keys import Keyring
 from services.auth.servicer import (
     AuthAdminServiceServicer,
     AuthInternalServiceServicer,
     AuthServiceServicer,
+    ServiceIdentityServiceServicer,
 )
 from services.auth.store import Store
 from services.auth.tokens import TokenHasher
@@ -69,6 +71,7 @@ class Wiring:
             settings.master_encryption_key.get_secret_value(), env=settings.aivera_env
         )
         self.hasher = TokenHasher(settings.token_hash_key.get_secret_value())
+        parse_clients(settings.auth_service_clients)  # a malformed list refuses to start
         if not settings.token_hash_key.get_secret_value() and settings.aivera_env == "prod":
             log.warning("TOKEN_HASH_KEY is not set: token hashes use the built-in key (no pepper)")
         self._auth: Auth | None = None
@@ -89,11 +92,15 @@ class Wiring:
             box=self.box,
             hasher=self.hasher,
         )
+        delegation = Delegation(
+            self.settings, store=auth.store, keyring=self.keyring, hasher=self.hasher
+        )
         services = auth_pb2.DESCRIPTOR.services_by_name
         return [
             (services["AuthService"], AuthServiceServicer(auth)),
             (services["AuthAdminService"], AuthAdminServiceServicer(auth)),
-            (services["AuthInternalService"], AuthInternalServiceServicer(auth)),
+            (services["AuthInternalService"], AuthInternalServiceServicer(auth, delegation)),
+            (services["ServiceIdentityService"], ServiceIdentityServiceServicer(delegation)),
         ]
 
     async def on_ready(self, app: App) -> None:
@@ -142,6 +149,7 @@ class Wiring:
                 n = await self.auth.store.purge_expired(keep_seconds=PURGE_KEEP_SECONDS)
                 if n:
                     log.info("purged %d expired refresh tokens", n)
+                await self.auth.store.purge_grants()
                 # A revocation matters while a token issued before it can be alive.
                 await self.auth.store.purge_session_revocations(
                     keep_seconds=2 * self.settings.access_token_ttl_seconds

@@ -18,9 +18,10 @@ from google.protobuf import empty_pb2
 
 from aivera.auth.v1 import auth_pb2
 from services.auth.core import Auth, Session
+from services.auth.delegation import Delegation
 from services.auth.store import ProviderKeyRow, UserRow
 from services.common import context, pages
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, PermissionDenied, Reason, Unauthenticated
 from services.common.protoutil import mask_paths, parse_uuid, timestamp
 
 ROLES: dict[auth_pb2.Role.ValueType, str] = {
@@ -33,6 +34,9 @@ STATUSES: dict[auth_pb2.UserStatus.ValueType, str] = {
     auth_pb2.USER_STATUS_DISABLED: "disabled",
 }
 STATUS_PB: dict[str, auth_pb2.UserStatus.ValueType] = {v: k for k, v in STATUSES.items()}
+TOKEN_TYPES = frozenset(
+    {auth_pb2.TOKEN_TYPE_UNSPECIFIED, auth_pb2.TOKEN_TYPE_DELEGATION, auth_pb2.TOKEN_TYPE_GRANT}
+)
 PROVIDERS: dict[auth_pb2.Provider.ValueType, str] = {auth_pb2.PROVIDER_GEMINI: "gemini"}
 
 
@@ -55,7 +59,7 @@ def provider_of(value: auth_pb2.Provider.ValueType, field: str = "provider") -> 
 
 
 def _caller_uuid() -> uuid.UUID:
-    """The calling user (from the access token, or an internal caller's on-behalf-of)."""
+    """The calling user (from the access token, or a service's delegation)."""
     try:
         return uuid.UUID(context.require_user_id())
     except ValueError:
@@ -207,16 +211,51 @@ class AuthAdminServiceServicer:
 
 
 class AuthInternalServiceServicer:
-    def __init__(self, auth: Auth) -> None:
+    def __init__(self, auth: Auth, delegation: Delegation) -> None:
         self.auth = auth
+        self.delegation = delegation
 
     async def GetProviderKey(
         self, request: auth_pb2.GetProviderKeyRequest, ctx: Any
     ) -> auth_pb2.GetProviderKeyResponse:
-        user_id = parse_uuid(request.user_id, field="user_id")
+        # The key is the delegated user's: chat cannot name anyone else.
+        caller = context.current_caller()
+        if caller.user_id is None:
+            raise Unauthenticated(
+                "GetProviderKey needs a delegation for the user",
+                reason=Reason.DELEGATION_REQUIRED,
+            )
+        user_id = _caller_uuid()
+        if request.user_id and parse_uuid(request.user_id, field="user_id") != user_id:
+            raise PermissionDenied(
+                "user_id is not the delegated user", reason=Reason.DELEGATION_INVALID
+            )
         provider = provider_of(request.provider)
         plain = await self.auth.provider_key_plaintext(user_id, provider)
         return auth_pb2.GetProviderKeyResponse(provider=request.provider, api_key=plain)
+
+    async def ExchangeToken(
+        self, request: auth_pb2.ExchangeTokenRequest, ctx: Any
+    ) -> auth_pb2.ExchangeTokenResponse:
+        caller = context.current_caller().service
+        assert caller is not None  # ACCESS_INTERNAL: the runtime required a service token
+        if not request.subject_token:
+            raise InvalidArgument("subject_token is required", field="subject_token")
+        if request.requested_token_type not in TOKEN_TYPES:
+            raise InvalidArgument("unknown requested_token_type", field="requested_token_type")
+        grant = request.requested_token_type == auth_pb2.TOKEN_TYPE_GRANT
+        issued = await self.delegation.exchange(
+            caller=caller,
+            subject=request.subject_token,
+            audience=request.audience,
+            grant=grant,
+            grant_ttl=request.grant_ttl_seconds,
+        )
+        return auth_pb2.ExchangeTokenResponse(
+            token=issued.token,
+            token_type=auth_pb2.TOKEN_TYPE_GRANT if grant else auth_pb2.TOKEN_TYPE_DELEGATION,
+            expire_time=timestamp(issued.expires_at),
+        )
 
     async def ListSessionRevocations(
         self, request: auth_pb2.ListSessionRevocationsRequest, ctx: Any
@@ -231,4 +270,17 @@ class AuthInternalServiceServicer:
                 for r in revoked
             ],
             next_since=timestamp(next_since),
+        )
+
+
+class ServiceIdentityServiceServicer:
+    def __init__(self, delegation: Delegation) -> None:
+        self.delegation = delegation
+
+    async def IssueServiceToken(
+        self, request: auth_pb2.IssueServiceTokenRequest, ctx: Any
+    ) -> auth_pb2.IssueServiceTokenResponse:
+        issued = self.delegation.issue_service_token(request.service, request.secret)
+        return auth_pb2.IssueServiceTokenResponse(
+            service_token=issued.token, expire_time=timestamp(issued.expires_at)
         )

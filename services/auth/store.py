@@ -424,6 +424,40 @@ class Store:
             )
         return [Revocation(r["user_id"], r["epoch"], r["revoked_at"]) for r in rows], now
 
+    # -- grants (delegation.py) ---------------------------------------------------------
+    async def create_grant(
+        self, *, token_hash: bytes, user_id: uuid.UUID, holder: str, epoch: int, ttl: float
+    ) -> dt.datetime:
+        """Store a grant; its expiry."""
+        expires: dt.datetime = await self.pool.fetchval(
+            """INSERT INTO grants (id, token_hash, user_id, holder, epoch, expires_at)
+               VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))
+               RETURNING expires_at""",
+            uuid.uuid4(),
+            token_hash,
+            user_id,
+            holder,
+            epoch,
+            float(ttl),
+        )
+        return expires
+
+    async def live_grant(self, token_hash: bytes, holder: str) -> tuple[UserRow, int] | None:
+        """The grant's user and the epoch it was taken at, if it exists, is the holder's
+        and has not expired."""
+        row = await self.pool.fetchrow(
+            f"""SELECT {_USERS_USER_COLS}, g.epoch AS grant_epoch
+                FROM grants g JOIN users ON users.id = g.user_id
+                WHERE g.token_hash = $1 AND g.holder = $2 AND g.expires_at > now()""",
+            token_hash,
+            holder,
+        )
+        return None if row is None else (UserRow.of(row), int(row["grant_epoch"]))
+
+    async def purge_grants(self) -> int:
+        result: str = await self.pool.execute("DELETE FROM grants WHERE expires_at < now()")
+        return _count(result)
+
     async def purge_session_revocations(self, *, keep_seconds: float) -> int:
         result: str = await self.pool.execute(
             "DELETE FROM session_revocations WHERE revoked_at < now() - make_interval(secs => $1)",

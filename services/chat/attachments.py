@@ -14,7 +14,6 @@ from typing import Any, Protocol
 from aivera.chat.v1 import chat_pb2
 from services.chat.clients import Documents, Files
 from services.chat.store import AttachmentRow, ChatRow
-from services.common import context as ctx
 from services.common.errors import InvalidArgument, Reason, ResourceExhausted
 
 log = logging.getLogger("aivera.chat.attachments")
@@ -112,22 +111,24 @@ class Attachments:
     async def _ingest(
         self, user_id: str, attachment_id: uuid.UUID, kb_id: str, file_id: str
     ) -> None:
-        with ctx.acting_for(user_id):
-            try:
-                async for update in self.documents.ingest(kb_id, file_id):
-                    await self.store.set_attachment_state(
-                        attachment_id, update.status, update.document_id, update.error
-                    )
-                    if update.status != chat_pb2.ATTACHMENT_STATUS_INGESTING:
-                        return
-            except Exception as exc:
-                log.warning("ingest of %s failed: %s", file_id, exc)
+        # The task inherits the request's caller: the one call it makes (RAG's ingest
+        # stream) starts at once, with a delegation for the user; RAG takes its own grant
+        # for the rest of the ingest.
+        try:
+            async for update in self.documents.ingest(kb_id, file_id):
                 await self.store.set_attachment_state(
-                    attachment_id,
-                    chat_pb2.ATTACHMENT_STATUS_FAILED,
-                    "",
-                    f"ingestion failed: {type(exc).__name__}",
+                    attachment_id, update.status, update.document_id, update.error
                 )
+                if update.status != chat_pb2.ATTACHMENT_STATUS_INGESTING:
+                    return
+        except Exception as exc:
+            log.warning("ingest of %s failed: %s", file_id, exc)
+            await self.store.set_attachment_state(
+                attachment_id,
+                chat_pb2.ATTACHMENT_STATUS_FAILED,
+                "",
+                f"ingestion failed: {type(exc).__name__}",
+            )
 
     async def wait_ready(
         self, chat_id: uuid.UUID, attachment_ids: list[uuid.UUID], timeout: float

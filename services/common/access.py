@@ -39,6 +39,13 @@ class MethodInfo:
     idempotent: bool  # declares NO_SIDE_EFFECTS or IDEMPOTENT: safe to retry on UNAVAILABLE
     client_streaming: bool
     server_streaming: bool
+    # Mesh services allowed to call it (empty: any); declared with the callers option.
+    callers: frozenset[str] = frozenset()
+
+    @property
+    def audience(self) -> str:
+        """The short name of the service that serves it: `aivera.rag.v1.RagService` → rag."""
+        return self.service.split(".")[1]
 
 
 def service_access(service: ServiceDescriptor) -> Access:
@@ -60,6 +67,7 @@ def method_info(service: ServiceDescriptor, method: MethodDescriptor) -> MethodI
         idempotent=idem,
         client_streaming=method.client_streaming,
         server_streaming=method.server_streaming,
+        callers=frozenset(opts.Extensions[common_pb2.callers]),
     )
 
 

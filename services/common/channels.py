@@ -2,8 +2,10 @@
 
 Each channel gets keepalive, a retry policy for UNAVAILABLE on the RPCs the protos mark
 idempotent (gRPC service config, so retries happen inside grpc with backoff), and an
-interceptor that relays the caller: the request id, the remaining deadline, and either the
-user's token or the internal credential on behalf of the user (background work).
+interceptor that relays the caller: the request id, the remaining deadline, this service's
+token and, when the call is made for a user, a delegation for the target service
+(services.common.identity). A process without a service identity (a tool, a test running
+one service) relays the user's own token instead.
 """
 
 from __future__ import annotations
@@ -16,13 +18,9 @@ import grpc
 
 from services.common import context as ctx
 from services.common import tracing
-from services.common.access import Access, method_table
-from services.common.internal import (
-    AUTHORIZATION_HEADER,
-    INTERNAL_TOKEN_HEADER,
-    ON_BEHALF_OF_HEADER,
-    REQUEST_ID_HEADER,
-)
+from services.common.access import method_table
+from services.common.identity import SERVICE_TOKEN_HEADER, ServiceIdentity, subject_of
+from services.common.internal import AUTHORIZATION_HEADER, REQUEST_ID_HEADER
 
 _RETRY_POLICY = {
     "maxAttempts": 4,
@@ -49,21 +47,24 @@ def service_config() -> str:
     )
 
 
-def outgoing_metadata(method: str, internal_token: str) -> list[tuple[str, str]]:
+async def outgoing_metadata(method: str, identity: ServiceIdentity | None) -> list[tuple[str, str]]:
     """Metadata for a call made now, from the current call context."""
     md: list[tuple[str, str]] = []
     rid = ctx.request_id()
     if rid:
         md.append((REQUEST_ID_HEADER, rid))
     caller = ctx.current_caller()
-    info = method_table().get(method)
-    internal_target = info is not None and info.access is Access.INTERNAL
-    if caller.token and not internal_target:
-        md.append((AUTHORIZATION_HEADER, f"Bearer {caller.token}"))
-    elif internal_token and (internal_target or caller.internal or caller.user_id):
-        md.append((INTERNAL_TOKEN_HEADER, internal_token))
-        if caller.user_id:
-            md.append((ON_BEHALF_OF_HEADER, caller.user_id))
+    if identity is None:
+        relayed = caller.grant or caller.token  # see identity.grant_now
+        if relayed:
+            md.append((AUTHORIZATION_HEADER, f"Bearer {relayed}"))
+        return md
+    md.append((SERVICE_TOKEN_HEADER, await identity.service_token()))
+    if caller.user_id:
+        info = method_table().get(method)
+        audience = info.audience if info is not None else method.split(".")[1]
+        delegation = await identity.delegation(subject_of(caller), audience)
+        md.append((AUTHORIZATION_HEADER, f"Bearer {delegation}"))
     return md
 
 
@@ -75,13 +76,13 @@ def _method_name(details: grpc.aio.ClientCallDetails) -> str:
 class _Relay:
     """Rewrites call details: relay metadata and the remaining deadline."""
 
-    def __init__(self, internal_token: str) -> None:
-        self._internal_token = internal_token
+    def __init__(self, identity: ServiceIdentity | None) -> None:
+        self._identity = identity
 
-    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    async def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         md = grpc.aio.Metadata(*(details.metadata or ()))
         present = {key for key, _ in md}
-        for key, value in outgoing_metadata(_method_name(details), self._internal_token):
+        for key, value in await outgoing_metadata(_method_name(details), self._identity):
             if key not in present:  # an explicit header set by the caller wins
                 md.add(key, value)
         timeout = details.timeout
@@ -97,31 +98,31 @@ class _Relay:
 # class implementing all four would only see unary-unary calls: one class per kind.
 class _RelayUnaryUnary(_Relay, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._details(details), request)
+        return await continuation(await self._details(details), request)
 
 
 class _RelayUnaryStream(_Relay, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._details(details), request)
+        return await continuation(await self._details(details), request)
 
 
 class _RelayStreamUnary(_Relay, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(
         self, continuation: Any, details: Any, request_iterator: Any
     ) -> Any:
-        return await continuation(self._details(details), request_iterator)
+        return await continuation(await self._details(details), request_iterator)
 
 
 class _RelayStreamStream(_Relay, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(
         self, continuation: Any, details: Any, request_iterator: Any
     ) -> Any:
-        return await continuation(self._details(details), request_iterator)
+        return await continuation(await self._details(details), request_iterator)
 
 
-def relay_interceptors(internal_token: str) -> list[Any]:
+def relay_interceptors(identity: ServiceIdentity | None) -> list[Any]:
     return [
-        cls(internal_token)
+        cls(identity)
         for cls in (_RelayUnaryUnary, _RelayUnaryStream, _RelayStreamUnary, _RelayStreamStream)
     ]
 
@@ -129,7 +130,7 @@ def relay_interceptors(internal_token: str) -> list[Any]:
 def open_channel(
     target: str,
     *,
-    internal_token: str = "",
+    identity: ServiceIdentity | None = None,
     extra_options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.aio.Channel:
     """An insecure channel inside the mesh (TLS is the service mesh's / Envoy's job)."""
@@ -144,5 +145,5 @@ def open_channel(
         *extra_options,
     ]
     # A client span per call and the W3C trace context in its metadata while tracing is on.
-    interceptors = [*tracing.client_interceptors(), *relay_interceptors(internal_token)]
+    interceptors = [*tracing.client_interceptors(), *relay_interceptors(identity)]
     return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)

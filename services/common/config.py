@@ -23,8 +23,10 @@ class CommonSettings(BaseSettings):
     database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/aivera")
     db_pool_min: int = 1
     db_pool_max: int = 10
-    # The credential services present to each other (metadata x-aivera-internal-token).
-    aivera_internal_token: SecretStr = SecretStr("")
+    # This workload's own credential, exchanged at auth for service tokens
+    # (services.common.identity); auth holds its SHA-256 in AUTH_SERVICE_CLIENTS. Unset:
+    # the process has no mesh identity and relays users' own tokens (tools, tests).
+    aivera_service_secret: SecretStr = SecretStr("")
     log_level: str = "INFO"
     grpc_host: str = "0.0.0.0"
     http_host: str = "0.0.0.0"
@@ -58,8 +60,8 @@ class CommonSettings(BaseSettings):
     rpc_work_deadline_seconds: float = 60.0
     rpc_transfer_deadline_seconds: float = 600.0
 
-    def internal_token(self) -> str:
-        return self.aivera_internal_token.get_secret_value()
+    def service_secret(self) -> str:
+        return self.aivera_service_secret.get_secret_value()
 
     def dsn(self) -> str:
         return self.database_url.get_secret_value()

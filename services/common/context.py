@@ -19,18 +19,27 @@ ROLE_ADMIN = "admin"
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who is calling. `internal` callers are other services of the mesh; they may act
-    for a user (user_id set) or for themselves (user_id None)."""
+    """Who is calling: a user (user_id), a mesh service (service), or a service acting
+    for a user with a delegation (both)."""
 
     user_id: str | None
     role: str | None = None
-    internal: bool = False
-    # The caller's bearer token, relayed to other services on calls made for this caller.
+    # The calling mesh service, proven by its service token.
+    service: str | None = None
+    # The bearer token this call came with (the user's access token, or a delegation
+    # addressed to this service): calls made for this caller exchange it at auth for a
+    # delegation to the next service (services.common.identity).
     token: str | None = None
+    # Background work: the grant that stands in for the user's token.
+    grant: str | None = None
 
     @property
     def is_admin(self) -> bool:
         return self.role == ROLE_ADMIN
+
+    @property
+    def internal(self) -> bool:
+        return self.service is not None
 
 
 ANONYMOUS = Caller(user_id=None)
@@ -101,11 +110,13 @@ def set_caller(caller: Caller) -> None:
 
 
 @contextlib.contextmanager
-def acting_for(user_id: str, *, request_id: str | None = None) -> Iterator[None]:
-    """Background work done for a user (a training worker, a purge task): outgoing calls
-    carry the internal credential on behalf of `user_id`, since no user token lives
-    long enough."""
-    t1 = _caller.set(Caller(user_id=user_id, role=ROLE_USER, internal=True))
+def acting_for(user_id: str, *, grant: str | None, request_id: str | None = None) -> Iterator[None]:
+    """Background work done for a user (a training job, an ingest that outlives its
+    request): outgoing calls act for `user_id` with delegations exchanged from `grant`,
+    which the service obtained while the user's request was live (identity.grant_now).
+    Without one (work from before grants, a process without a mesh identity) calls made
+    for the user are refused with DELEGATION_REQUIRED."""
+    t1 = _caller.set(Caller(user_id=user_id, role=ROLE_USER, grant=grant))
     t2 = _request_id.set(request_id or new_request_id())
     try:
         yield

@@ -1,29 +1,20 @@
-"""The internal service credential.
+"""Metadata headers the mesh itself sets.
 
-Services of the mesh call each other with a shared secret (`AIVERA_INTERNAL_TOKEN`, a
-Kubernetes Secret mounted only into mesh pods) in the `x-aivera-internal-token` metadata,
-optionally with `x-aivera-on-behalf-of: <user id>` to act for a user (background work that
-outlives a user's access token). Gateways strip both headers from outside requests and
-never route ACCESS_INTERNAL services; NetworkPolicies keep service ports inside the mesh.
-A shared secret rather than auth-signed service JWTs keeps every service but auth free of
-signing keys, which is the point of the JWKS design.
+A service proves who it is with `x-aivera-service-token` (services.common.identity) and acts
+for a user with a delegation in `authorization`. Gateways strip the service header from
+outside requests and never route ACCESS_INTERNAL services; NetworkPolicies keep service
+ports inside the mesh. `x-aivera-internal-token` and `x-aivera-on-behalf-of` (the shared
+secret and bare user id this replaced) are still stripped at the edge and ignored
+everywhere.
 """
 
 from __future__ import annotations
 
-import hmac
+from services.common.identity import SERVICE_TOKEN_HEADER
 
-INTERNAL_TOKEN_HEADER = "x-aivera-internal-token"
-ON_BEHALF_OF_HEADER = "x-aivera-on-behalf-of"
 REQUEST_ID_HEADER = "x-request-id"
 AUTHORIZATION_HEADER = "authorization"
+_RETIRED_HEADERS = ("x-aivera-internal-token", "x-aivera-on-behalf-of")
 
 # Headers a gateway must remove from requests coming from outside the mesh.
-HEADERS_STRIPPED_AT_EDGE = (INTERNAL_TOKEN_HEADER, ON_BEHALF_OF_HEADER)
-
-
-def internal_token_matches(presented: str, expected: str) -> bool:
-    """Constant-time comparison; an unset expected token never matches."""
-    if not expected or not presented:
-        return False
-    return hmac.compare_digest(presented.encode(), expected.encode())
+HEADERS_STRIPPED_AT_EDGE = (SERVICE_TOKEN_HEADER, *_RETIRED_HEADERS)

@@ -35,6 +35,22 @@ ALLOWED_ALGORITHMS = frozenset({"EdDSA", "ES256"})
 JwksFetcher = Callable[[], Awaitable[Sequence[Mapping[str, Any]]]]
 
 
+# Audiences: user access tokens carry the configured one (`aivera`); service tokens are
+# for the mesh as a whole; a delegation names the one service it may be presented to.
+MESH_AUDIENCE = "aivera-mesh"
+SERVICE_NAMES = frozenset({"auth", "chat", "rag", "storage", "training"})
+
+
+def delegation_audience(service: str) -> str:
+    return f"aivera.svc.{service}"
+
+
+# The `tok` claim: what a token is for, so one kind can never pass as another.
+KIND_ACCESS = "access"  # absent in access tokens (they predate the claim)
+KIND_DELEGATION = "delegation"
+KIND_SERVICE = "service"
+
+
 @dataclass(frozen=True, slots=True)
 class AccessClaims:
     user_id: str
@@ -43,6 +59,9 @@ class AccessClaims:
     exp: int
     # The user's session epoch when the token was issued (0 in tokens that predate it).
     epoch: int = 0
+    kind: str = KIND_ACCESS
+    # A delegation: the service acting for the user. A service token: the service itself.
+    service: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,20 +160,38 @@ class JwksVerifier:
         return key
 
     async def verify(self, token: str) -> AccessClaims:
+        """A user's access token."""
+        return await self._verified(token, self._audience, KIND_ACCESS)
+
+    async def verify_service(self, token: str) -> str:
+        """A service token; the service's name."""
+        claims = await self._verified(token, MESH_AUDIENCE, KIND_SERVICE)
+        assert claims.service is not None  # _decode requires it for service tokens
+        return claims.service
+
+    async def verify_delegation(self, token: str, *, service: str) -> AccessClaims:
+        """A delegation addressed to `service`; `claims.service` is the service it was
+        issued to (who must be the one presenting it)."""
+        return await self._verified(token, delegation_audience(service), KIND_DELEGATION)
+
+    async def _verified(self, token: str, audience: str, kind: str) -> AccessClaims:
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-        hit = self._cache.get(digest)
+        key_ = digest + audience.encode()
+        hit = self._cache.get(key_)
         if hit is not None:
             if self._clock() < hit.claims.exp and self._keys.get(hit.kid) is hit.key:
-                self._cache.move_to_end(digest)
+                self._cache.move_to_end(key_)
                 return hit.claims
-            del self._cache[digest]  # expired or its key is gone: verify (and fail) anew
-        claims, kid, key = await self._verify_uncached(token)
-        self._cache[digest] = _Verified(claims, kid, key)
+            del self._cache[key_]  # expired or its key is gone: verify (and fail) anew
+        claims, kid, key = await self._verify_uncached(token, audience, kind)
+        self._cache[key_] = _Verified(claims, kid, key)
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return claims
 
-    async def _verify_uncached(self, token: str) -> tuple[AccessClaims, str, _Key]:
+    async def _verify_uncached(
+        self, token: str, audience: str, kind: str
+    ) -> tuple[AccessClaims, str, _Key]:
         header = _unverified_header(token)
         alg, kid = header.get("alg"), header.get("kid")
         if alg not in ALLOWED_ALGORITHMS:
@@ -177,22 +214,43 @@ class JwksVerifier:
                 token,
                 key.key,
                 algorithms=[key.algorithm],
-                audience=self._audience,
+                audience=audience,
                 issuer=self._issuer,
                 options={"require": ["exp", "iat", "sub", "jti"]},
             )
         except jwt.ExpiredSignatureError:
-            raise Unauthenticated("access token expired", reason=Reason.TOKEN_EXPIRED) from None
+            raise Unauthenticated(f"{kind} token expired", reason=Reason.TOKEN_EXPIRED) from None
         except jwt.PyJWTError:
-            raise Unauthenticated("invalid access token", reason=Reason.TOKEN_INVALID) from None
-        role, epoch = claims.get("role"), claims.get("sep", 0)
-        if role not in ("user", "admin") or type(epoch) is not int or epoch < 0:
-            raise Unauthenticated("invalid access token", reason=Reason.TOKEN_INVALID)
-        access = AccessClaims(
-            user_id=str(claims["sub"]),
-            role=str(role),
-            jti=str(claims["jti"]),
-            exp=int(claims["exp"]),
-            epoch=epoch,
-        )
-        return access, kid, key
+            raise Unauthenticated(f"invalid {kind} token", reason=Reason.TOKEN_INVALID) from None
+        return _claims_of(claims, kind), kid, key
+
+
+def _claims_of(claims: Mapping[str, Any], kind: str) -> AccessClaims:
+    """The claims of a verified token, if it is the kind asked for."""
+    invalid = Unauthenticated(f"invalid {kind} token", reason=Reason.TOKEN_INVALID)
+    if claims.get("tok", KIND_ACCESS) != kind:
+        raise invalid
+    jti, exp = str(claims["jti"]), int(claims["exp"])
+    if kind == KIND_SERVICE:
+        name = claims.get("svc")
+        if name not in SERVICE_NAMES:
+            raise invalid
+        return AccessClaims(user_id="", role="", jti=jti, exp=exp, kind=kind, service=str(name))
+    role, epoch = claims.get("role"), claims.get("sep", 0)
+    if role not in ("user", "admin") or type(epoch) is not int or epoch < 0:
+        raise invalid
+    actor = None
+    if kind == KIND_DELEGATION:
+        act = claims.get("act")
+        actor = act.get("svc") if isinstance(act, dict) else None
+        if actor not in SERVICE_NAMES:
+            raise invalid
+    return AccessClaims(
+        user_id=str(claims["sub"]),
+        role=str(role),
+        jti=jti,
+        exp=exp,
+        epoch=epoch,
+        kind=kind,
+        service=None if actor is None else str(actor),
+    )

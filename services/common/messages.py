@@ -164,6 +164,18 @@ CATALOGUE: dict[int, tuple[str, str]] = {
         "Сеанс завершён (токен заменён или доступ отключён). Войдите заново.",
         "Your session has ended (token replaced or access disabled). Sign in again.",
     ),
+    Reason.CALLER_NOT_ALLOWED: (
+        "Этому сервису вызов запрещён.",
+        "This service is not allowed to make this call.",
+    ),
+    Reason.DELEGATION_REQUIRED: (
+        "Сервис обратился от имени пользователя без его полномочий.",
+        "A service acted for a user without a delegation.",
+    ),
+    Reason.DELEGATION_INVALID: (
+        "Полномочия на действие от имени пользователя недействительны.",
+        "The delegation to act for the user is not valid.",
+    ),
 }
 
 

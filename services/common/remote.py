@@ -104,10 +104,11 @@ def map_rpc_error(exc: grpc.aio.AioRpcError, what: str) -> ServiceError:
 
 class StorageClient:
     """The storage RPCs other services use, with one chunk size and settings' deadlines.
-    The caller is relayed by the channel (a user's token, or the internal credential on
-    behalf of a user in background work)."""
+    The caller is relayed by the channel (this service's token and a delegation for the
+    user; services.common.identity)."""
 
     def __init__(self, channel: grpc.aio.Channel, deadlines: Deadlines) -> None:
+        self.channel = channel
         self.stub = storage_pb2_grpc.StorageServiceStub(channel)
         self.deadlines = deadlines
 

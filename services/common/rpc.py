@@ -28,7 +28,6 @@ from services.common import context as ctx
 from services.common import db, messages, validate
 from services.common.access import Access, MethodInfo, method_info
 from services.common.errors import (
-    FailedPrecondition,
     Internal,
     PermissionDenied,
     Reason,
@@ -38,13 +37,8 @@ from services.common.errors import (
     Unimplemented,
     reason_name,
 )
-from services.common.internal import (
-    AUTHORIZATION_HEADER,
-    INTERNAL_TOKEN_HEADER,
-    ON_BEHALF_OF_HEADER,
-    REQUEST_ID_HEADER,
-    internal_token_matches,
-)
+from services.common.identity import SERVICE_TOKEN_HEADER
+from services.common.internal import AUTHORIZATION_HEADER, REQUEST_ID_HEADER
 from services.common.jwks import JwksVerifier
 from services.common.logs import fields
 from services.common.metrics import MethodMetrics
@@ -63,6 +57,19 @@ def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
     return out
 
 
+def _bearer(md: dict[str, str]) -> str | None:
+    header = md.get(AUTHORIZATION_HEADER)
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthenticated(
+            "authorization must be 'Bearer <access token>'", reason=Reason.TOKEN_INVALID
+        )
+    return token
+
+
 def _timeout(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
     remaining = context.time_remaining()
     if remaining is None or remaining > _NO_DEADLINE:
@@ -77,68 +84,90 @@ class RpcRuntime:
         self,
         *,
         verifier: JwksVerifier | None,
-        internal_token: str,
+        service_name: str = "",
         revocations: RevocationFeed | None = None,
         ready: Callable[[], bool] = lambda: True,
         log_calls: bool = True,
     ) -> None:
         self.verifier = verifier
         self.revocations = revocations
-        self._internal_token = internal_token
+        self._name = service_name  # delegations must be addressed to it
         self._ready = ready
         self._log_calls = log_calls
 
     # -- access -------------------------------------------------------------------------
     async def authorize(self, info: MethodInfo, md: dict[str, str]) -> ctx.Caller:
-        internal = md.get(INTERNAL_TOKEN_HEADER)
-        if internal is not None:
-            if not internal_token_matches(internal, self._internal_token):
-                raise Unauthenticated(
-                    "invalid internal service credential", reason=Reason.BAD_SERVICE_CREDENTIAL
-                )
-            if info.access is Access.ADMIN:
-                raise PermissionDenied(
-                    "admin RPCs need an admin user's token", reason=Reason.ADMIN_REQUIRED
-                )
-            on_behalf_of = md.get(ON_BEHALF_OF_HEADER) or None
-            if info.access is Access.USER and on_behalf_of is None:
-                raise FailedPrecondition(
-                    f"internal calls to user RPCs must name the user in {ON_BEHALF_OF_HEADER}"
-                )
-            return ctx.Caller(
-                user_id=on_behalf_of,
-                role=ctx.ROLE_USER if on_behalf_of else None,
-                internal=True,
-            )
+        """Who is calling, checked against the RPC's declared access and callers.
+
+        A mesh service sends its service token; on a user's behalf it also sends a
+        delegation addressed to this service and issued to it. Anyone else sends a user's
+        access token (or nothing, for public RPCs)."""
+        service = await self._service(md)
         if info.access is Access.PUBLIC:
-            return ctx.ANONYMOUS
-        header = md.get(AUTHORIZATION_HEADER)
-        if not header:
-            if info.access is Access.INTERNAL:
+            return ctx.Caller(user_id=None, service=service)
+        if service is not None and info.callers and service not in info.callers:
+            raise PermissionDenied(
+                f"the {service} service may not call {info.name}",
+                reason=Reason.CALLER_NOT_ALLOWED,
+                metadata={"service": service},
+            )
+        token = _bearer(md)
+        if info.access is Access.INTERNAL and service is None:
+            if token is not None:
+                raise PermissionDenied(
+                    "this RPC is internal to the mesh", reason=Reason.INTERNAL_ONLY
+                )
+            raise Unauthenticated(
+                "this RPC needs a mesh service token", reason=Reason.INTERNAL_ONLY
+            )
+        if token is None:
+            if service is not None:
+                if info.access is Access.INTERNAL:
+                    return ctx.Caller(user_id=None, service=service)
                 raise Unauthenticated(
-                    "this RPC needs the internal service credential",
-                    reason=Reason.INTERNAL_ONLY,
+                    "a service calling a user RPC needs a delegation for the user",
+                    reason=Reason.DELEGATION_REQUIRED,
                 )
             raise Unauthenticated(
                 "missing access token (authorization: Bearer <token>)",
                 reason=Reason.TOKEN_MISSING,
             )
-        scheme, _, token = header.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise Unauthenticated(
-                "authorization must be 'Bearer <access token>'", reason=Reason.TOKEN_INVALID
-            )
-        if self.verifier is None:
-            raise Unavailable("token verification is not configured")
-        claims = await self.verifier.verify(token)
+        verifier = self._verifier()
+        if service is None:
+            claims = await verifier.verify(token)
+        else:
+            try:
+                claims = await verifier.verify_delegation(token, service=self._name)
+            except Unauthenticated as exc:
+                raise Unauthenticated(
+                    f"invalid delegation: {exc.message}", reason=Reason.DELEGATION_INVALID
+                ) from None
+            if claims.service != service:
+                raise Unauthenticated(
+                    "the delegation was issued to another service",
+                    reason=Reason.DELEGATION_INVALID,
+                )
         if self.revocations is not None:
             self.revocations.check(claims.user_id, claims.epoch)
-        if info.access is Access.INTERNAL:
-            raise PermissionDenied("this RPC is internal to the mesh", reason=Reason.INTERNAL_ONLY)
         if info.access is Access.ADMIN and claims.role != ctx.ROLE_ADMIN:
             raise PermissionDenied("this RPC needs the admin role", reason=Reason.ADMIN_REQUIRED)
-        return ctx.Caller(user_id=claims.user_id, role=claims.role, token=token)
+        return ctx.Caller(user_id=claims.user_id, role=claims.role, service=service, token=token)
+
+    def _verifier(self) -> JwksVerifier:
+        if self.verifier is None:
+            raise Unavailable("token verification is not configured")
+        return self.verifier
+
+    async def _service(self, md: dict[str, str]) -> str | None:
+        presented = md.get(SERVICE_TOKEN_HEADER)
+        if presented is None:
+            return None
+        try:
+            return await self._verifier().verify_service(presented)
+        except Unauthenticated as exc:
+            raise Unauthenticated(
+                f"invalid service token: {exc.message}", reason=Reason.BAD_SERVICE_CREDENTIAL
+            ) from None
 
     # -- call lifecycle -----------------------------------------------------------------
     async def _begin(self, info: MethodInfo, context: grpc.aio.ServicerContext[Any, Any]) -> None:

@@ -32,6 +32,7 @@ from services.common.channels import open_channel
 from services.common.config import CommonSettings
 from services.common.errors import Unavailable
 from services.common.http import start_http
+from services.common.identity import ServiceIdentity, require_identity
 from services.common.jwks import JwksVerifier
 from services.common.remote import Deadlines, StorageClient
 from services.common.revocations import RevocationFeed, RevocationFetcher, Revoked
@@ -101,10 +102,17 @@ class App:
             poll_seconds=settings.session_revocation_poll_seconds,
             keep_seconds=2.0 * settings.access_token_ttl_seconds,
         )
+        # This service's mesh identity (none without a credential, e.g. auth itself).
+        require_identity(spec.name, settings)
+        self.identity = (
+            ServiceIdentity(spec.name, settings.service_secret(), settings.auth_addr)
+            if settings.service_secret()
+            else None
+        )
         self.runtime = RpcRuntime(
             verifier=verifier,
             revocations=self.revocations,
-            internal_token=settings.internal_token(),
+            service_name=spec.name,
             ready=lambda: self.ready,
         )
 
@@ -119,7 +127,7 @@ class App:
         """A shared channel to another service (created once per target)."""
         chan = self._channels.get(target)
         if chan is None:
-            chan = open_channel(target, internal_token=self.settings.internal_token())
+            chan = open_channel(target, identity=self.identity)
             self._channels[target] = chan
         return chan
 
@@ -312,6 +320,8 @@ class App:
             await self.spec.on_stop(self)
         for chan in self._channels.values():
             await chan.close()
+        if self.identity is not None:
+            await self.identity.close()
         if self._http is not None:
             await self._http.cleanup()
         if self._pool is not None:

@@ -52,6 +52,7 @@ from services.common.errors import (
     ServiceError,
     Unavailable,
 )
+from services.common.identity import ServiceIdentity, grant_now
 from services.common.remote import StorageClient
 from services.rag import convert
 from services.rag.chunking import Chunk
@@ -74,6 +75,8 @@ from services.rag.vectorize import make_chunks, vectorize
 log = logging.getLogger("aivera.rag.ingest")
 
 HEARTBEAT_SECONDS = 15.0
+# The grant an ingest runs on: far longer than any ingest within the limits.
+INGEST_GRANT_SECONDS = 6 * 3600
 
 Emit = Callable[[rag_pb2.IngestEvent], None]
 Spawn = Callable[[Coroutine[Any, Any, Any]], "asyncio.Task[Any]"]
@@ -153,11 +156,11 @@ class Ingestor:
         storage: StorageClient,
         spawn: Spawn,
         limits: Limits,
-        internal: bool = False,
+        identity: ServiceIdentity | None = None,
     ) -> None:
-        # ``internal``: the internal service credential is configured, so background
-        # storage calls can act for the user after the caller's token has expired.
-        self._internal = internal
+        # An ingest can outlive the token it was called with (a delegation lasts minutes):
+        # with a mesh identity it runs on a grant taken when it starts.
+        self._identity = identity
         self.store = store
         self.index = index
         self.embedder = embedder
@@ -179,15 +182,11 @@ class Ingestor:
                 await task
 
     def delete_images_later(self, user_id: str, file_ids: list[str]) -> None:
-        """Delete page images from storage in the background, for the user (with the
-        internal credential when configured, else the caller's relayed token)."""
+        """Delete page images from storage in the background, for the user (the task
+        inherits the call's context: its token, or the grant of the ingest it ends)."""
         if not file_ids:
             return
-        if self._internal:
-            with ctx.acting_for(user_id, request_id=ctx.request_id() or None):
-                self._spawn(self._delete_files(list(file_ids)))
-        else:
-            self._spawn(self._delete_files(list(file_ids)))
+        self._spawn(self._delete_files(list(file_ids)))
 
     async def _delete_files(self, file_ids: list[str]) -> None:
         """Best effort: failures are logged, not raised (used after the fact)."""
@@ -257,6 +256,8 @@ class Ingestor:
             )
         elif params.format is DocumentFormat.PDF and not looks_like_pdf(data):
             raise FormatMismatchError("the file is not a PDF (no PDF header)")
+        # Before the document row changes: without a grant (auth down) nothing starts.
+        grant = await grant_now(self._identity, INGEST_GRANT_SECONDS)
         token = uuid.uuid4()
         # NOT_FOUND if the knowledge base went meanwhile; FAILED_PRECONDITION
         # (DOCUMENT_NOT_READY) while another ingest of the same file runs.
@@ -271,7 +272,12 @@ class Ingestor:
         )
         run = _Run(user_id, doc, token)
         queue: asyncio.Queue[rag_pb2.IngestEvent | None] = asyncio.Queue()
-        task = self._spawn(self._guarded(run, params, data, parsed, file, queue.put_nowait))
+        with contextlib.ExitStack() as scope:
+            if grant is not None:
+                scope.enter_context(
+                    ctx.acting_for(user_id, grant=grant, request_id=ctx.request_id() or None)
+                )
+            task = self._spawn(self._guarded(run, params, data, parsed, file, queue.put_nowait))
         self._running[doc.id] = task
 
         def finished(t: asyncio.Task[Any]) -> None:

@@ -96,7 +96,7 @@ def build_rag(app: App, settings: RagSettings, embedder: Embedder) -> Rag:
             max_json_depth=settings.rag_max_json_depth,
             max_image_pixels=settings.rag_max_image_pixels,
         ),
-        internal=bool(settings.internal_token()),
+        identity=app.identity,
     )
     searcher = Searcher(store=store, index=index, embedder=embedder)
     return Rag(store, index, embedder, ingestor, searcher)

@@ -28,7 +28,7 @@ from services.storage.backends.local import LocalBackend
 from services.storage.config import StorageSettings
 from services.storage.files import Files
 from services.storage.http import routes
-from services.storage.servicer import StorageServiceServicer
+from services.storage.servicer import StorageInternalServiceServicer, StorageServiceServicer
 from services.storage.signing import UrlSigner, signing_key
 from services.storage.store import Store
 
@@ -86,7 +86,10 @@ class Wiring:
         if files.s3 is not None:
             await files.s3.start()
         services = storage_pb2.DESCRIPTOR.services_by_name
-        return [(services["StorageService"], StorageServiceServicer(files))]
+        return [
+            (services["StorageService"], StorageServiceServicer(files)),
+            (services["StorageInternalService"], StorageInternalServiceServicer(files)),
+        ]
 
     async def on_ready(self, app: App) -> None:
         s3 = self.files.s3

@@ -16,6 +16,7 @@ from google.protobuf import empty_pb2
 from aivera.storage.v1 import storage_pb2
 from services.common import tracing
 from services.common.context import require_user_id
+from services.common.errors import InvalidArgument
 from services.common.protoutil import timestamp
 from services.storage.files import Files
 from services.storage.store import FileRow
@@ -146,3 +147,16 @@ class StorageServiceServicer:
         return storage_pb2.CreateDownloadUrlResponse(
             url=signed.url, expire_time=timestamp(signed.expire_time)
         )
+
+
+class StorageInternalServiceServicer:
+    def __init__(self, files: Files) -> None:
+        self.files = files
+
+    async def PurgeFile(
+        self, request: storage_pb2.PurgeFileRequest, context: Any
+    ) -> empty_pb2.Empty:
+        if not request.user_id:
+            raise InvalidArgument("user_id is required", field="user_id")
+        await self.files.delete(request.user_id, request.id)
+        return empty_pb2.Empty()

@@ -13,13 +13,16 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from aivera.storage.v1 import storage_pb2
+import grpc
+
+from aivera.storage.v1 import storage_pb2, storage_pb2_grpc
 from aivera.training.v1 import jobs_pb2, models_pb2, notifications_pb2
 from services.common import context as ctx
 from services.common import pages
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Reason, not_found
+from services.common.identity import ServiceIdentity, grant_now
 from services.common.protoutil import parse_uuid
-from services.common.remote import StorageClient
+from services.common.remote import StorageClient, map_rpc_error
 from services.training import basemodels, checks, convert, executors
 from services.training.config import TrainingSettings
 from services.training.store import JobRow, ModelRow, Store
@@ -110,10 +113,20 @@ class Models:
     """Model artifacts of a user: read, listed, renamed, deleted (files purged after the
     retention period), promoted from checkpoints, and downloaded through signed URLs."""
 
-    def __init__(self, store: Store, storage: StorageClient, settings: TrainingSettings) -> None:
+    def __init__(
+        self,
+        store: Store,
+        storage: StorageClient,
+        settings: TrainingSettings,
+        identity: ServiceIdentity | None = None,
+    ) -> None:
         self.store = store
         self.storage = storage
         self.settings = settings
+        self.identity = identity
+        # Retention purges are training's own right (StorageInternalService, callers:
+        # training), not done for the user, who may be long signed out.
+        self.purger = storage_pb2_grpc.StorageInternalServiceStub(storage.channel)
 
     async def rename(
         self, user: str, model: models_pb2.ModelArtifact, paths: list[str]
@@ -127,6 +140,9 @@ class Models:
 
     async def delete(self, user: str, raw_id: str) -> None:
         """Soft-delete; clones whose active model it was lose it and their owner is told."""
+        # Without a mesh identity (dev and tests of one service) the purge acts for the
+        # user with what stands in for a grant (identity.grant_now).
+        grant = None if self.identity else await grant_now(None)
         async with self.store.transaction() as tx:
             row = await tx.get_model(user, parse_uuid(raw_id, field="id"))
             if row is None:
@@ -141,6 +157,8 @@ class Models:
                     model_id=str(row.id),
                     clone_id=str(clone_id),
                 )
+        if grant is not None:
+            await self.store.put_grant(row.id, user, grant)
 
     async def promote(self, user: str, job_id: str, checkpoint_id: str, name: str) -> ModelRow:
         """A model from a checkpoint of one of the user's jobs."""
@@ -185,15 +203,27 @@ class Models:
         many models were purged. A file already gone counts as purged."""
         rows = await self.store.models_to_purge(self.settings.training_model_retention_seconds)
         for row in rows:
-            with ctx.acting_for(row.user_id):
-                for f in row.files:
-                    try:
-                        await self.storage.delete_file(f["file_id"])
-                    except NotFound:
-                        continue
+            for f in row.files:
+                await self._purge(f["file_id"], row.user_id, row.id)
             await self.store.mark_purged(row.id)
+            await self.store.drop_grant(row.id)
             log.info("purged the files of deleted model %s", row.id)
         return len(rows)
+
+    async def _purge(self, file_id: str, user_id: str, model_id: uuid.UUID) -> None:
+        """Delete one file of a deleted model; one already gone is fine."""
+        try:
+            if self.identity is not None:
+                await self.purger.PurgeFile(
+                    storage_pb2.PurgeFileRequest(id=file_id, user_id=user_id),
+                    timeout=self.storage.deadlines.lookup,
+                )
+                return
+            with ctx.acting_for(user_id, grant=await self.store.grant_of(model_id)):
+                await self.storage.delete_file(file_id)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise map_rpc_error(exc, "file purge") from None
 
     async def purge_loop(self) -> None:
         while True:

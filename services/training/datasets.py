@@ -22,6 +22,7 @@ from services.common.errors import (
     ServiceError,
     not_found,
 )
+from services.common.identity import ServiceIdentity, grant_now
 from services.common.protoutil import parse_uuid
 from services.common.remote import StorageClient
 from services.training import basemodels, checks, data
@@ -83,12 +84,18 @@ async def owned(store: Store, user: str, raw_id: str, field: str = "id") -> Data
 
 class Datasets:
     def __init__(
-        self, store: Store, settings: TrainingSettings, storage: StorageClient, spawn: Spawn
+        self,
+        store: Store,
+        settings: TrainingSettings,
+        storage: StorageClient,
+        spawn: Spawn,
+        identity: ServiceIdentity | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.storage = storage
         self.spawn = spawn
+        self.identity = identity
 
     async def get(self, user: str, raw_id: str, field: str = "id") -> DatasetRow:
         return await owned(self.store, user, raw_id, field)
@@ -134,6 +141,8 @@ class Datasets:
                 field="file_id",
                 reason=Reason.FILE_TOO_LARGE,
             )
+        # Validation reads the file after this request: on a grant taken now.
+        grant = await grant_now(self.identity)
         row = await self.store.insert_dataset(
             user_id=user,
             name=name,
@@ -144,6 +153,8 @@ class Datasets:
             max_seq_length=max_len,
             description=description,
         )
+        if grant is not None:
+            await self.store.put_grant(row.id, user, grant)
         self.spawn(self.validate(row.id, user), f"validate-dataset-{row.id}")
         return row
 
@@ -162,7 +173,8 @@ class Datasets:
         fmt = 0
         stats: dict[str, Any] | None = None
         try:
-            with ctx.acting_for(user):
+            grant = await self.store.grant_of(ds_id)
+            with ctx.acting_for(user, grant=grant):
                 raw = await self.storage.download(row.file_id)
             if len(raw) > self.settings.dataset_max_bytes:
                 raise ValueError("the file is over the dataset size limit")
@@ -181,6 +193,7 @@ class Datasets:
             message = exc.message if isinstance(exc, ServiceError) else str(exc)
             error_count, errors = 1, [{"line": 0, "message": f"could not read the file: {message}"}]
         status = D.DATASET_STATUS_ERROR if error_count else D.DATASET_STATUS_READY
+        await self.store.drop_grant(ds_id)  # the file is read: nothing more to do for the user
         async with self.store.transaction() as tx:
             await tx.finish_dataset(
                 ds_id,

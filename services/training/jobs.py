@@ -23,6 +23,7 @@ from services.common.errors import (
     ServiceError,
     not_found,
 )
+from services.common.identity import ServiceIdentity, grant_now
 from services.common.protoutil import parse_uuid
 from services.common.remote import StorageClient
 from services.training import (
@@ -136,6 +137,7 @@ class Jobs:
         hub: Hub,
         spawn: Spawn,
         billing: Billing,
+        identity: ServiceIdentity | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -143,6 +145,7 @@ class Jobs:
         self.hub = hub
         self.spawn = spawn
         self.billing = billing
+        self.identity = identity
 
     # -- reads ----------------------------------------------------------------------------
     async def get(self, user: str, raw_id: str) -> JobDetail:
@@ -333,6 +336,9 @@ class Jobs:
             if self.billing.limited(before, gpu=p.hardware.is_gpu):
                 # A limit applies: what this job is expected to use must fit in it too.
                 expected = await self._estimate(p)
+        # The job's validation and its worker read and write storage long after this
+        # request: on a grant taken now (void if the user's sessions end meanwhile).
+        grant = await grant_now(self.identity)
         async with self.store.transaction() as tx:
             await tx.lock_user(user)
             # Under the lock DeleteDataset takes too: a dataset deleted since the checks
@@ -373,6 +379,8 @@ class Jobs:
             if trace:  # the worker that runs the job continues this request's trace
                 await tx.save_trace_context(job.id, trace)
             detail = await self._detail(tx, job)
+        if grant is not None:
+            await self.store.put_grant(job.id, user, grant)
         self.spawn(self.validate(job.id, user), f"validate-job-{job.id}")
         return detail
 
@@ -439,7 +447,7 @@ class Jobs:
         total = per_epoch = 0
         try:
             file_id = await self.store.dataset_file(job.dataset_id)
-            with ctx.acting_for(user):
+            with ctx.acting_for(user, grant=await self.store.grant_of(job_id)):
                 raw = await self.storage.download(file_id)
             tok = await asyncio.to_thread(basemodels.tokenizer, job.base_model, self.settings)
             plan = await asyncio.to_thread(make_plan, raw, tok, hp)
@@ -493,6 +501,8 @@ class Jobs:
             changed = await self._changed_hp(
                 job, hyperparameters or jobs_pb2.Hyperparameters(), paths
             )
+        # A new attempt runs on a grant taken now (the old one may have ended).
+        grant = await grant_now(self.identity)
         async with self.store.transaction() as tx:
             job = await owned(tx, user, raw_id, lock=True)
             change = lifecycle.retry(job)
@@ -509,6 +519,8 @@ class Jobs:
                 from_step = await tx.last_checkpoint_step(job.id)
                 job = await tx.apply(job.id, lifecycle.resume(job, from_step=from_step))
             detail = await self._detail(tx, job)
+        if grant is not None:
+            await self.store.put_grant(job.id, user, grant)
         if not planned:
             self.spawn(self.validate(job.id, user), f"validate-job-{job.id}")
         return detail

@@ -78,9 +78,9 @@ class Training:
         billing = Billing(store, settings)
         return cls(
             hub=hub,
-            datasets=Datasets(store, settings, storage, spawn),
-            jobs=Jobs(store, settings, storage, hub, spawn, billing),
-            models=Models(store, storage, settings),
+            datasets=Datasets(store, settings, storage, spawn, app.identity),
+            jobs=Jobs(store, settings, storage, hub, spawn, billing, app.identity),
+            models=Models(store, storage, settings, app.identity),
             clones=Clones(store, settings, knowledge),
             notifications=Notifications(store, settings, hub),
             billing=billing,

@@ -376,6 +376,25 @@ class Store:
         )
         return None if record is None else _make(DatasetRow, record)
 
+    # -- grants of background work (0011_work_grants.sql) ------------------------------
+    async def put_grant(self, resource_id: uuid.UUID, user_id: str, grant: str) -> None:
+        await self.db.execute(
+            """INSERT INTO work_grants (resource_id, user_id, grant_token) VALUES ($1, $2, $3)
+               ON CONFLICT (resource_id) DO UPDATE SET grant_token = excluded.grant_token""",
+            resource_id,
+            uuid.UUID(user_id),
+            grant,
+        )
+
+    async def grant_of(self, resource_id: uuid.UUID) -> str | None:
+        grant: str | None = await self.db.fetchval(
+            "SELECT grant_token FROM work_grants WHERE resource_id = $1", resource_id
+        )
+        return grant
+
+    async def drop_grant(self, resource_id: uuid.UUID) -> None:
+        await self.db.execute("DELETE FROM work_grants WHERE resource_id = $1", resource_id)
+
     async def dataset_by_id(self, dataset_id: uuid.UUID) -> DatasetRow | None:
         """Any dataset, deleted ones too (background work that already checked access)."""
         record = await self.db.fetchrow(

@@ -43,6 +43,7 @@ from services.common import db, logs, migrations, tracing
 from services.common.channels import open_channel
 from services.common.db import Connected
 from services.common.errors import FailedPrecondition, NotFound, ServiceError
+from services.common.identity import ServiceIdentity, require_identity
 from services.common.metrics import sample_gpus
 from services.common.remote import Deadlines, StorageClient
 from services.training import artifacts, basemodels, catalogue, estimates, lifecycle
@@ -257,7 +258,12 @@ class Worker:
         attrs = {"training.attempt": job.attempt, "training.worker": self.worker_id}
         try:
             trace = await self.store.trace_context(job.id) if tracing.enabled() else {}
-            with ctx.acting_for(job.user_id), tracing.continued(trace, "training.job", attrs):
+            # On the grant the job was created with: the user's token is long gone.
+            grant = await self.store.grant_of(job.id)
+            with (
+                ctx.acting_for(job.user_id, grant=grant),
+                tracing.continued(trace, "training.job", attrs),
+            ):
                 result = await self._train(claim, session_stop)
                 if result is None:
                     outcome = "stopped"
@@ -583,7 +589,15 @@ async def run_worker(settings: TrainingSettings) -> None:
         pool = await db.create_pool(
             dsn, schema="training", service="training-worker", min_size=1, max_size=4
         )
-        channel = open_channel(settings.storage_addr, internal_token=settings.internal_token())
+        # The worker is part of the training service: it proves it with a credential of
+        # its own (its Secret) registered under the same service name.
+        require_identity("training", settings)
+        identity = (
+            ServiceIdentity("training", settings.service_secret(), settings.auth_addr)
+            if settings.service_secret()
+            else None
+        )
+        channel = open_channel(settings.storage_addr, identity=identity)
         hub = Hub(dsn, channels=(QUEUE_CHANNEL,))
         await hub.start()
         worker = probe.worker = Worker(settings, pool, channel)
@@ -595,6 +609,8 @@ async def run_worker(settings: TrainingSettings) -> None:
         finally:
             await hub.stop()
             await channel.close()
+            if identity is not None:
+                await identity.close()
             await pool.close()
     finally:
         await runner.cleanup()

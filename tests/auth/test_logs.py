@@ -16,6 +16,7 @@ from services.auth.tokens import TokenHasher
 from services.common import logs
 from tests.auth.conftest import code_of, serve
 from tests.auth.test_provider_keys import gemini_key
+from tests.helpers.identity import SECRETS
 from tests.helpers.services import bearer
 
 
@@ -52,7 +53,7 @@ async def test_full_session_logs_no_secrets(
         digest = hasher.hash(secret)
         secrets += [digest.hex(), base64.b64encode(digest).decode(), repr(digest)]
     secrets += [
-        settings.internal_token(),
+        *SECRETS.values(),
         settings.master_encryption_key.get_secret_value().split(":", 1)[1],
         *settings.jwt_private_keys.get_secret_value().splitlines()[1:-1],
     ]
@@ -96,7 +97,7 @@ async def _session(settings: AuthSettings) -> list[str]:
         )
         got = await c.internal.GetProviderKey(
             auth_pb2.GetProviderKeyRequest(user_id=s.user.id, provider=auth_pb2.PROVIDER_GEMINI),
-            metadata=c.internal_md(),
+            metadata=await c.service_md("chat", user_token=s.access_token),
         )
         assert got.api_key == key
         wrong = "avs_wrong_" + "w" * 40

@@ -15,6 +15,7 @@ import grpc
 from aivera.auth.v1 import auth_pb2
 from services.auth.config import AuthSettings
 from tests.auth.conftest import Client, code_of, db, error_of, master_entry, serve, variant
+from tests.helpers.errors import reason
 from tests.helpers.services import bearer
 
 GEMINI = auth_pb2.PROVIDER_GEMINI
@@ -47,9 +48,9 @@ async def test_set_status_delete(client: Client) -> None:
     await client.auth.SetProviderKey(
         auth_pb2.SetProviderKeyRequest(provider=GEMINI, api_key=key2), metadata=md
     )
+    chat = await client.service_md("chat", user_token=s.access_token)
     got = await client.internal.GetProviderKey(
-        auth_pb2.GetProviderKeyRequest(user_id=s.user.id, provider=GEMINI),
-        metadata=client.internal_md(),
+        auth_pb2.GetProviderKeyRequest(user_id=s.user.id, provider=GEMINI), metadata=chat
     )
     assert got.api_key == key2 and got.provider == GEMINI
     await client.auth.DeleteProviderKey(
@@ -67,8 +68,7 @@ async def test_set_status_delete(client: Client) -> None:
     assert code is grpc.StatusCode.NOT_FOUND
     code = await code_of(
         client.internal.GetProviderKey(
-            auth_pb2.GetProviderKeyRequest(user_id=s.user.id, provider=GEMINI),
-            metadata=client.internal_md(),
+            auth_pb2.GetProviderKeyRequest(provider=GEMINI), metadata=chat
         )
     )
     assert code is grpc.StatusCode.NOT_FOUND
@@ -77,6 +77,7 @@ async def test_set_status_delete(client: Client) -> None:
 async def test_bad_input_never_echoes_the_key(client: Client) -> None:
     _u, _t, s = await client.new_user()
     md = bearer(s.access_token)
+    chat = await client.service_md("chat", user_token=s.access_token)
     for bad in [
         "short_key_123",
         "AIza" + "x" * 120,
@@ -97,11 +98,10 @@ async def test_bad_input_never_echoes_the_key(client: Client) -> None:
         client.auth.GetProviderKeyStatus(auth_pb2.GetProviderKeyStatusRequest(), metadata=md),
         client.auth.DeleteProviderKey(auth_pb2.DeleteProviderKeyRequest(), metadata=md),
         client.internal.GetProviderKey(
-            auth_pb2.GetProviderKeyRequest(user_id=s.user.id), metadata=client.internal_md()
+            auth_pb2.GetProviderKeyRequest(user_id=s.user.id), metadata=chat
         ),
         client.internal.GetProviderKey(
-            auth_pb2.GetProviderKeyRequest(user_id="nope", provider=GEMINI),
-            metadata=client.internal_md(),
+            auth_pb2.GetProviderKeyRequest(user_id="nope", provider=GEMINI), metadata=chat
         ),
     ):
         assert await code_of(call) is grpc.StatusCode.INVALID_ARGUMENT
@@ -134,35 +134,72 @@ async def test_users_see_only_their_own_key(client: Client) -> None:
     )
     assert code is grpc.StatusCode.NOT_FOUND
     got = await client.internal.GetProviderKey(
-        auth_pb2.GetProviderKeyRequest(user_id=a.user.id, provider=GEMINI),
-        metadata=client.internal_md(),
+        auth_pb2.GetProviderKeyRequest(provider=GEMINI),
+        metadata=await client.service_md("chat", user_token=a.access_token),
     )
     assert got.api_key == key  # A's key survived B's attempts
 
 
-async def test_internal_rpc_needs_the_internal_credential(client: Client) -> None:
+async def test_only_chat_with_a_delegation_for_the_user_gets_the_key(client: Client) -> None:
     _u, _t, s = await client.new_user()
+    _o, _ot, other = await client.new_user()
+    key = gemini_key()
     await client.auth.SetProviderKey(
-        auth_pb2.SetProviderKeyRequest(provider=GEMINI, api_key=gemini_key()),
+        auth_pb2.SetProviderKeyRequest(provider=GEMINI, api_key=key),
         metadata=bearer(s.access_token),
     )
     req = auth_pb2.GetProviderKeyRequest(user_id=s.user.id, provider=GEMINI)
     admin = await client.admin_token()
+    rag = await client.service_md("rag")
     cases = {
         "own user token": (bearer(s.access_token), grpc.StatusCode.PERMISSION_DENIED),
         "admin token": (bearer(admin), grpc.StatusCode.PERMISSION_DENIED),
         "nothing": ((), grpc.StatusCode.UNAUTHENTICATED),
-        "wrong internal": (
-            (("x-aivera-internal-token", "guess"),),
+        "retired shared secret": (
+            (("x-aivera-internal-token", "guess"), ("x-aivera-on-behalf-of", s.user.id)),
+            grpc.StatusCode.UNAUTHENTICATED,
+        ),
+        "forged service token": (
+            (("x-aivera-service-token", "e30.e30.sig"),),
+            grpc.StatusCode.UNAUTHENTICATED,
+        ),
+        # RAG's own credential, even with a delegation for the user: not a declared caller.
+        "rag, for the user": (
+            await client.service_md("rag", user_token=s.access_token),
+            grpc.StatusCode.PERMISSION_DENIED,
+        ),
+        "rag alone": (rag, grpc.StatusCode.PERMISSION_DENIED),
+        # Chat's credential naming the user by id only: no delegation.
+        "chat, bare user id": (
+            await client.service_md("chat"),
+            grpc.StatusCode.UNAUTHENTICATED,
+        ),
+        # A delegation for another user, used for this one.
+        "chat, other user's delegation": (
+            await client.service_md("chat", user_token=other.access_token),
+            grpc.StatusCode.PERMISSION_DENIED,
+        ),
+        # A delegation for the user at another audience.
+        "chat, delegation for storage": (
+            await client.service_md("chat", user_token=s.access_token, audience="storage"),
             grpc.StatusCode.UNAUTHENTICATED,
         ),
     }
     for name, (md, expected) in cases.items():
         err = await error_of(client.internal.GetProviderKey(req, metadata=md))
         assert err.code() is expected, name
-    unknown = auth_pb2.GetProviderKeyRequest(user_id=str(uuid.uuid4()), provider=GEMINI)
-    code = await code_of(client.internal.GetProviderKey(unknown, metadata=client.internal_md()))
-    assert code is grpc.StatusCode.NOT_FOUND
+        assert key not in (err.details() or ""), name
+    got = await client.internal.GetProviderKey(
+        req, metadata=await client.service_md("chat", user_token=s.access_token)
+    )
+    assert got.api_key == key
+    # RAG may not even exchange a token for a delegation addressed to auth's internal RPC
+    # and present it as chat: the delegation names RAG as the actor.
+    rag_for_user = await client.service_md("rag", user_token=s.access_token)
+    chat = await client.service_md("chat")
+    err = await error_of(client.internal.GetProviderKey(req, metadata=(chat[0], rag_for_user[1])))
+    assert err.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert reason(err) == "DELEGATION_INVALID"
 
 
 async def test_ciphertext_swapped_between_users_fails(
@@ -192,7 +229,7 @@ async def test_ciphertext_swapped_between_users_fails(
     err = await error_of(
         client.internal.GetProviderKey(
             auth_pb2.GetProviderKeyRequest(user_id=b.user.id, provider=GEMINI),
-            metadata=client.internal_md(),
+            metadata=await client.service_md("chat", user_token=b.access_token),
         )
     )
     assert err.code() is grpc.StatusCode.NOT_FOUND
@@ -203,6 +240,7 @@ async def test_master_key_rotation(settings: AuthSettings) -> None:
     v1 = settings.master_encryption_key.get_secret_value()
     v2 = master_entry("v2")
     keys: dict[str, str] = {}
+    tokens: dict[str, str] = {}
     async with serve(settings) as c:
         for _ in range(3):
             _u, _t, s = await c.new_user()
@@ -212,6 +250,7 @@ async def test_master_key_rotation(settings: AuthSettings) -> None:
                 metadata=bearer(s.access_token),
             )
             keys[s.user.id] = key
+            tokens[s.user.id] = s.access_token
     conn = await db(settings.dsn())
     try:  # earlier tests of this module left rows (one deliberately corrupted)
         await conn.execute(
@@ -226,7 +265,7 @@ async def test_master_key_rotation(settings: AuthSettings) -> None:
         for uid in keys:
             got = await c.internal.GetProviderKey(
                 auth_pb2.GetProviderKeyRequest(user_id=uid, provider=GEMINI),
-                metadata=c.internal_md(),
+                metadata=await c.service_md("chat", user_token=tokens[uid]),
             )
             out[uid] = got.api_key
         return out
@@ -237,7 +276,7 @@ async def test_master_key_rotation(settings: AuthSettings) -> None:
         code = await code_of(
             c.internal.GetProviderKey(
                 auth_pb2.GetProviderKeyRequest(user_id=uid, provider=GEMINI),
-                metadata=c.internal_md(),
+                metadata=await c.service_md("chat", user_token=tokens[uid]),
             )
         )
         assert code is grpc.StatusCode.NOT_FOUND

@@ -101,7 +101,7 @@ async def test_missing_provider_key_is_provider_key_missing(client: Client) -> N
     err = await error_of(
         client.internal.GetProviderKey(
             auth_pb2.GetProviderKeyRequest(user_id=s.user.id, provider=GEMINI),
-            metadata=client.internal_md(),
+            metadata=await client.service_md("chat", user_token=s.access_token),
         )
     )
     assert err.code() is grpc.StatusCode.NOT_FOUND

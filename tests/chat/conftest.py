@@ -32,6 +32,7 @@ from services.storage.server import make_spec as storage_spec
 from tests.chat.fakes import FakeRag, FakeTraining
 from tests.helpers.auth import make_settings as auth_settings
 from tests.helpers.gemini import GeminiServer
+from tests.helpers.identity import secret
 from tests.helpers.services import bearer, channel, running
 
 
@@ -181,7 +182,9 @@ def _rag_spec(fake: FakeRag, settings: CommonSettings, real: bool, data: Path) -
     from services.rag.server import make_spec as rag_make_spec
 
     rag_settings = RagSettings(
-        **settings.model_dump(), data_dir=data / "rag", qdrant_path=data / "qdrant"
+        **{**settings.model_dump(), "aivera_service_secret": secret("rag")},
+        data_dir=data / "rag",
+        qdrant_path=data / "qdrant",
     )
     return running(rag_make_spec(rag_settings), rag_settings)
 
@@ -191,17 +194,17 @@ async def build_mesh(
     database_url: str, *, real_rag: bool = False, **chat_settings: Any
 ) -> AsyncIterator[Mesh]:
     """The mesh; `chat_settings` override the chat service's test settings."""
-    internal = "itok-" + uuid.uuid4().hex
     data = Path(tempfile.mkdtemp(prefix="aivera-chat-"))
-    a_settings = auth_settings(database_url, aivera_internal_token=internal)
+    a_settings = auth_settings(database_url)
     async with running(auth_spec(a_settings), a_settings) as auth_app:
         common = {
             "aivera_env": "test",
             "database_url": database_url,
-            "aivera_internal_token": internal,
             "auth_addr": f"127.0.0.1:{auth_app.grpc_port}",
         }
-        s_settings = StorageSettings(**common, data_dir=data)
+        s_settings = StorageSettings(
+            **common, aivera_service_secret=secret("storage"), data_dir=data
+        )
         async with running(storage_spec(s_settings), s_settings) as storage_app:
             fake = FakeRag()
             training = FakeTraining()
@@ -232,6 +235,7 @@ async def build_mesh(
                     attachment_wait_seconds=5,
                     chat_spool_dir=data / "spool",
                     turn_watch_poll_seconds=0.05,
+                    aivera_service_secret=secret("chat"),
                     **chat_settings,
                 )
                 async with (

@@ -266,7 +266,7 @@ async def test_sigterm_to_a_chat_process_mid_turn_checkpoints_it_for_another_rep
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "gen")]),
         "AIVERA_ENV": "test",
         "DATABASE_URL": s.database_url.get_secret_value() if s.database_url else "",
-        "AIVERA_INTERNAL_TOKEN": s.internal_token(),
+        "AIVERA_SERVICE_SECRET": s.service_secret(),
         "AUTH_ADDR": s.auth_addr,
         "STORAGE_ADDR": s.storage_addr,
         "RAG_ADDR": s.rag_addr,

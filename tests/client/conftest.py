@@ -25,6 +25,7 @@ from client.cli import app
 from services.auth.config import AuthSettings
 from services.auth.server import make_spec as auth_spec
 from services.common.server import App
+from tests.helpers.identity import CLIENTS
 from tests.helpers.services import bearer, channel, running
 
 ACCESS_TTL = 2  # seconds: long enough for one command, short enough to expire in a test
@@ -37,11 +38,11 @@ def ed25519_pem() -> str:
     ).decode()
 
 
-def auth_settings(database_url: str, internal_token: str, **overrides: Any) -> AuthSettings:
+def auth_settings(database_url: str, **overrides: Any) -> AuthSettings:
     values: dict[str, Any] = {
         "aivera_env": "test",
         "database_url": database_url,
-        "aivera_internal_token": internal_token,
+        "auth_service_clients": CLIENTS,
         "jwt_private_keys": ed25519_pem(),
         "master_encryption_key": "v1:" + base64.urlsafe_b64encode(os.urandom(32)).decode(),
         "aivera_bootstrap_admin_token": "avs_bootstrap_" + uuid.uuid4().hex,
@@ -93,7 +94,7 @@ class Auth:
 
 @pytest.fixture(scope="module")
 async def auth(database_url: str) -> AsyncIterator[Auth]:
-    settings = auth_settings(database_url, "itok-" + uuid.uuid4().hex)
+    settings = auth_settings(database_url)
     async with running(auth_spec(settings), settings) as app, channel(app) as ch:
         yield Auth(app=app, settings=settings, channel=ch)
 

@@ -4,12 +4,13 @@ backend), RAG and chat services and the loopback Gemini server, each on loopback
 from __future__ import annotations
 
 import tempfile
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pydantic import SecretStr
 
 from services.auth.server import make_spec as auth_spec
 from services.chat.config import ChatSettings
@@ -21,6 +22,7 @@ from services.storage.config import StorageSettings
 from services.storage.server import make_spec as storage_spec
 from tests.client.conftest import auth_settings
 from tests.helpers.gemini import GeminiServer
+from tests.helpers.identity import secret
 from tests.helpers.services import running
 
 
@@ -49,19 +51,23 @@ async def start_mesh(
 ) -> AsyncIterator[Mesh]:
     """`storage_public_url`: the base of signed file URLs (a gateway's origin, for the
     browser console's tests); default the storage service's own HTTP port."""
-    internal = "itok-" + uuid.uuid4().hex
     data = Path(tempfile.mkdtemp(prefix="aivera-client-"))
-    a_settings = auth_settings(database_url, internal, **auth_overrides)
+    a_settings = auth_settings(database_url, **auth_overrides)
     async with running(auth_spec(a_settings), a_settings) as auth_app:
-        common = {
+        common: dict[str, Any] = {
             "aivera_env": "test",
             "database_url": database_url,
-            "aivera_internal_token": internal,
             "auth_addr": f"127.0.0.1:{auth_app.grpc_port}",
         }
-        s_settings = StorageSettings(**common, data_dir=data, storage_public_url=storage_public_url)
+        s_settings = StorageSettings(
+            **common,
+            aivera_service_secret=SecretStr(secret("storage")),
+            data_dir=data,
+            storage_public_url=storage_public_url,
+        )
         async with running(storage_spec(s_settings), s_settings) as storage_app:
             r_settings = RagSettings(
+                aivera_service_secret=SecretStr(secret("rag")),
                 **common,
                 storage_addr=f"127.0.0.1:{storage_app.grpc_port}",
                 data_dir=data,
@@ -72,6 +78,7 @@ async def start_mesh(
                 GeminiServer() as gemini,
             ):
                 c_settings = ChatSettings(
+                    aivera_service_secret=SecretStr(secret("chat")),
                     **common,
                     storage_addr=f"127.0.0.1:{storage_app.grpc_port}",
                     rag_addr=f"127.0.0.1:{rag_app.grpc_port}",

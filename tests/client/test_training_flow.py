@@ -18,7 +18,6 @@ import pytest
 from client import AsyncClient, Credentials, Endpoints
 from services.auth.server import make_spec as auth_spec
 from services.common import db
-from services.common.channels import open_channel
 from services.common.server import App
 from services.rag.config import RagSettings
 from services.rag.server import make_spec as rag_spec
@@ -28,6 +27,7 @@ from services.training.config import TrainingSettings
 from services.training.server import make_spec as training_spec
 from services.training.worker import Worker
 from tests.client.conftest import Cli, auth_settings
+from tests.helpers.identity import secret, worker_channel
 from tests.helpers.services import running
 from tests.helpers.tiny import build_tiny_model
 
@@ -53,19 +53,22 @@ async def train_mesh(
     database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[TrainMesh]:
     tiny = build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
-    internal = "itok-" + uuid.uuid4().hex
-    a = auth_settings(database_url, internal, access_token_ttl_seconds=3600)
+    a = auth_settings(database_url, access_token_ttl_seconds=3600)
     async with running(auth_spec(a), a) as auth_app:
         common = {
             "aivera_env": "test",
             "database_url": database_url,
-            "aivera_internal_token": internal,
             "auth_addr": f"127.0.0.1:{auth_app.grpc_port}",
         }
-        s = StorageSettings(**common, data_dir=tmp_path_factory.mktemp("storage"))
+        s = StorageSettings(
+            **common,
+            aivera_service_secret=secret("storage"),
+            data_dir=tmp_path_factory.mktemp("storage"),
+        )
         rag_dir = tmp_path_factory.mktemp("rag")
         async with running(storage_spec(s), s) as storage_app:
             r = RagSettings(
+                aivera_service_secret=secret("rag"),
                 **common,
                 storage_addr=f"127.0.0.1:{storage_app.grpc_port}",
                 data_dir=rag_dir,
@@ -73,6 +76,7 @@ async def train_mesh(
             )
             async with running(rag_spec(r), r) as rag_app:
                 t = TrainingSettings(
+                    aivera_service_secret=secret("training"),
                     **common,
                     storage_addr=f"127.0.0.1:{storage_app.grpc_port}",
                     rag_addr=f"127.0.0.1:{rag_app.grpc_port}",
@@ -89,7 +93,7 @@ async def train_mesh(
                     pool = await db.create_pool(
                         database_url, schema="training", service="w", min_size=1, max_size=2
                     )
-                    chan = open_channel(t.storage_addr, internal_token=internal)
+                    chan = worker_channel(t)
                     worker = Worker(t, pool, chan)
                     task = asyncio.create_task(worker.run(None))
                     try:

@@ -29,9 +29,9 @@ def counting(
     calls: list[int] = []
     inner = verifier._verify_uncached
 
-    async def spy(token: str):  # type: ignore[no-untyped-def]
+    async def spy(token: str, *args: str):  # type: ignore[no-untyped-def]
         calls.append(1)
-        return await inner(token)
+        return await inner(token, *args)
 
     verifier._verify_uncached = spy  # type: ignore[method-assign]
     return verifier, calls
@@ -147,5 +147,30 @@ async def test_cache_holds_no_token() -> None:
     verifier = keyring.verifier()
     token = keyring.mint("u1")
     await verifier.verify(token)
-    assert all(isinstance(k, bytes) and len(k) == 32 for k in verifier._cache)
-    assert token.encode() not in verifier._cache
+    # SHA-256 of the token, then the audience it was checked for.
+    assert all(isinstance(k, bytes) and k[32:] == b"aivera" for k in verifier._cache)
+    assert not any(token.encode() in k for k in verifier._cache)
+
+
+async def test_a_cached_token_never_passes_as_another_kind() -> None:
+    keyring = Keyring()
+    verifier = keyring.verifier()
+    access = keyring.mint("u1")
+    await verifier.verify(access)
+    with pytest.raises(Unauthenticated):
+        await verifier.verify_service(access)
+    with pytest.raises(Unauthenticated):
+        await verifier.verify_delegation(access, service="chat")
+    service = keyring.mint_service("chat")
+    assert await verifier.verify_service(service) == "chat"
+    with pytest.raises(Unauthenticated):
+        await verifier.verify(service)
+    delegation = keyring.mint_delegation("u1", audience="rag", actor="chat")
+    claims = await verifier.verify_delegation(delegation, service="rag")
+    assert claims.user_id == "u1" and claims.service == "chat"
+    for wrong in (
+        lambda: verifier.verify(delegation),
+        lambda: verifier.verify_delegation(delegation, service="storage"),
+    ):
+        with pytest.raises(Unauthenticated):
+            await wrong()

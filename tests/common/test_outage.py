@@ -42,7 +42,7 @@ def cluster() -> Iterator[LocalPostgres]:
 
 
 @pytest.fixture
-async def app(cluster: LocalPostgres, internal_token: str) -> AsyncIterator[tuple[App, Keyring]]:
+async def app(cluster: LocalPostgres) -> AsyncIterator[tuple[App, Keyring]]:
     keyring = Keyring()
 
     async def build(app: App) -> Servicers:
@@ -50,7 +50,6 @@ async def app(cluster: LocalPostgres, internal_token: str) -> AsyncIterator[tupl
 
     spec = ServiceSpec(name="outage-test", port=0, http_port=0, build=build, schema="outage")
     settings = CommonSettings(
-        aivera_internal_token=SecretStr(internal_token),
         database_url=SecretStr(cluster.create_database("outage")),
     )
     async with running(spec, settings, verifier=keyring.verifier()) as app:

@@ -85,7 +85,11 @@ def make_spec(download: SlowDownload, schema: str | None = None) -> ServiceSpec:
             (storage_pb2.DESCRIPTOR.services_by_name["StorageService"], download),
         ]
 
-    return ServiceSpec(name="runtime-test", port=0, http_port=0, build=build, schema=schema)
+    return ServiceSpec(name=NAME, port=0, http_port=0, build=build, schema=schema)
+
+
+# The service's name: delegations for it are addressed to `aivera.svc.<NAME>`.
+NAME = "auth"
 
 
 @pytest.fixture
@@ -94,12 +98,9 @@ def keyring() -> Keyring:
 
 
 @pytest.fixture
-async def svc(
-    keyring: Keyring, internal_token: str, database_url: str
-) -> AsyncIterator[tuple[App, SlowDownload]]:
+async def svc(keyring: Keyring, database_url: str) -> AsyncIterator[tuple[App, SlowDownload]]:
     download = SlowDownload()
     settings = CommonSettings(
-        aivera_internal_token=internal_token,
         database_url=database_url,  # type: ignore[arg-type]
     )
     async with running(make_spec(download, "rt"), settings, verifier=keyring.verifier()) as app:
@@ -107,9 +108,13 @@ async def svc(
 
 
 async def code_of(call: Any) -> grpc.StatusCode:
+    return (await error_of(call)).code()
+
+
+async def error_of(call: Any) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await call
-    return info.value.code()
+    return info.value
 
 
 async def test_public_rpc_needs_no_token(svc: tuple[App, SlowDownload]) -> None:
@@ -208,28 +213,52 @@ async def test_admin_rpc_needs_admin_role(svc: tuple[App, SlowDownload], keyring
         assert await code_of(stub.ListUsers(req)) is grpc.StatusCode.UNAUTHENTICATED
 
 
-async def test_internal_rpc_needs_internal_credential(
-    svc: tuple[App, SlowDownload], keyring: Keyring, internal_token: str
+async def test_internal_rpc_needs_a_service_token_and_a_declared_caller(
+    svc: tuple[App, SlowDownload], keyring: Keyring
 ) -> None:
     async with channel(svc[0]) as ch:
         stub = auth_pb2_grpc.AuthInternalServiceStub(ch)
-        req = auth_pb2.GetProviderKeyRequest(user_id="u1")
+        users = auth_pb2_grpc.AuthServiceStub(ch)
+        me = auth_pb2.GetCurrentUserRequest()
+        req = auth_pb2.GetProviderKeyRequest()
         user_md = bearer(keyring.mint(role="admin"))
         assert await code_of(stub.GetProviderKey(req, metadata=user_md)) is (
             grpc.StatusCode.PERMISSION_DENIED
         )
         assert await code_of(stub.GetProviderKey(req)) is grpc.StatusCode.UNAUTHENTICATED
-        wrong = (("x-aivera-internal-token", "nope"),)
-        assert await code_of(stub.GetProviderKey(req, metadata=wrong)) is (
-            grpc.StatusCode.UNAUTHENTICATED
-        )
-        ok = (("x-aivera-internal-token", internal_token), ("x-aivera-on-behalf-of", "u7"))
+        forged = Keyring().service_md("chat", "u7", audience=NAME)  # keys auth never had
+        err = await error_of(stub.GetProviderKey(req, metadata=forged))
+        assert err.code() is grpc.StatusCode.UNAUTHENTICATED
+        assert reason(err) == "BAD_SERVICE_CREDENTIAL"
+        # The declared caller (chat) with a delegation for the user gets through.
+        ok = keyring.service_md("chat", "u7", audience=NAME)
         assert (await stub.GetProviderKey(req, metadata=ok)).api_key == "for:u7"
-        # The internal credential acts for a user on user RPCs, never on admin ones.
-        me = await auth_pb2_grpc.AuthServiceStub(ch).GetCurrentUser(
-            auth_pb2.GetCurrentUserRequest(), metadata=ok
+        assert (await users.GetCurrentUser(me, metadata=ok)).id == "u7"
+        # Another service, delegation or not, is not a declared caller.
+        err = await error_of(
+            stub.GetProviderKey(req, metadata=keyring.service_md("rag", "u7", audience=NAME))
         )
-        assert me.id == "u7"
+        assert err.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert reason(err) == "CALLER_NOT_ALLOWED"
+        # A service naming no user cannot call a user RPC.
+        err = await error_of(
+            users.GetCurrentUser(me, metadata=keyring.service_md("chat", audience=NAME))
+        )
+        assert err.code() is grpc.StatusCode.UNAUTHENTICATED
+        assert reason(err) == "DELEGATION_REQUIRED"
+        # A delegation for another audience, issued to another service, or expired: refused.
+        chat = keyring.service_md("chat", audience=NAME)[0]
+        for name, delegation in {
+            "other audience": keyring.mint_delegation("u7", audience="storage", actor="chat"),
+            "other actor": keyring.mint_delegation("u7", audience=NAME, actor="rag"),
+            "expired": keyring.mint_delegation("u7", audience=NAME, actor="chat", ttl=-60),
+            "an access token": keyring.mint("u7"),
+        }.items():
+            md = (chat, ("authorization", f"Bearer {delegation}"))
+            err = await error_of(users.GetCurrentUser(me, metadata=md))
+            assert err.code() is grpc.StatusCode.UNAUTHENTICATED, name
+            assert reason(err) == "DELEGATION_INVALID", name
+        # A user's delegation is no admin's.
         admin_stub = auth_pb2_grpc.AuthAdminServiceStub(ch)
         assert await code_of(admin_stub.ListUsers(auth_pb2.ListUsersRequest(), metadata=ok)) is (
             grpc.StatusCode.PERMISSION_DENIED
@@ -305,16 +334,13 @@ async def test_health_serving_and_reflection_lists_services(
             break
 
 
-async def test_health_not_serving_until_database_answers(
-    keyring: Keyring, internal_token: str, pg: Any
-) -> None:
+async def test_health_not_serving_until_database_answers(keyring: Keyring, pg: Any) -> None:
     # Point at a port where nothing listens yet: the service is up but NOT_SERVING.
     from services.common.devpg import free_port
 
     port = free_port()
     dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
     settings = CommonSettings(
-        aivera_internal_token=internal_token,
         database_url=dsn,  # type: ignore[arg-type]
     )
     async with (
@@ -335,12 +361,9 @@ async def test_health_not_serving_until_database_answers(
         assert resp.status == health_pb2.HealthCheckResponse.SERVING
 
 
-async def test_sigterm_drain_lets_a_stream_finish(
-    keyring: Keyring, internal_token: str, database_url: str
-) -> None:
+async def test_sigterm_drain_lets_a_stream_finish(keyring: Keyring, database_url: str) -> None:
     download = SlowDownload()
     settings = CommonSettings(
-        aivera_internal_token=internal_token,
         database_url=database_url,  # type: ignore[arg-type]
     )
     async with running(make_spec(download, "drain"), settings, verifier=keyring.verifier()) as app:
@@ -384,27 +407,25 @@ async def test_client_cancel_closes_the_handler_generator(
 
 
 async def test_deadline_and_identity_are_relayed(
-    svc: tuple[App, SlowDownload], keyring: Keyring, internal_token: str
+    svc: tuple[App, SlowDownload], keyring: Keyring
 ) -> None:
     from services.common.channels import outgoing_metadata
 
     uid = str(uuid.uuid4())
-    # A user's call relays the user's token; background work uses the internal credential.
+    # Without a mesh identity (this test's service has no credential) a user's call relays
+    # the user's own token, and background work without a grant has nothing to send.
+    # With one (delegations from auth), the meshes of tests/e2e, tests/chat and tests/client.
     context.bind(
         caller=context.Caller(user_id=uid, role="user", token="tok"),
         request_id="rid-1",
         method="/x/y",
         timeout=5,
     )
-    md = dict(outgoing_metadata("/aivera.auth.v1.AuthService/GetCurrentUser", internal_token))
+    md = dict(await outgoing_metadata("/aivera.auth.v1.AuthService/GetCurrentUser", None))
     assert md == {"x-request-id": "rid-1", "authorization": "Bearer tok"}
-    md = dict(
-        outgoing_metadata("/aivera.auth.v1.AuthInternalService/GetProviderKey", internal_token)
-    )
-    assert md["x-aivera-internal-token"] == internal_token and md["x-aivera-on-behalf-of"] == uid
-    with context.acting_for(uid):
-        md = dict(outgoing_metadata("/aivera.storage.v1.StorageService/GetFile", internal_token))
-        assert "authorization" not in md and md["x-aivera-on-behalf-of"] == uid
+    with context.acting_for(uid, grant=None):
+        md = dict(await outgoing_metadata("/aivera.storage.v1.StorageService/GetFile", None))
+        assert "authorization" not in md
     remaining = context.deadline_remaining()
     assert remaining is not None and 0 < remaining <= 5
     context.bind(caller=context.ANONYMOUS, request_id="", method="", timeout=None)

@@ -12,7 +12,6 @@ import grpc
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
-from pydantic import SecretStr
 
 from aivera.auth.v1 import auth_pb2, auth_pb2_grpc
 from aivera.storage.v1 import storage_pb2, storage_pb2_grpc
@@ -223,9 +222,8 @@ def keyring() -> Keyring:
 
 
 @pytest.fixture
-async def app(keyring: Keyring, internal_token: str, database_url: str) -> AsyncIterator[App]:
+async def app(keyring: Keyring, database_url: str) -> AsyncIterator[App]:
     settings = CommonSettings(
-        aivera_internal_token=SecretStr(internal_token),
         database_url=database_url,  # type: ignore[arg-type]
     )
     async with running(make_spec(Storage()), settings, verifier=keyring.verifier()) as app:

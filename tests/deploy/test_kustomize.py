@@ -25,14 +25,18 @@ README = ROOT / "deploy" / "README.md"
 KUBERNETES_VERSION = "1.32"
 BUILDS = ("dev", "prod", "prod+keda")
 SERVICES = {name: p.grpc for name, p in ports.SERVICES.items()}
+# Workloads with a mesh credential of their own (services/common/identity.py).
+CREDENTIALED = ("chat", "rag", "storage", "training", "training-worker")
 SECRETS = {
-    "aivera-common": {"DATABASE_URL", "AIVERA_INTERNAL_TOKEN", "PAGE_TOKEN_KEY"},
+    "aivera-common": {"DATABASE_URL", "PAGE_TOKEN_KEY"},
     "aivera-auth": {
         "JWT_PRIVATE_KEYS",
         "MASTER_ENCRYPTION_KEY",
         "AIVERA_BOOTSTRAP_ADMIN_TOKEN",
         "TOKEN_HASH_KEY",
+        "AUTH_SERVICE_CLIENTS",
     },
+    **{f"aivera-service-{w}": {"AIVERA_SERVICE_SECRET"} for w in CREDENTIALED},
     "aivera-s3": {"S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"},
     "aivera-postgres": {"POSTGRES_PASSWORD"},
 }
@@ -480,3 +484,16 @@ def test_no_secret_values_committed_and_every_secret_documented(
         assert ("aivera-auth", None) not in _secret_refs(
             _named(builds["prod"], "Deployment", other)
         )
+
+
+def test_each_workload_mounts_its_own_credential_only(builds: dict[str, list[Doc]]) -> None:
+    for name, docs in builds.items():
+        for doc in docs:
+            if doc["kind"] not in WORKLOADS:
+                continue
+            mounted = {
+                secret for secret, _ in _secret_refs(doc) if secret.startswith("aivera-service-")
+            }
+            workload = doc["metadata"]["name"]
+            expected = {f"aivera-service-{workload}"} if workload in CREDENTIALED else set()
+            assert mounted == expected, (name, workload, mounted)

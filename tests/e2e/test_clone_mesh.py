@@ -33,7 +33,6 @@ from services.auth.server import make_spec as auth_spec
 from services.chat.config import ChatSettings
 from services.chat.server import make_spec as chat_spec
 from services.common import db
-from services.common.channels import open_channel
 from services.rag.config import RagSettings
 from services.rag.server import make_spec as rag_spec
 from services.storage.config import StorageSettings
@@ -42,6 +41,7 @@ from services.training.config import TrainingSettings
 from services.training.server import make_spec as training_spec
 from services.training.worker import Worker
 from tests.helpers.auth import make_settings as auth_settings
+from tests.helpers.identity import secret, worker_channel
 from tests.helpers.services import bearer, channel, running
 from tests.helpers.tiny import build_tiny_model
 
@@ -80,22 +80,28 @@ async def _upload(
 async def mesh(database_url: str) -> AsyncIterator[dict[str, object]]:
     data = Path(tempfile.mkdtemp(prefix="aivera-e2e-"))
     tiny = await asyncio.to_thread(build_tiny_model, data / "tiny-llama")
-    internal = "itok-" + uuid.uuid4().hex
-    a = auth_settings(database_url, aivera_internal_token=internal)
+    a = auth_settings(database_url)
     async with running(auth_spec(a), a) as auth_app:
         common: dict[str, object] = {
             "aivera_env": "test",
             "database_url": database_url,
-            "aivera_internal_token": internal,
             "auth_addr": f"127.0.0.1:{auth_app.grpc_port}",
         }
-        s = StorageSettings(**common, data_dir=data / "storage")  # type: ignore[arg-type]
+        s = StorageSettings(
+            **common, aivera_service_secret=secret("storage"), data_dir=data / "storage"
+        )  # type: ignore[arg-type]
         async with running(storage_spec(s), s) as storage_app:
             common["storage_addr"] = f"127.0.0.1:{storage_app.grpc_port}"
-            r = RagSettings(**common, data_dir=data, qdrant_path=data / "qdrant")  # type: ignore[arg-type]
+            r = RagSettings(
+                aivera_service_secret=secret("rag"),
+                **common,
+                data_dir=data,
+                qdrant_path=data / "qdrant",
+            )  # type: ignore[arg-type]
             async with running(rag_spec(r), r) as rag_app:
                 common["rag_addr"] = f"127.0.0.1:{rag_app.grpc_port}"
                 t = TrainingSettings(
+                    aivera_service_secret=secret("training"),
                     **common,  # type: ignore[arg-type]
                     allowed_base_models=[str(tiny)],
                     training_executor="peft",
@@ -106,6 +112,7 @@ async def mesh(database_url: str) -> AsyncIterator[dict[str, object]]:
                 async with running(training_spec(t), t) as training_app:
                     common["training_addr"] = f"127.0.0.1:{training_app.grpc_port}"
                     c = ChatSettings(
+                        aivera_service_secret=secret("chat"),
                         **common,  # type: ignore[arg-type]
                         local_model=str(tiny),
                         local_max_new_tokens=8,
@@ -117,7 +124,7 @@ async def mesh(database_url: str) -> AsyncIterator[dict[str, object]]:
                         pool = await db.create_pool(
                             database_url, schema="training", service="w", min_size=1, max_size=2
                         )
-                        chan = open_channel(t.storage_addr, internal_token=internal)
+                        chan = worker_channel(t)
                         worker = Worker(t, pool, chan)
                         task = asyncio.create_task(worker.run(None))
                         try:

@@ -354,7 +354,11 @@ def _vhost_cors(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_internal_credential_headers_are_stripped(config: dict[str, Any]) -> None:
-    assert set(HEADERS_STRIPPED_AT_EDGE) == {"x-aivera-internal-token", "x-aivera-on-behalf-of"}
+    assert set(HEADERS_STRIPPED_AT_EDGE) == {
+        "x-aivera-service-token",
+        "x-aivera-internal-token",
+        "x-aivera-on-behalf-of",
+    }
     for listener in ("public", "admin"):
         removed = _hcm(config, listener)["route_config"]["request_headers_to_remove"]
         assert set(HEADERS_STRIPPED_AT_EDGE) <= set(removed), listener

@@ -123,7 +123,7 @@ async def web(envoy: dict[str, int]) -> AsyncIterator[WebClient]:
         yield WebClient(http, envoy["public"], envoy["admin"], origin=origin[0])
 
 
-async def test_unary_through_envoy_strips_the_internal_credential(
+async def test_unary_through_envoy_strips_the_mesh_credentials(
     web: WebClient, fake: FakeMesh
 ) -> None:
     result = await web.call(
@@ -133,6 +133,7 @@ async def test_unary_through_envoy_strips_the_internal_credential(
             "Authorization": "Bearer user-jwt",
             "X-Aivera-Internal-Token": "stolen",
             "X-Aivera-On-Behalf-Of": "victim",
+            "X-Aivera-Service-Token": "stolen-service-jwt",
         },
     )
     assert result.grpc_status == 0 and result.messages == [b"jwks?"]
@@ -142,6 +143,7 @@ async def test_unary_through_envoy_strips_the_internal_credential(
     assert received.metadata["authorization"] == "Bearer user-jwt"
     assert "x-aivera-internal-token" not in received.metadata
     assert "x-aivera-on-behalf-of" not in received.metadata
+    assert "x-aivera-service-token" not in received.metadata
 
 
 async def test_server_streaming_text_mode_through_envoy(web: WebClient, fake: FakeMesh) -> None:

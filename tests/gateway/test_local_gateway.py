@@ -60,7 +60,9 @@ def test_route_table_comes_from_the_access_options() -> None:
     assert admin.services == set(routable_services(admin=True))
     for path, info in method_table().items():
         on_public, on_admin = public.resolve(path), admin.resolve(path)
-        if info.access is Access.INTERNAL:
+        # Internal RPCs, and every RPC of an internal service (ServiceIdentityService's
+        # public IssueServiceToken too), are never routed.
+        if info.access is Access.INTERNAL or info.service not in public.services | admin.services:
             assert on_public is None and on_admin is None, path
         elif info.service in public.services:
             assert on_public is not None and on_admin is None, path
@@ -184,7 +186,7 @@ async def test_error_after_messages_is_in_the_trailers_frame(
         assert result.grpc_status == RESOURCE and result.trailers["grpc-message"] == "quota"
 
 
-async def test_metadata_forwarded_and_internal_credential_stripped(
+async def test_metadata_forwarded_and_mesh_credentials_stripped(
     client: WebClient, fake: FakeMesh
 ) -> None:
     await client.call(
@@ -195,6 +197,7 @@ async def test_metadata_forwarded_and_internal_credential_stripped(
             "X-Request-Id": "rid-123",
             "X-Aivera-Internal-Token": "stolen",
             "X-Aivera-On-Behalf-Of": "victim",
+            "X-Aivera-Service-Token": "stolen-service-jwt",
             "X-Trace-Bin": base64.b64encode(b"\x00\x01").decode(),
             "Cookie": "session=1",
             "Accept-Language": "en",
@@ -207,6 +210,7 @@ async def test_metadata_forwarded_and_internal_credential_stripped(
     assert received.metadata["x-trace-bin"] == b"\x00\x01"
     assert "x-aivera-internal-token" not in received.metadata
     assert "x-aivera-on-behalf-of" not in received.metadata
+    assert "x-aivera-service-token" not in received.metadata
     assert "cookie" not in received.metadata
 
 

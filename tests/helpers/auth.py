@@ -21,8 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from aivera.auth.v1 import auth_pb2, auth_pb2_grpc
 from services.auth.config import AuthSettings
 from services.auth.server import make_spec
-from services.common.internal import INTERNAL_TOKEN_HEADER
+from services.common.identity import SERVICE_TOKEN_HEADER
 from services.common.server import App
+from tests.helpers.identity import CLIENTS, secret
 from tests.helpers.services import bearer, channel, running
 
 
@@ -52,7 +53,7 @@ def make_settings(database_url: str, **overrides: Any) -> AuthSettings:
     values: dict[str, Any] = {
         "aivera_env": "test",
         "database_url": database_url,
-        "aivera_internal_token": "itok-" + uuid.uuid4().hex,
+        "auth_service_clients": CLIENTS,
         "jwt_private_keys": ed25519_pem(),
         "master_encryption_key": master_entry("v1"),
         "aivera_bootstrap_admin_token": "avs_bootstrap_" + uuid.uuid4().hex,
@@ -100,8 +101,26 @@ class Client:
     def internal(self) -> auth_pb2_grpc.AuthInternalServiceStub:
         return auth_pb2_grpc.AuthInternalServiceStub(self.channel)
 
-    def internal_md(self) -> tuple[tuple[str, str], ...]:
-        return ((INTERNAL_TOKEN_HEADER, self.settings.internal_token()),)
+    @property
+    def identity(self) -> auth_pb2_grpc.ServiceIdentityServiceStub:
+        return auth_pb2_grpc.ServiceIdentityServiceStub(self.channel)
+
+    async def service_md(
+        self, service: str = "chat", *, user_token: str | None = None, audience: str = "auth"
+    ) -> tuple[tuple[str, str], ...]:
+        """Metadata of a call from mesh service `service` (its real service token); with
+        `user_token`, acting for that user with a delegation for `audience`."""
+        issued = await self.identity.IssueServiceToken(
+            auth_pb2.IssueServiceTokenRequest(service=service, secret=secret(service))
+        )
+        md: tuple[tuple[str, str], ...] = ((SERVICE_TOKEN_HEADER, issued.service_token),)
+        if user_token is not None:
+            got = await self.internal.ExchangeToken(
+                auth_pb2.ExchangeTokenRequest(subject_token=user_token, audience=audience),
+                metadata=md,
+            )
+            md += (("authorization", f"Bearer {got.token}"),)
+        return md
 
     async def exchange(self, static_token: str) -> auth_pb2.ExchangeStaticTokenResponse:
         return await self.auth.ExchangeStaticToken(

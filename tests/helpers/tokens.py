@@ -11,7 +11,14 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from services.common.jwks import JwksVerifier
+from services.common.identity import SERVICE_TOKEN_HEADER
+from services.common.jwks import (
+    KIND_DELEGATION,
+    KIND_SERVICE,
+    MESH_AUDIENCE,
+    JwksVerifier,
+    delegation_audience,
+)
 
 
 @dataclass
@@ -66,6 +73,35 @@ class Keyring:
         }
         claims.update(overrides)
         return jwt.encode(claims, key.private, algorithm=key.alg, headers={"kid": key.kid})
+
+    def mint_service(self, service: str, *, ttl: int = 600) -> str:
+        """A service token, as auth's ServiceIdentityService issues them."""
+        return self.mint(
+            f"service:{service}", aud=MESH_AUDIENCE, svc=service, tok=KIND_SERVICE, ttl=ttl
+        )
+
+    def mint_delegation(
+        self, user_id: str, *, audience: str, actor: str, ttl: int = 300, **overrides: Any
+    ) -> str:
+        """A delegation for `actor` to act for the user at `audience`."""
+        claims: dict[str, Any] = {
+            "aud": delegation_audience(audience),
+            "act": {"sub": f"service:{actor}", "svc": actor},
+            "tok": KIND_DELEGATION,
+            "sep": 0,
+            **overrides,
+        }
+        return self.mint(user_id, ttl=ttl, **claims)
+
+    def service_md(
+        self, service: str, user_id: str | None = None, *, audience: str
+    ) -> tuple[tuple[str, str], ...]:
+        """Metadata of a call from mesh service `service`, for `user_id` if given."""
+        md: tuple[tuple[str, str], ...] = ((SERVICE_TOKEN_HEADER, self.mint_service(service)),)
+        if user_id is not None:
+            delegation = self.mint_delegation(user_id, audience=audience, actor=service)
+            md += (("authorization", f"Bearer {delegation}"),)
+        return md
 
     async def fetch(self) -> list[dict[str, Any]]:
         return [k.jwk() for k in self.keys]

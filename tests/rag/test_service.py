@@ -128,11 +128,9 @@ class Env:
 @pytest.fixture(scope="module")
 async def env(database_url: str, embedder: MiniLmEmbedder) -> AsyncIterator[Env]:
     keyring = Keyring()
-    token = "test-internal-token-" + uuid.uuid4().hex
     with tempfile.TemporaryDirectory(prefix="aivera-rag-") as tmp:
         s_settings = StorageSettings(
             database_url=database_url,
-            aivera_internal_token=token,
             data_dir=Path(tmp) / "storage",
             storage_backend="local",
             storage_purge_interval_seconds=3600,
@@ -142,7 +140,6 @@ async def env(database_url: str, embedder: MiniLmEmbedder) -> AsyncIterator[Env]
         ) as s_app:
             r_settings = RagSettings(
                 database_url=database_url,
-                aivera_internal_token=token,
                 data_dir=Path(tmp) / "rag",
                 storage_addr=f"127.0.0.1:{s_app.grpc_port}",
                 rag_render_dpi=DPI,

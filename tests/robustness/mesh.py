@@ -43,6 +43,7 @@ from services.training.config import TrainingSettings
 from services.training.server import make_spec as training_spec
 from tests.helpers.auth import make_settings as auth_settings
 from tests.helpers.gemini import GeminiServer
+from tests.helpers.identity import secret
 from tests.helpers.services import bearer, running
 from tests.helpers.tiny import build_tiny_model
 
@@ -202,30 +203,41 @@ async def seed(mesh: Mesh, user: User) -> None:
 async def full_mesh(database_url: str) -> AsyncIterator[Mesh]:
     data = Path(tempfile.mkdtemp(prefix="aivera-robust-"))
     tiny = str(await asyncio.to_thread(build_tiny_model, data / "tiny-llama"))
-    internal = "itok-" + uuid.uuid4().hex
     async with AsyncExitStack() as stack:
         stack.callback(shutil.rmtree, data, ignore_errors=True)  # last, once all stopped
-        a = auth_settings(database_url, aivera_internal_token=internal)
+        a = auth_settings(database_url)
         auth_app = await stack.enter_async_context(running(auth_spec(a), a))
         common: dict[str, Any] = {
             "aivera_env": "test",
             "database_url": database_url,
-            "aivera_internal_token": internal,
             "auth_addr": f"127.0.0.1:{auth_app.grpc_port}",
             "log_level": "WARNING",
         }
-        s = StorageSettings(**common, data_dir=data / "storage")
+        s = StorageSettings(
+            **common, aivera_service_secret=secret("storage"), data_dir=data / "storage"
+        )
         storage_app = await stack.enter_async_context(running(storage_spec(s), s))
         common["storage_addr"] = f"127.0.0.1:{storage_app.grpc_port}"
-        r = RagSettings(**common, data_dir=data, qdrant_path=data / "qdrant")
+        r = RagSettings(
+            **common,
+            aivera_service_secret=secret("rag"),
+            data_dir=data,
+            qdrant_path=data / "qdrant",
+        )
         rag_app = await stack.enter_async_context(running(rag_spec(r), r))
         common["rag_addr"] = f"127.0.0.1:{rag_app.grpc_port}"
-        t = TrainingSettings(**common, allowed_base_models=[tiny], training_executor="simulate")
+        t = TrainingSettings(
+            **common,
+            aivera_service_secret=secret("training"),
+            allowed_base_models=[tiny],
+            training_executor="simulate",
+        )
         training_app = await stack.enter_async_context(running(training_spec(t), t))
         common["training_addr"] = f"127.0.0.1:{training_app.grpc_port}"
         gemini = await stack.enter_async_context(GeminiServer())
         c = ChatSettings(
             **common,
+            aivera_service_secret=secret("chat"),
             gemini_base_url=gemini.base_url,
             provider_retry_attempts=1,
             provider_retry_initial_delay_seconds=0.01,

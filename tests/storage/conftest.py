@@ -64,14 +64,12 @@ def storage_settings(
     backend: str,
     *,
     database_url: str,
-    internal_token: str,
     data_dir: Path,
     s3_url: str = "",
     **overrides: Any,
 ) -> StorageSettings:
     values: dict[str, Any] = {
         "database_url": database_url,
-        "aivera_internal_token": internal_token,
         "data_dir": data_dir,
         "storage_backend": backend,
         "s3_endpoint_url": s3_url or None,
@@ -103,16 +101,13 @@ class Svc:
     stub: storage_pb2_grpc.StorageServiceStub
     keyring: Keyring
     data_dir: Path
-    internal_token: str
 
     def md(self, user_id: str) -> tuple[tuple[str, str], ...]:
         return bearer(self.keyring.mint(user_id))
 
     def internal_md(self, user_id: str) -> tuple[tuple[str, str], ...]:
-        return (
-            ("x-aivera-internal-token", self.internal_token),
-            ("x-aivera-on-behalf-of", user_id),
-        )
+        """A mesh service (RAG) acting for the user with a delegation for storage."""
+        return self.keyring.service_md("rag", user_id, audience="storage")
 
     async def objects(self, user_id: str) -> list[str]:
         """Keys of every stored object (partial ones too) under the user."""
@@ -132,22 +127,14 @@ class Svc:
         return found
 
 
-@pytest.fixture(scope="module")
-def module_token() -> str:
-    return "test-internal-token-" + uuid.uuid4().hex
-
-
 @pytest.fixture(scope="module", params=["local", "s3"])
-async def svc(
-    request: pytest.FixtureRequest, moto: Moto, database_url: str, module_token: str
-) -> AsyncIterator[Svc]:
+async def svc(request: pytest.FixtureRequest, moto: Moto, database_url: str) -> AsyncIterator[Svc]:
     backend = str(request.param)
     keyring = Keyring()
     with tempfile.TemporaryDirectory(prefix="aivera-storage-") as tmp:
         settings = storage_settings(
             backend,
             database_url=database_url,
-            internal_token=module_token,
             data_dir=Path(tmp),
             s3_url=moto.url,
         )
@@ -161,7 +148,6 @@ async def svc(
                     storage_pb2_grpc.StorageServiceStub(ch),
                     keyring,
                     Path(tmp),
-                    module_token,
                 )
 
 

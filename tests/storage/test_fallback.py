@@ -59,7 +59,6 @@ async def test_s3_down_with_fallback_then_sync(own_moto: Moto, database_url: str
         settings = storage_settings(
             "s3",
             database_url=database_url,
-            internal_token="t",
             data_dir=Path(tmp),
             s3_url=own_moto.url,
             storage_fallback_local=True,
@@ -123,7 +122,7 @@ async def test_s3_down_without_fallback_is_unavailable(database_url: str) -> Non
     m = start_moto()
     with tempfile.TemporaryDirectory() as tmp:
         settings = storage_settings(
-            "s3", database_url=database_url, internal_token="t", data_dir=Path(tmp), s3_url=m.url
+            "s3", database_url=database_url, data_dir=Path(tmp), s3_url=m.url
         )
         spec = make_spec(settings)
         async with running(spec, settings, verifier=keyring.verifier()) as app:

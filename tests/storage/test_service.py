@@ -497,7 +497,7 @@ async def test_other_users_file_is_not_found_everywhere(svc: Svc) -> None:
         assert error_info(info.value).metadata == {"resource": "file"}, name
     listed = await svc.stub.ListFiles(storage_pb2.ListFilesRequest(), metadata=mb)
     assert list(listed.files) == []
-    # A's file is untouched, and a service acting for A with the internal credential sees it.
+    # A's file is untouched, and a service acting for A with a delegation sees it.
     got = await svc.stub.GetFile(storage_pb2.GetFileRequest(id=f.id), metadata=svc.internal_md(a))
     assert got.status == storage_pb2.FILE_STATUS_READY
     code = await code_of(
@@ -506,7 +506,7 @@ async def test_other_users_file_is_not_found_everywhere(svc: Svc) -> None:
     assert code is grpc.StatusCode.NOT_FOUND
 
 
-async def test_internal_credential_uploads_for_a_user(svc: Svc) -> None:
+async def test_a_service_with_a_delegation_uploads_for_the_user(svc: Svc) -> None:
     u = user()
     data = b'{"prompt": "x"}\n{"prompt": "y"}\n'
     f = await upload(

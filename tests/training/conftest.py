@@ -79,7 +79,6 @@ class Env:
 @pytest.fixture(scope="module")
 async def env(
     database_url: str,
-    module_token: str,
     keyring: Keyring,
     tiny_model: Path,
     tmp_path_factory: pytest.TempPathFactory,
@@ -89,14 +88,12 @@ async def env(
     data_dir = tmp_path_factory.mktemp("storage")
     s_settings = StorageSettings(
         database_url=database_url,
-        aivera_internal_token=module_token,
         data_dir=data_dir,
         storage_backend="local",
     )
     async with running(storage_spec(s_settings), s_settings, verifier=keyring.verifier()) as st:
         base: dict[str, Any] = dict(
             database_url=database_url,
-            aivera_internal_token=module_token,
             storage_addr=f"127.0.0.1:{st.grpc_port}",
             rag_addr=rag_addr,
             allowed_base_models=[str(tiny_model)],
@@ -234,7 +231,7 @@ async def running_worker(env: Env, **settings: Any) -> AsyncIterator[Worker]:
     pool = await db.create_pool(
         env.settings.dsn(), schema="training", service="w", min_size=1, max_size=4
     )
-    chan = open_channel(env.settings.storage_addr, internal_token=env.settings.internal_token())
+    chan = open_channel(env.settings.storage_addr)
     update = {"worker_id": f"test-worker-{uuid.uuid4().hex[:6]}", **settings}
     w = Worker(env.settings.model_copy(update=update), pool, chan)
     task = asyncio.create_task(w.run())

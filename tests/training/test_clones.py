@@ -79,12 +79,12 @@ FAKE = FakeRag()
 
 
 @pytest.fixture(scope="module")
-async def rag_addr(module_token: str, keyring: Keyring) -> AsyncIterator[str]:
+async def rag_addr(keyring: Keyring) -> AsyncIterator[str]:
     async def build(app: App) -> Any:
         return [(rag_pb2.DESCRIPTOR.services_by_name["RagService"], FAKE)]
 
     spec = ServiceSpec(name="rag-fake", port=0, http_port=0, build=build)
-    settings = CommonSettings(aivera_internal_token=module_token)
+    settings = CommonSettings()
     async with running(spec, settings, verifier=keyring.verifier()) as app:
         yield f"127.0.0.1:{app.grpc_port}"
 

@@ -46,7 +46,7 @@ async def worker(env: Env) -> AsyncIterator[Worker]:
     pool = await db.create_pool(
         env.settings.dsn(), schema="training", service="w", min_size=1, max_size=4
     )
-    chan = open_channel(env.settings.storage_addr, internal_token=env.settings.internal_token())
+    chan = open_channel(env.settings.storage_addr)
     w = Worker(env.settings.model_copy(update={"worker_id": "test-worker"}), pool, chan)
     task = asyncio.create_task(w.run())
     yield w

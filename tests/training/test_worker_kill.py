@@ -25,7 +25,6 @@ def start_worker(env: Env, worker_id: str, log: Path) -> subprocess.Popen[bytes]
     vars_ = dict(os.environ)
     vars_.update(
         DATABASE_URL=env.settings.dsn(),
-        AIVERA_INTERNAL_TOKEN=env.settings.internal_token(),
         STORAGE_ADDR=env.settings.storage_addr,
         ALLOWED_BASE_MODELS=json.dumps([env.tiny]),
         TRAINING_LEASE_SECONDS="3",
