@@ -79,12 +79,17 @@ class Scheduler:
         self.batches = 0  # batches run (tests and the bench read it)
         self.largest_batch = 0
         self._seconds_per_batch = 1.0  # moving average: the retry hint
-        self._wake: asyncio.Event | None = None
+        # Runs while jobs wait and ends when none does (nothing pending at shutdown).
         self._worker: asyncio.Task[None] | None = None
 
     @property
     def busy(self) -> bool:
-        return bool(self.waiting or self.running)
+        """Jobs wait, or a batch runs whose consumers have not all had their end."""
+        return bool(self.waiting) or self._running_open()
+
+    def _running_open(self) -> bool:
+        # A consumer sets its job's stop when it leaves (end, error or going away).
+        return any(not job.stop.is_set() for job in self.running)
 
     def retry_after(self) -> int:
         """Seconds until the queue has room, roughly: the batches ahead at the recent pace."""
@@ -97,8 +102,10 @@ class Scheduler:
             raise Busy(self.retry_after(), len(self.waiting))
 
     def _free_slots(self) -> int:
-        # An idle worker takes a batch at once: those jobs never count as queued.
-        return 0 if self.running else self.batch_size
+        # An idle worker takes a batch at once: those jobs never count as queued. A batch
+        # whose consumers all have their end counts as over, though its thread may not
+        # have returned yet.
+        return 0 if self._running_open() else self.batch_size
 
     def submit(self, job: Job) -> int:
         """Queues `job`; returns its position in the queue (0: it starts with the next
@@ -106,24 +113,18 @@ class Scheduler:
         self.check()
         ahead = len(self.waiting)
         self.waiting.append(job)
-        self._ensure_worker()
-        assert self._wake is not None
-        self._wake.set()
-        if not self.running and ahead < self.batch_size:
-            return 0
-        return ahead + 1
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(
+                self._work(), name=f"batch-{self.name}"
+            )
+        # Jobs an idle worker takes with its next batch are not queued.
+        position = ahead + 1 - self._free_slots()
+        return max(position, 0)
 
     def cancel(self, job: Job) -> None:
         """Drops a job that has not started (its consumer went away)."""
         with contextlib.suppress(ValueError):
             self.waiting.remove(job)
-
-    def _ensure_worker(self) -> None:
-        if self._worker is None or self._worker.done():
-            self._wake = asyncio.Event()
-            self._worker = asyncio.get_running_loop().create_task(
-                self._work(), name=f"batch-{self.name}"
-            )
 
     def _take(self) -> list[Job]:
         first = self.waiting.popleft()
@@ -137,12 +138,7 @@ class Scheduler:
         return batch
 
     async def _work(self) -> None:
-        assert self._wake is not None
-        while True:
-            if not self.waiting:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
+        while self.waiting:
             batch = [j for j in self._take() if not j.stop.is_set()]
             if not batch:
                 continue

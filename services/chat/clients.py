@@ -164,8 +164,6 @@ class Files(Protocol):
 class Clones(Protocol):
     async def clone(self, clone_id: str) -> Clone: ...
 
-    async def adapter_files(self, model_id: str) -> list[tuple[str, str, str]]: ...
-
     async def artifact(self, model_id: str) -> Artifact: ...
 
 
@@ -377,16 +375,6 @@ class GrpcClones:
             base_model=c.base_model,
             status=c.status,
         )
-
-    async def adapter_files(self, model_id: str) -> list[tuple[str, str, str]]:
-        """(name, storage file id, sha256) of the adapter's files."""
-        try:
-            m = await self.models.GetModel(
-                models_pb2.GetModelRequest(id=model_id), timeout=self.deadlines.lookup
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise map_rpc_error(exc, "model") from None
-        return [(f.name, f.file_id, f.sha256) for f in m.files]
 
     async def artifact(self, model_id: str) -> Artifact:
         """The model's base model, files and `simulated` flag."""

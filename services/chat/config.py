@@ -54,6 +54,12 @@ class ChatSettings(CommonSettings):
     inference_timeout_seconds: float = 120.0
     # Signed URLs of adapter files handed to the inference server to load.
     inference_adapter_url_ttl_seconds: int = 900
+    # A volume shared with the inference servers (stock vLLM loads adapters from a local
+    # path): chat writes verified adapters under INFERENCE_ADAPTERS_DIR and names them
+    # <INFERENCE_ADAPTERS_MOUNT>/<model id>, the same folder as the servers mount it.
+    # Unset: the load request carries signed URLs for a resolver plugin to fetch.
+    inference_adapters_dir: Path | None = None
+    inference_adapters_mount: str = "/adapters"
 
     # Running turns: how often the partial answer and heartbeat are written, and after how
     # long without a heartbeat a turn counts as cut short (crash of its replica).

@@ -74,6 +74,7 @@ def make_deps(app: App, settings: ChatSettings) -> Deps:
             device=settings.local_device,
             batch_size=settings.local_batch_size,
             queue_limit=settings.local_queue_limit,
+            default_id=settings.local_model,
         ),
         adapters_dir=settings.chat_adapters_dir or models_dir / "adapters",
         spawn=app.spawn,

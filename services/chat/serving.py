@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from services.chat.adapters import AdapterFiles
-from services.chat.clients import Clone, Clones, Files
+from services.chat.clients import Artifact, Clone, Clones, Files
 from services.chat.config import ChatSettings
 from services.chat.providers.local import LocalModels, LocalProvider, display_name
 from services.chat.providers.openai import OpenAIProvider
@@ -44,6 +44,8 @@ class Serving:
         self.clones = clones
         self.files = files
         self.adapters = AdapterFiles(adapters_dir, files)
+        shared = settings.inference_adapters_dir
+        self.shared = None if shared is None else AdapterFiles(shared, files)
         self.settings = settings
 
     def inference_url(self, base: str) -> str | None:
@@ -60,7 +62,7 @@ class Serving:
 
     async def for_clone(self, clone: Clone) -> LocalProvider | OpenAIProvider:
         base = clone.base_model
-        adapter = None
+        adapter: Artifact | None = None
         notices: list[tuple[str, str]] = []
         if clone.active_model_id:
             artifact = await self.clones.artifact(clone.active_model_id)
@@ -73,6 +75,9 @@ class Serving:
         provider: LocalProvider | OpenAIProvider
         if url:
             provider = self._remote(url, base or self.local.name, adapter)
+            if adapter is not None and self.shared is not None:
+                await self.shared.fetch(adapter)  # verified, on the servers' volume
+                provider.lora_path = f"{self.settings.inference_adapters_mount}/{adapter.id}"
         else:
             key = await self.local.check_base(base)
             fetched = None if adapter is None else await self.adapters.fetch(adapter)
@@ -80,13 +85,11 @@ class Serving:
         provider.notices.extend(notices)
         return provider
 
-    def _remote(self, url: str, base: str, artifact: object) -> OpenAIProvider:
-        from services.chat.clients import Artifact
-
+    def _remote(self, url: str, base: str, artifact: Artifact | None) -> OpenAIProvider:
         return OpenAIProvider(
             url,
             base=display_name(base),
-            artifact=artifact if isinstance(artifact, Artifact) else None,
+            artifact=artifact,
             files=self.files,
             api_key=(
                 self.settings.inference_api_key.get_secret_value()

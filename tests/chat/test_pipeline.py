@@ -20,6 +20,7 @@ from PIL import Image
 from aivera.chat.v1 import chat_pb2
 from services.chat.attachments import Attachments
 from services.chat.clients import (
+    Artifact,
     Block,
     Clone,
     DocumentInfo,
@@ -329,7 +330,7 @@ class Clones:
     async def clone(self, clone_id: str) -> Clone:
         raise AssertionError("not a clone chat")
 
-    async def adapter_files(self, model_id: str) -> list[tuple[str, str, str]]:
+    async def artifact(self, model_id: str) -> Artifact:
         raise AssertionError("not a clone chat")
 
 

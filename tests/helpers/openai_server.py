@@ -68,7 +68,9 @@ class OpenAIServer:
         if not name or not body.get("lora_path"):
             return web.Response(status=400, text="lora_name and lora_path are required")
         if name in self.adapters:
-            return web.Response(status=400, text=f"The lora adapter '{name}' has already been loaded.")
+            return web.Response(
+                status=400, text=f"The lora adapter '{name}' has already been loaded."
+            )
         self.loads.append(body)
         self.adapters[name] = body
         return web.Response(text=f"Success: LoRA adapter '{name}' added successfully.")

@@ -349,9 +349,10 @@ class Turns:
         return file_ids
 
     async def _model(self, user_id: str, context: TurnContext) -> Model:
-        """A clone chat answers with the clone's adapter on the local base model; other
-        chats with Gemini under the user's key, or the local model when the user has no
-        key and the admin allows it."""
+        """A clone chat answers with its adapter on its own base model (in process, or on
+        the base model's inference server: services.chat.serving); other chats with
+        Gemini under the user's key, or the local model when the user has no key and the
+        admin allows it."""
         chat = context.chat
         if chat.clone_id:
             clone = await self.clones.clone(str(chat.clone_id))

@@ -2,9 +2,11 @@
 streamed over the chat-completions wire format (server-sent events).
 
 A clone's adapter is served by name (its model id): when the server does not list it in
-`/v1/models` it is loaded first through vLLM's `/v1/load_lora_adapter`, its `lora_path`
-the storage service's signed URL of the adapter folder's config, its other files' URLs
-alongside (`lora_files`), for the server's resolver to fetch. A server that cannot be
+`/v1/models` it is loaded first through vLLM's `/v1/load_lora_adapter`. Its `lora_path`
+is the adapter's folder on a volume shared with the server (INFERENCE_ADAPTERS_DIR, as
+stock vLLM loads from a local path), or without one the storage service's signed URL of
+the adapter's config with every file's URL alongside (`lora_files`), for a resolver
+plugin on the server to fetch. A server that cannot be
 reached or fails is PROVIDER_UNAVAILABLE (retryable); a stream that breaks off before
 `[DONE]` is the same failure, after the text streamed so far (the runner keeps it and
 stores the answer INCOMPLETE); 429 is MODEL_BUSY.
@@ -69,6 +71,8 @@ class OpenAIProvider:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.AsyncClient(headers=headers, timeout=timeout)
         self.notices: list[tuple[str, str]] = []
+        # The adapter's folder as the server sees it (a shared volume); empty: signed URLs.
+        self.lora_path = ""
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAIProvider({self.url!r}, base={self.base!r})"
@@ -102,14 +106,13 @@ class OpenAIProvider:
             ids = {m.get("id") for m in listed.json().get("data", [])}
             if self.artifact.id in ids:
                 return
-        urls: dict[str, str] = {}
-        for name, file_id, _ in self.artifact.files:
-            urls[name], _ = await self.files.signed_url(file_id, self.url_ttl)
-        body = {
-            "lora_name": self.artifact.id,
-            "lora_path": urls.get("adapter_config.json", ""),
-            "lora_files": urls,
-        }
+        body: dict[str, Any] = {"lora_name": self.artifact.id, "lora_path": self.lora_path}
+        if not self.lora_path:
+            urls: dict[str, str] = {}
+            for name, file_id, _ in self.artifact.files:
+                urls[name], _ = await self.files.signed_url(file_id, self.url_ttl)
+            body["lora_path"] = urls.get("adapter_config.json", "")
+            body["lora_files"] = urls
         try:
             reply = await self.client.post(self.url + "/v1/load_lora_adapter", json=body)
         except httpx.HTTPError as exc:
