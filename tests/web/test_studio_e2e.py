@@ -31,7 +31,6 @@ from gateway.proxy import Gateway
 from gateway.routes import UPSTREAMS
 from services.auth.server import make_spec as auth_spec
 from services.common import db
-from services.common.channels import open_channel
 from services.common.server import App
 from services.storage.config import StorageSettings
 from services.storage.server import make_spec as storage_spec
@@ -39,6 +38,7 @@ from services.training.config import TrainingSettings
 from services.training.server import make_spec as training_spec
 from services.training.worker import Worker
 from tests.client.conftest import auth_settings
+from tests.helpers.identity import secret, worker_channel
 from tests.helpers.services import bearer, channel, running
 from tests.helpers.tiny import build_tiny_model
 from tests.web.conftest import DIST, WEB, chromium_path, needs_browser
@@ -65,21 +65,23 @@ async def studio(
     shutil.copytree(DIST, site)
     (site / "console.json").write_text(json.dumps({"adminUrl": admin_origin}))
     tiny = build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
-    internal = "itok-" + uuid.uuid4().hex
-    a = auth_settings(database_url, internal, access_token_ttl_seconds=3600)
+    a = auth_settings(database_url, access_token_ttl_seconds=3600)
     async with running(auth_spec(a), a) as auth_app:
         common: dict[str, Any] = {
             "aivera_env": "test",
             "database_url": database_url,
-            "aivera_internal_token": internal,
             "auth_addr": f"127.0.0.1:{auth_app.grpc_port}",
         }
         s = StorageSettings(
-            **common, data_dir=tmp_path_factory.mktemp("storage"), storage_public_url=origin
+            **common,
+            aivera_service_secret=secret("storage"),
+            data_dir=tmp_path_factory.mktemp("storage"),
+            storage_public_url=origin,
         )
         async with running(storage_spec(s), s) as storage_app:
             t = TrainingSettings(
                 **common,
+                aivera_service_secret=secret("training"),
                 storage_addr=f"127.0.0.1:{storage_app.grpc_port}",
                 allowed_base_models=[str(tiny)],
                 training_executor="simulate",
@@ -95,7 +97,7 @@ async def studio(
                 pool = await db.create_pool(
                     database_url, schema="training", service="w", min_size=1, max_size=2
                 )
-                chan = open_channel(t.storage_addr, internal_token=internal)
+                chan = worker_channel(t)
                 worker = Worker(t, pool, chan)
                 task = asyncio.create_task(worker.run(None))
                 ports = {
@@ -218,8 +220,9 @@ async def test_studio_and_administration(studio: Studio, tmp_path: Path) -> None
     assert found["userAdminLinks"] == 0 and found["userAdminRefused"] is True
     # The token shown once signs the new user in.
     assert found["shownToken"].startswith("avs_")
-    assert found["newUserWhoami"].endswith(new_name)
+    assert found["newUserWhoami"].endswith(new_name) and found["newUserAdminLinks"] == 0
     assert found["cspViolations"] == []
+    assert found["consoleErrors"] == []
     assert found["requestsWithToken"] == []
     for name in ("s01-dataset-errors", "s03-training", "s04-job-done", "s06-admin-users"):
         assert (results / f"{name}.png").stat().st_size > 0

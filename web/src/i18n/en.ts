@@ -217,5 +217,12 @@ export const en: Catalogue = {
   createRole: "Create role",
   flashModel: "Flash model",
   proModel: "Pro model",
+  preview: "Examples",
+  previewHint: "The first examples in the base model's chat template; the parts that carry loss are highlighted.",
+  previewExample: "line {line}: {tokens} tokens, {trained} trained",
+  truncated: "cut at the max length",
+  knowledge: "Knowledge",
+  addKnowledge: "Add a document",
+  noLogs: "No log lines yet.",
   localModelEnabled: "Local model enabled",
 };

@@ -223,6 +223,13 @@ export const ru = {
   createRole: "Создать роль",
   flashModel: "Модель flash",
   proModel: "Модель pro",
+  preview: "Примеры",
+  previewHint: "Первые примеры в шаблоне чата базовой модели; выделено то, на чём считается loss.",
+  previewExample: "строка {line}: токенов {tokens}, обучаемых {trained}",
+  truncated: "обрезан до максимальной длины",
+  knowledge: "Знания",
+  addKnowledge: "Добавить документ",
+  noLogs: "Записей журнала пока нет.",
   localModelEnabled: "Локальная модель включена",
 };
 

@@ -6,6 +6,7 @@ import { useApi } from "../api/context";
 import { ErrorBanner } from "../components/ErrorBanner";
 import { CloneStatus, type Clone } from "../gen/aivera/training/v1/clones_pb.js";
 import { useI18n } from "../i18n/i18n";
+import { CloneKnowledge } from "./Knowledge";
 
 /** Clones: create from a base model and a persona, pick the trained adapter it answers
  *  with, and open a chat with it in the chat view. */
@@ -122,6 +123,7 @@ function CloneCard({ clone: c }: { clone: Clone }) {
           ))}
         </select>
       </label>
+      <CloneKnowledge clone={c} />
       {setModel.error && <ErrorBanner error={setModel.error} />}
       {chat.error && <ErrorBanner error={chat.error} />}
       {remove.error && <ErrorBanner error={remove.error} />}

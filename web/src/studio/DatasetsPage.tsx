@@ -1,10 +1,12 @@
 import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
+import { useState } from "react";
 import { useApi } from "../api/context";
 import { ErrorBanner } from "../components/ErrorBanner";
 import { Bucket } from "../gen/aivera/storage/v1/storage_pb.js";
 import { DatasetStatus, type Dataset } from "../gen/aivera/training/v1/datasets_pb.js";
 import { useI18n } from "../i18n/i18n";
 import { bytes, count } from "./format";
+import { DatasetPreview } from "./Preview";
 import { useUpload } from "./useUpload";
 
 export const datasetStatusName = (s: DatasetStatus) => DatasetStatus[s] ?? "UNSPECIFIED";
@@ -76,6 +78,7 @@ export function DatasetCard({ dataset: d }: { dataset: Dataset }) {
     mutationFn: () => datasets.deleteDataset({ id: d.id }),
     onSuccess: () => qc.invalidateQueries({ queryKey: ["datasets"] }),
   });
+  const [previewing, setPreviewing] = useState(false);
   const status = datasetStatusName(d.status);
   const s = d.stats;
   return (
@@ -86,6 +89,11 @@ export function DatasetCard({ dataset: d }: { dataset: Dataset }) {
         <span className="muted small">{bytes(d.sizeBytes)}</span>
         <span className="muted small">{d.baseModel}</span>
         <span className="spacer" />
+        {d.status !== DatasetStatus.VALIDATING && (
+          <button type="button" onClick={() => setPreviewing((v) => !v)} aria-expanded={previewing} data-testid="preview">
+            {t("preview")}
+          </button>
+        )}
         {d.status === DatasetStatus.READY && (
           <a className="button" href={`#/studio/train/${d.id}`}>
             {t("trainOnIt")}
@@ -121,6 +129,7 @@ export function DatasetCard({ dataset: d }: { dataset: Dataset }) {
           )}
         </dl>
       )}
+      {previewing && <DatasetPreview datasetId={d.id} />}
       {d.errors.length > 0 && (
         <div data-testid="dataset-errors">
           <p className="danger small">{t("datasetErrorCount", { count: d.errorCount })}</p>

@@ -1,5 +1,5 @@
 import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
-import { useEffect, useReducer, useRef } from "react";
+import { useEffect, useReducer, useRef, useState } from "react";
 import { useApi } from "../api/context";
 import { ErrorBanner } from "../components/ErrorBanner";
 import { JobStatus, LogLevel, type JobEvent, type TrainingJob } from "../gen/aivera/training/v1/jobs_pb.js";
@@ -19,7 +19,7 @@ function reducer(view: JobView, action: Action): JobView {
 
 /** Follows WatchJob from the first event (a replay on every open), then live; a stream
  *  lost before the job ended reattaches after the last sequence it saw. */
-export function useJobEvents(jobId: string, onStatus: () => void): JobView {
+export function useJobEvents(jobId: string, onStatus: () => void, generation = 0): JobView {
   const { jobs } = useApi();
   const [view, dispatch] = useReducer(reducer, undefined, () => emptyJob());
   const last = useRef({ seq: 0n, status: JobStatus.UNSPECIFIED });
@@ -48,7 +48,7 @@ export function useJobEvents(jobId: string, onStatus: () => void): JobView {
       }
     })();
     return () => abort.abort();
-  }, [jobs, jobId]);
+  }, [jobs, jobId, generation]);
   return view;
 }
 
@@ -63,19 +63,22 @@ export function JobMonitor({ jobId }: { jobId: string }) {
     void qc.invalidateQueries({ queryKey: ["job", jobId] });
     void qc.invalidateQueries({ queryKey: ["jobs"] });
   };
-  const view = useJobEvents(jobId, refresh);
+  // A retry runs the same job again (a new attempt): follow it from the start again.
+  const [generation, setGeneration] = useState(0);
+  const view = useJobEvents(jobId, refresh, generation);
   const cancel = useMutation({ mutationFn: () => jobs.cancelJob({ id: jobId }), onSuccess: refresh });
   const retry = useMutation({
     mutationFn: () => jobs.retryJob({ id: jobId }),
     onSuccess: (j: TrainingJob) => {
       refresh();
-      window.location.hash = `#/studio/jobs/${j.id}`;
+      if (j.id === jobId) setGeneration((g) => g + 1);
+      else window.location.hash = `#/studio/jobs/${j.id}`;
     },
   });
   const j = view.job ?? job.data;
   const status = view.status !== JobStatus.UNSPECIFIED ? view.status : (j?.status ?? JobStatus.UNSPECIFIED);
   const lastPoint = view.points[view.points.length - 1];
-  const total = Number(j?.progress?.steps?.total ?? 0n);
+  const total = Number(view.job?.progress?.steps?.total || job.data?.progress?.steps?.total || 0n);
   const done = lastPoint?.step ?? Number(j?.progress?.steps?.done ?? 0n);
   const name = jobStatusName(status);
   return (
@@ -147,13 +150,17 @@ export function JobMonitor({ jobId }: { jobId: string }) {
         </>
       )}
       <h3>{t("logs")}</h3>
-      <pre className="logs" data-testid="job-logs">
-        {view.logs.map((l) => (
-          <div key={l.seq} className={`log-${LogLevel[l.level] ?? "INFO"}`}>
-            {l.text}
-          </div>
-        ))}
-      </pre>
+      {view.logs.length === 0 ? (
+        <p className="muted small" data-testid="job-logs">{t("noLogs")}</p>
+      ) : (
+        <pre className="logs" data-testid="job-logs">
+          {view.logs.map((l) => (
+            <div key={l.seq} className={`log-${LogLevel[l.level] ?? "INFO"}`}>
+              {l.text}
+            </div>
+          ))}
+        </pre>
+      )}
     </section>
   );
 }
