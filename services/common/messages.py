@@ -142,6 +142,22 @@ CATALOGUE: dict[int, tuple[str, str]] = {
         "The service is restarting: what was done is saved; retry to continue.",
     ),
     # -- training as a product (100-119)
+    Reason.IMAGE_DIMENSIONS: (
+        "Размер изображения вне допустимого: каждая сторона от 512 до 4096 пикселей.",
+        "The image size is out of range: each side must be 512 to 4096 pixels.",
+    ),
+    Reason.REFERENCE_IMAGE_COUNT: (
+        "Для LoRA нужно от 4 до 15 референсных изображений.",
+        "An image LoRA needs 4 to 15 reference images.",
+    ),
+    Reason.DUPLICATE_IMAGE: (
+        "Это изображение уже добавлено в LoRA.",
+        "This image is already in the image LoRA.",
+    ),
+    Reason.IMAGE_LORA_STATE: (
+        "В текущем статусе LoRA это действие недоступно.",
+        "This action is not available in the image LoRA's current status.",
+    ),
     # -- chat as a product (120-139)
     Reason.NOT_LATEST_MESSAGE: (
         "Повторить или изменить можно только последнее сообщение чата.",

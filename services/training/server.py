@@ -20,6 +20,7 @@ from aivera.training.v1 import (
     catalogue_pb2,
     clones_pb2,
     datasets_pb2,
+    image_loras_pb2,
     jobs_pb2,
     models_pb2,
     notifications_pb2,
@@ -33,6 +34,7 @@ from services.training.api_billing import BillingService
 from services.training.api_catalogue import CatalogueService
 from services.training.api_clones import CloneService
 from services.training.api_datasets import DatasetService
+from services.training.api_image_loras import ImageLoraService
 from services.training.api_jobs import TrainingService
 from services.training.api_models import ModelService
 from services.training.api_notifications import NotificationService
@@ -43,6 +45,7 @@ from services.training.clones import Clones
 from services.training.config import TrainingSettings
 from services.training.datasets import Datasets
 from services.training.hub import Hub
+from services.training.image_loras import ImageLoras
 from services.training.jobs import Jobs
 from services.training.knowledge import KnowledgeClient
 from services.training.notifications import Notifications
@@ -65,6 +68,7 @@ class Training:
     billing: Billing
     webhooks: Webhooks
     admin: Admin
+    image_loras: ImageLoras
 
     @classmethod
     def build(cls, app: App, settings: TrainingSettings) -> Training:
@@ -86,6 +90,7 @@ class Training:
             billing=billing,
             webhooks=Webhooks(store, settings),
             admin=Admin(store),
+            image_loras=ImageLoras(store, storage, app.identity),
         )
 
     def servicers(self, settings: TrainingSettings) -> Servicers:
@@ -100,6 +105,10 @@ class Training:
             ),
             (service(models_pb2, "ModelService"), ModelService(self.models)),
             (service(clones_pb2, "CloneService"), CloneService(self.clones)),
+            (
+                service(image_loras_pb2, "ImageLoraService"),
+                ImageLoraService(self.image_loras),
+            ),
             (
                 service(notifications_pb2, "NotificationService"),
                 NotificationService(self.notifications),
