@@ -6,7 +6,9 @@ import unicodedata
 
 from services.common.errors import InvalidArgument
 
-MAX_NAME_BYTES = 255
+# A file system name is at most 255 bytes, and the local backend first writes
+# `<name>.partial`: names stop short of that.
+MAX_NAME_BYTES = 240
 
 
 def _allowed(ch: str) -> bool:
@@ -20,7 +22,7 @@ def _allowed(ch: str) -> bool:
 
 def sanitize(name: str, *, field: str = "filename") -> str:
     """The last path component, without control characters, `..` or leading/trailing
-    dots and spaces, at most 255 bytes of UTF-8 (the extension kept). Unicode letters
+    dots and spaces, at most MAX_NAME_BYTES of UTF-8 (the extension kept). Unicode letters
     (Cyrillic, CJK, ...) are kept as they are (NFC)."""
     name = unicodedata.normalize("NFC", name)
     name = "".join(ch for ch in name if _allowed(ch))

@@ -39,9 +39,10 @@ def test_sanitize_empty_is_invalid(raw: str) -> None:
         sanitize(raw)
 
 
-def test_sanitize_truncates_to_255_bytes_keeping_extension() -> None:
+def test_sanitize_truncates_keeping_extension_and_room_for_the_partial_suffix() -> None:
     name = sanitize("я" * 300 + ".pdf")
-    assert len(name.encode()) <= 255 and name.endswith(".pdf") and name.startswith("яя")
+    assert len(name.encode()) <= 240 and name.endswith(".pdf") and name.startswith("яя")
+    assert len((name + ".partial").encode()) <= 255  # the local backend's temporary name
 
 
 def _sniff(data: bytes, name: str) -> str | None:
