@@ -55,7 +55,15 @@ async def create_pool(dsn: str, *, schema: str, service: str, min_size: int, max
         max_size=max_size,
         init=_init_connection,
         reset=_release,
-        server_settings={"search_path": schema, "application_name": f"aivera-{service}"},
+        # jit off: the services run short OLTP queries, and a plan whose estimate crosses
+        # jit_above_cost (chat's turn context: a never-analysed one-row table estimated at
+        # ~530 rows times its subplans) spent 25-45 ms compiling for a 0.3 ms query, at
+        # every turn start; 500 turns at once was ~17 CPU-s of Postgres (issue 23).
+        server_settings={
+            "search_path": schema,
+            "application_name": f"aivera-{service}",
+            "jit": "off",
+        },
     )
 
 
