@@ -90,6 +90,8 @@ def make_spec(download: SlowDownload, schema: str | None = None) -> ServiceSpec:
 
 # The service's name: delegations for it are addressed to `aivera.svc.<NAME>`.
 NAME = "auth"
+# DownloadRequest.id is declared a UUID in the contract (validated before the handler).
+FILE_ID = str(uuid.uuid4())
 
 
 @pytest.fixture
@@ -370,7 +372,7 @@ async def test_sigterm_drain_lets_a_stream_finish(keyring: Keyring, database_url
         async with channel(app) as ch:
             stub = storage_pb2_grpc.StorageServiceStub(ch)
             stream = stub.Download(
-                storage_pb2.DownloadRequest(id="x", length=8), metadata=bearer(keyring.mint())
+                storage_pb2.DownloadRequest(id=FILE_ID, length=8), metadata=bearer(keyring.mint())
             )
             first = await stream.read()
             assert first.chunk == b"\x00"
@@ -399,7 +401,7 @@ async def test_client_cancel_closes_the_handler_generator(
     async with channel(app) as ch:
         stub = storage_pb2_grpc.StorageServiceStub(ch)
         stream = stub.Download(
-            storage_pb2.DownloadRequest(id="x", length=100), metadata=bearer(keyring.mint())
+            storage_pb2.DownloadRequest(id=FILE_ID, length=100), metadata=bearer(keyring.mint())
         )
         await stream.read()
         stream.cancel()
@@ -446,7 +448,7 @@ async def test_deadline_and_identity_are_relayed(
     chunks = [
         m.chunk
         async for m in storage_pb2_grpc.StorageServiceStub(chan).Download(
-            storage_pb2.DownloadRequest(id="x", length=2)
+            storage_pb2.DownloadRequest(id=FILE_ID, length=2)
         )
     ]
     assert chunks == [b"\x00", b"\x01"]

@@ -4,6 +4,8 @@ undefined enums answer INVALID_ARGUMENT with ErrorInfo and the field at fault)."
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -13,8 +15,12 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
 
+import aivera
 from aivera.auth.v1 import auth_pb2, auth_pb2_grpc
+from aivera.chat.v1 import chat_pb2
+from aivera.common.v1 import common_pb2
 from aivera.storage.v1 import storage_pb2, storage_pb2_grpc
+from aivera.training.v1 import clones_pb2
 from services.common import validate
 from services.common.config import CommonSettings
 from services.common.errors import InvalidArgument
@@ -315,3 +321,244 @@ async def test_client_stream_is_checked_message_by_message(app: App, keyring: Ke
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await raw(iter([good, b"\xff\xff\xff"]), metadata=md)
         _invalid(info.value, "storage.aivera.dev")
+
+
+# -- rules declared in the contract (aivera.common.v1.rules) -------------------------------
+
+RULES_PKG = "aivera.test.rules"
+
+
+def _ruled(field: F, **rules: Any) -> F:
+    ext = field.options.Extensions[common_pb2.rules]
+    for key, value in rules.items():
+        setattr(ext, key, value)
+    return field
+
+
+def _rules_schema() -> type[Message]:
+    """A message with one field per rule kind, nested, repeated and map fields included.
+    In the default pool: that is where the `rules` extension of option bytes is parsed."""
+    file = descriptor_pb2.FileDescriptorProto(
+        name="aivera_test_rules.proto", package=RULES_PKG, syntax="proto3"
+    )
+    item_t, blob_t, ruled_t = (f".{RULES_PKG}.{n}" for n in ("Item", "Blob", "Ruled"))
+    item = file.message_type.add(name="Item")
+    item.field.append(_ruled(_field("label", 1, F.TYPE_STRING), max_len=3))
+    blob = file.message_type.add(name="Blob")  # nothing the walk reads: presence only
+    blob.field.append(_field("data", 1, F.TYPE_BYTES))
+    ruled = file.message_type.add(name="Ruled")
+    ruled.nested_type.append(_map_entry("LabelsEntry", F.TYPE_STRING, F.TYPE_STRING))
+    ruled.field.extend(
+        [
+            _ruled(_field("name", 1, F.TYPE_STRING), max_len=5, required=True),
+            _ruled(_field("code", 2, F.TYPE_STRING), min_len=2),
+            _ruled(_field("id", 3, F.TYPE_STRING), uuid=True),
+            _ruled(_field("ids", 4, F.TYPE_STRING, repeated=True), uuid=True),
+            _ruled(_field("page_size", 5, F.TYPE_INT32), min=0, max=1000),
+            _ruled(_field("count", 6, F.TYPE_INT64), min=1),
+            _ruled(_field("blob", 7, F.TYPE_MESSAGE, blob_t), required=True),
+            _field("items", 8, F.TYPE_MESSAGE, item_t, repeated=True),
+            _ruled(
+                _field("labels", 9, F.TYPE_MESSAGE, f"{ruled_t}.LabelsEntry", repeated=True),
+                max_len=4,
+            ),
+            _ruled(_field("tags", 10, F.TYPE_STRING, repeated=True), required=True),
+            _field("child", 11, F.TYPE_MESSAGE, ruled_t),
+            _field("plain", 12, F.TYPE_INT32),  # no rules: never looked at
+        ]
+    )
+    pool = descriptor_pool.Default()
+    try:
+        desc = pool.FindMessageTypeByName(f"{RULES_PKG}.Ruled")
+    except KeyError:
+        pool.Add(file)
+        desc = pool.FindMessageTypeByName(f"{RULES_PKG}.Ruled")
+    return message_factory.GetMessageClass(desc)
+
+
+Ruled = _rules_schema()
+ID = "7b0c6a52-3c3f-4a77-9f1e-0e6a2f5c1d20"
+
+
+def ruled(**fields: Any) -> Message:
+    """A Ruled message that passes every rule, with `fields` changed."""
+    msg = Ruled(name="abc", count=1, tags=["t"])
+    msg.blob.SetInParent()  # type: ignore[attr-defined]
+    for key, value in fields.items():
+        target = getattr(msg, key)
+        if isinstance(value, list):
+            del target[:]
+            target.extend(value)
+        elif isinstance(value, dict):
+            target.update(value)
+        else:
+            setattr(msg, key, value)
+    return msg
+
+
+def refusal(message: Message) -> InvalidArgument:
+    with pytest.raises(InvalidArgument) as info:
+        validate.check(message)
+    return info.value
+
+
+def test_a_message_within_every_rule_passes() -> None:
+    assert fault(ruled()) == ""
+    full = ruled(code="ab", id=ID, ids=[ID, ID.upper()], page_size=1000, labels={"k": "vvvv"})
+    full.items.add(label="abc")  # type: ignore[attr-defined]
+    assert fault(full) == ""
+
+
+def test_max_len_counts_characters_and_accepts_the_boundary() -> None:
+    assert fault(ruled(name="abcde")) == ""
+    assert fault(ruled(name="ééééé")) == ""  # 10 bytes, 5 characters
+    err = refusal(ruled(name="abcdef"))
+    assert err.field == "name" and "longer than 5 characters" in err.message
+    assert err.metadata["limit"] == "max_len" and err.metadata["value"] == "5"
+
+
+def test_min_len_applies_to_non_empty_text() -> None:
+    assert fault(ruled(code="")) == ""  # emptiness is `required`'s business
+    assert fault(ruled(code="ab")) == ""
+    assert fault(ruled(code="a")) == "code"
+
+
+def test_required_text_must_not_be_empty_or_blank() -> None:
+    assert fault(ruled(name="")) == "name"
+    assert fault(ruled(name=" \t ")) == "name"
+    assert "is required" in refusal(ruled(name="")).message
+
+
+def test_required_message_and_repeated_fields_must_be_present() -> None:
+    msg = ruled()
+    msg.ClearField("blob")
+    assert fault(msg) == "blob"
+    assert fault(ruled(tags=[])) == "tags"
+
+
+@pytest.mark.parametrize(
+    ("value", "path"), [(-1, "page_size"), (0, ""), (1000, ""), (1001, "page_size")]
+)
+def test_integer_range_is_inclusive(value: int, path: str) -> None:
+    assert fault(ruled(page_size=value)) == path
+
+
+def test_an_integer_minimum_applies_to_zero_too() -> None:
+    err = refusal(ruled(count=0))
+    assert err.field == "count" and "at least 1" in err.message
+    assert err.metadata["limit"] == "min"
+    assert fault(ruled(count=2**40)) == ""  # no max declared
+
+
+def test_uuid_ids_are_checked_when_set() -> None:
+    assert fault(ruled(id="")) == ""
+    assert fault(ruled(id=ID)) == ""
+    err = refusal(ruled(id="nope"))
+    assert err.field == "id" and "not a valid id" in err.message
+    assert fault(ruled(ids=[ID, "x"])) == "ids[1]"
+
+
+def test_rules_apply_in_nested_repeated_messages_and_map_values() -> None:
+    msg = ruled()
+    msg.items.add(label="ok")  # type: ignore[attr-defined]
+    msg.items.add(label="long")  # type: ignore[attr-defined]
+    assert fault(msg) == "items[1].label"
+    assert fault(ruled(labels={"k": "12345"})) == "labels[k]"
+    nested = ruled()
+    nested.child.name = "abc"  # type: ignore[attr-defined]
+    nested.child.count = 1  # type: ignore[attr-defined]
+    nested.child.tags.append("t")  # type: ignore[attr-defined]
+    assert fault(nested) == "child.blob"  # the child's own required field
+
+
+def test_control_characters_are_still_refused_on_fields_with_rules() -> None:
+    assert fault(ruled(name="a\x00b")) == "name"
+
+
+def test_the_plan_keeps_unannotated_scalars_out() -> None:
+    names = {f.name for f in validate._plan(Ruled.DESCRIPTOR)}
+    assert "plain" not in names and {"page_size", "count", "blob"} <= names
+
+
+def test_declared_contract_rules_are_enforced() -> None:
+    assert fault(chat_pb2.GetChatRequest(id="nope")) == "id"
+    assert fault(chat_pb2.GetChatRequest()) == "id"
+    assert fault(chat_pb2.GetChatRequest(id=ID)) == ""
+    # AIP-158: a page size over the maximum is coerced to it (pages.py), never refused.
+    assert fault(chat_pb2.ListChatsRequest(page_size=-1)) == "page_size"
+    assert fault(chat_pb2.ListChatsRequest(page_size=100_000)) == ""
+    assert fault(clones_pb2.CreateCloneRequest(name="x" * 200)) == ""
+    assert fault(clones_pb2.CreateCloneRequest(name="x" * 201)) == "name"
+    assert fault(clones_pb2.CreateCloneRequest(name="")) == "name"
+    assert fault(clones_pb2.CreateCloneRequest(name="c", persona_prompt="p" * 8001)) == (
+        "persona_prompt"
+    )
+
+
+def _contract_fields() -> Iterator[Any]:
+    """Every field of every message of the generated `aivera` contracts."""
+
+    def fields(desc: Any) -> Iterator[Any]:
+        yield from desc.fields
+        for nested in desc.nested_types:
+            yield from fields(nested)
+
+    for info in pkgutil.walk_packages(aivera.__path__, "aivera."):
+        if info.name.endswith("_pb2"):
+            module = importlib.import_module(info.name)
+            for desc in module.DESCRIPTOR.message_types_by_name.values():
+                yield from fields(desc)
+
+
+def test_every_declared_rule_is_one_the_walk_applies() -> None:
+    annotated = [f for f in _contract_fields() if validate.rules_of(f) is not None]
+    assert len(annotated) > 50
+    problems = {f.full_name: validate.rule_problems(f) for f in annotated}
+    assert {k: v for k, v in problems.items() if v} == {}
+    for field in annotated:  # and each one's message gets a plan that includes it
+        plan = validate._plan(field.containing_type)
+        assert field.name in {f.name for f in plan}, field.full_name
+
+
+def test_rules_that_do_not_fit_the_type_are_reported() -> None:
+    by_name = Ruled.DESCRIPTOR.fields_by_name
+    assert validate.rule_problems(by_name["plain"]) == []
+    file = descriptor_pb2.FileDescriptorProto(
+        name="aivera_test_bad_rules.proto", package=RULES_PKG + ".bad", syntax="proto3"
+    )
+    bad = file.message_type.add(name="Bad")
+    bad.field.extend(
+        [
+            _ruled(_field("n", 1, F.TYPE_INT32), max_len=3),
+            _ruled(_field("s", 2, F.TYPE_STRING), min=1),
+            _ruled(_field("b", 3, F.TYPE_BOOL), required=True),
+            _ruled(_field("r", 4, F.TYPE_INT32), min=5, max=1),
+        ]
+    )
+    pool = descriptor_pool.Default()
+    try:
+        desc = pool.FindMessageTypeByName(f"{RULES_PKG}.bad.Bad")
+    except KeyError:
+        pool.Add(file)
+        desc = pool.FindMessageTypeByName(f"{RULES_PKG}.bad.Bad")
+    for name in ("n", "s", "b", "r"):
+        assert validate.rule_problems(desc.fields_by_name[name]), name
+
+
+async def test_a_declared_rule_answers_invalid_argument_through_the_wrapper(
+    app: App, keyring: Keyring
+) -> None:
+    md = bearer(keyring.mint(str(uuid.uuid4())))
+    async with channel(app) as ch:
+        stub = storage_pb2_grpc.StorageServiceStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in stub.Download(storage_pb2.DownloadRequest(id="x"), metadata=md):
+                pass
+        _invalid(info.value, "storage.aivera.dev")
+        assert bad_field(info.value) == "id"
+        assert "not a valid id" in (info.value.details() or "")
+        chunks = [
+            r
+            async for r in stub.Download(storage_pb2.DownloadRequest(id=ID, length=1), metadata=md)
+        ]
+        assert len(chunks) == 1
