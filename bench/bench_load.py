@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import random
@@ -146,12 +147,10 @@ async def _serving(port: int, timeout: float) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         while time.monotonic() < end:
-            try:
+            with contextlib.suppress(grpc.aio.AioRpcError):  # not listening yet: poll again
                 reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
-            except grpc.aio.AioRpcError:
-                pass  # not listening yet: poll again
             await asyncio.sleep(0.3)
     raise RuntimeError(f"the service on port {port} did not become SERVING")
 
@@ -207,12 +206,16 @@ class Client:
         kb = await self.rag.CreateKnowledgeBase(
             rag_pb2.CreateKnowledgeBaseRequest(name=f"kb {n}"), metadata=md
         )
-        async for _ in self.rag.IngestDocument(
-            rag_pb2.IngestDocumentRequest(knowledge_base_id=kb.id, file_id=file_id),
-            metadata=md,
-            timeout=120,
-        ):
-            pass  # to the end of the ingest
+        events = [
+            e
+            async for e in self.rag.IngestDocument(
+                rag_pb2.IngestDocumentRequest(knowledge_base_id=kb.id, file_id=file_id),
+                metadata=md,
+                timeout=120,
+            )
+        ]
+        if not events:
+            raise RuntimeError("the ingest ended without events")
         chats = [
             (
                 await self.chat.CreateChat(

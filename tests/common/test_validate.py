@@ -4,6 +4,7 @@ undefined enums answer INVALID_ARGUMENT with ErrorInfo and the field at fault)."
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import pkgutil
 import uuid
@@ -552,8 +553,9 @@ async def test_a_declared_rule_answers_invalid_argument_through_the_wrapper(
     async with channel(app) as ch:
         stub = storage_pb2_grpc.StorageServiceStub(ch)
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            async for _ in stub.Download(storage_pb2.DownloadRequest(id="x"), metadata=md):
-                pass
+            await asyncio.wait_for(
+                _drain(stub.Download(storage_pb2.DownloadRequest(id="x"), metadata=md)), 10
+            )
         _invalid(info.value, "storage.aivera.dev")
         assert bad_field(info.value) == "id"
         assert "not a valid id" in (info.value.details() or "")
@@ -562,3 +564,7 @@ async def test_a_declared_rule_answers_invalid_argument_through_the_wrapper(
             async for r in stub.Download(storage_pb2.DownloadRequest(id=ID, length=1), metadata=md)
         ]
         assert len(chunks) == 1
+
+
+async def _drain(stream: Any) -> list[Any]:
+    return [message async for message in stream]
