@@ -99,6 +99,7 @@ class Svc:
     app: App
     files: Files
     stub: storage_pb2_grpc.StorageServiceStub
+    internal: storage_pb2_grpc.StorageInternalServiceStub
     keyring: Keyring
     data_dir: Path
 
@@ -146,6 +147,7 @@ async def svc(request: pytest.FixtureRequest, moto: Moto, database_url: str) -> 
                     app,
                     wiring.files,
                     storage_pb2_grpc.StorageServiceStub(ch),
+                    storage_pb2_grpc.StorageInternalServiceStub(ch),
                     keyring,
                     Path(tmp),
                 )

@@ -595,3 +595,41 @@ async def test_upload_writes_behind_the_stream_with_bounded_queues(
     assert written == chunks
     assert max(ahead) <= DEPTH + 1, ahead
     assert max(ahead) >= 2  # the sender did get ahead: the queue was used
+
+
+async def test_purge_file_is_training_only_and_scoped_to_the_owner(svc: Svc) -> None:
+    owner, other = user(), user()
+    f = await upload(svc, owner, b"adapter", filename="adapter.safetensors")
+    purge = svc.internal
+    training = svc.keyring.service_md("training", audience="storage")
+    request = storage_pb2.PurgeFileRequest(id=f.id, user_id=owner)
+    # Only training may purge: another service, or the user's own token, is refused.
+    err = await error_of(
+        purge.PurgeFile(request, metadata=svc.keyring.service_md("rag", audience="storage"))
+    )
+    assert err.code() is grpc.StatusCode.PERMISSION_DENIED and reason(err) == "CALLER_NOT_ALLOWED"
+    assert await code_of(purge.PurgeFile(request, metadata=svc.md(owner))) is (
+        grpc.StatusCode.PERMISSION_DENIED
+    )
+    # Bad input, and another user's file (named with the wrong owner), change nothing.
+    assert (
+        await code_of(purge.PurgeFile(storage_pb2.PurgeFileRequest(id=f.id), metadata=training))
+        is grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert (
+        await code_of(
+            purge.PurgeFile(storage_pb2.PurgeFileRequest(id=f.id, user_id=other), metadata=training)
+        )
+        is grpc.StatusCode.NOT_FOUND
+    )
+    still = await svc.stub.GetFile(storage_pb2.GetFileRequest(id=f.id), metadata=svc.md(owner))
+    assert still.status == storage_pb2.FILE_STATUS_READY
+    await purge.PurgeFile(request, metadata=training)
+    gone = await svc.stub.GetFile(storage_pb2.GetFileRequest(id=f.id), metadata=svc.md(owner))
+    assert gone.status == storage_pb2.FILE_STATUS_DELETED
+
+
+async def error_of(aw: Any) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await aw
+    return info.value
