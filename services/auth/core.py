@@ -43,7 +43,9 @@ log = logging.getLogger("aivera.auth")
 
 USERNAME = re.compile(r"^[A-Za-z0-9._-]{3,64}$")
 GEMINI_KEY = re.compile(r"^[A-Za-z0-9_-]{30,100}$")
-PROVIDER_KEY_SHAPES = {"gemini": GEMINI_KEY}
+# Replicate API tokens are `r8_` and 37 more characters today; allow some growth.
+REPLICATE_KEY = re.compile(r"^r8_[A-Za-z0-9_-]{20,100}$")
+PROVIDER_KEY_SHAPES = {"gemini": GEMINI_KEY, "replicate": REPLICATE_KEY}
 
 # One message for every failed sign-in: wrong, unknown, disabled (no user enumeration).
 BAD_STATIC_TOKEN = "static token is not valid"

@@ -37,7 +37,10 @@ STATUS_PB: dict[str, auth_pb2.UserStatus.ValueType] = {v: k for k, v in STATUSES
 TOKEN_TYPES = frozenset(
     {auth_pb2.TOKEN_TYPE_UNSPECIFIED, auth_pb2.TOKEN_TYPE_DELEGATION, auth_pb2.TOKEN_TYPE_GRANT}
 )
-PROVIDERS: dict[auth_pb2.Provider.ValueType, str] = {auth_pb2.PROVIDER_GEMINI: "gemini"}
+PROVIDERS: dict[auth_pb2.Provider.ValueType, str] = {
+    auth_pb2.PROVIDER_GEMINI: "gemini",
+    auth_pb2.PROVIDER_REPLICATE: "replicate",
+}
 
 
 def user_pb(user: UserRow) -> auth_pb2.User:
@@ -54,7 +57,7 @@ def user_pb(user: UserRow) -> auth_pb2.User:
 def provider_of(value: auth_pb2.Provider.ValueType, field: str = "provider") -> str:
     name = PROVIDERS.get(value)
     if name is None:
-        raise InvalidArgument("provider must be PROVIDER_GEMINI", field=field)
+        raise InvalidArgument("provider must be PROVIDER_GEMINI or PROVIDER_REPLICATE", field=field)
     return name
 
 

@@ -158,6 +158,10 @@ CATALOGUE: dict[int, tuple[str, str]] = {
         "В текущем статусе LoRA это действие недоступно.",
         "This action is not available in the image LoRA's current status.",
     ),
+    Reason.IMAGE_LORA_NOT_READY: (
+        "LoRA ещё не обучена: генерация доступна после завершения обучения.",
+        "The image LoRA is not trained yet: generate once its training has finished.",
+    ),
     # -- chat as a product (120-139)
     Reason.NOT_LATEST_MESSAGE: (
         "Повторить или изменить можно только последнее сообщение чата.",
