@@ -45,6 +45,13 @@ def lora_proto(lora: ImageLora) -> L.ImageLora:
         create_time=timestamp(row.created_at),
         update_time=timestamp(row.updated_at),
         finish_time=timestamp(row.finished_at),
+        executor=row.executor,  # type: ignore[arg-type]
+        simulated=row.simulated,
+        progress=row.progress,
+        job_id=str(row.job_id) if row.job_id is not None else "",
+        attempt=row.attempt,
+        weights_size_bytes=row.weights_size_bytes,
+        training_steps=row.training_steps,
     )
 
 

@@ -44,9 +44,25 @@ class ImageLoraRow:
     created_at: dt.datetime
     updated_at: dt.datetime
     finished_at: dt.datetime | None
+    executor: int
+    simulated: bool
+    progress: float
+    job_id: uuid.UUID | None
+    attempt: int
+    training_steps: int
+    remote_id: str
+    remote_version: str
+    weights_file_id: str
+    weights_size_bytes: int
+    weights_sha256: str
+    checked_at: dt.datetime | None
 
 
-_LORA = "id, user_id, name, kind, trigger_word, status, error, created_at, updated_at, finished_at"
+_LORA = (
+    "id, user_id, name, kind, trigger_word, status, error, created_at, updated_at, finished_at,"
+    " executor, simulated, progress, job_id, attempt, training_steps, remote_id,"
+    " remote_version, weights_file_id, weights_size_bytes, weights_sha256, checked_at"
+)
 _IMAGE = (
     "id, image_lora_id, file_id, caption, format, width, height, size_bytes, sha256, created_at"
 )
