@@ -12,7 +12,7 @@
 | AUTH_ADDR … TRAINING_ADDR | 127.0.0.1:5005x | upstream gRPC addresses |
 | STORAGE_HTTP_ADDR | 127.0.0.1:9092 | storage HTTP port: `/files/` signed URLs on this origin |
 | GATEWAY_WEB_ROOT | web/dist | the built console served at `/` (empty: none) |
-| GATEWAY_CSP_CONNECT_SRC | (none) | origins the console may fetch besides its own (S3) |
+| GATEWAY_CSP_CONNECT_SRC | admin listener (none in prod) | other origins to fetch from (S3) |
 | LOG_LEVEL | INFO | log level |
 
 With AIVERA_ENV=prod, GATEWAY_CORS_ORIGINS must be set: production origins come from
@@ -64,6 +64,15 @@ def parse_origins(value: str | None, *, env_name: str = "dev") -> tuple[str, ...
     return tuple(o.strip().rstrip("/") for o in value.split(",") if o.strip())
 
 
+def connect_src(value: str | None, *, env_name: str, admin_origin: str) -> tuple[str, ...]:
+    """Origins from `GATEWAY_CSP_CONNECT_SRC`; unset outside production, the admin
+    listener's origin, so that administration works in the console under `make run`
+    (the admin services are routed only there, a second origin)."""
+    if value is None:
+        return () if env_name == "prod" else (admin_origin,)
+    return tuple(value.split())
+
+
 @dataclass(frozen=True, slots=True)
 class GatewaySettings:
     host: str = "127.0.0.1"
@@ -105,5 +114,10 @@ class GatewaySettings:
             log_level=env.get("LOG_LEVEL", "INFO"),
             web_root=Path(web_root) if web_root else None,
             storage_http=env.get("STORAGE_HTTP_ADDR") or f"127.0.0.1:{SERVICES['storage'].http}",
-            csp_connect_src=tuple(env.get("GATEWAY_CSP_CONNECT_SRC", "").split()),
+            csp_connect_src=connect_src(
+                env.get("GATEWAY_CSP_CONNECT_SRC"),
+                env_name=env.get("AIVERA_ENV", "dev"),
+                admin_origin=f"http://{env.get('GATEWAY_ADMIN_HOST', '127.0.0.1')}:"
+                f"{env.get('GATEWAY_ADMIN_PORT', str(GATEWAY_ADMIN))}",
+            ),
         )

@@ -516,3 +516,18 @@ def test_binds_loopback_and_production_origins_come_from_configuration() -> None
     assert prod.cors_origins == ("https://app.example.org",)
     env = {"GATEWAY_REQUEST_TIMEOUT_SECONDS": "7.5"}
     assert GatewaySettings.from_env(env).request_timeout_seconds == 7.5
+
+
+def test_console_may_reach_the_admin_listener_in_development_only() -> None:
+    """Without GATEWAY_CSP_CONNECT_SRC the console's policy lets it call the admin
+    listener (administration under `make run`); production lists origins explicitly."""
+    assert GatewaySettings.from_env({}).csp_connect_src == ("http://127.0.0.1:8081",)
+    moved = {"GATEWAY_ADMIN_HOST": "10.0.0.5", "GATEWAY_ADMIN_PORT": "9181"}
+    assert GatewaySettings.from_env(moved).csp_connect_src == ("http://10.0.0.5:9181",)
+    prod = {"AIVERA_ENV": "prod", "GATEWAY_CORS_ORIGINS": "https://app.example.org"}
+    assert GatewaySettings.from_env(prod).csp_connect_src == ()
+    given = {"GATEWAY_CSP_CONNECT_SRC": "https://s3.example.org https://admin.example.org"}
+    assert GatewaySettings.from_env(given).csp_connect_src == (
+        "https://s3.example.org",
+        "https://admin.example.org",
+    )
