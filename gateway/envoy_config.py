@@ -415,7 +415,8 @@ ROUTER = _filter("envoy.filters.http.router", "envoy.extensions.filters.http.rou
 # the end of the request never answers: a truncated frame would hang until the route
 # timeout. After grpc_web (text mode is decoded by then) and CORS (so the answer carries
 # the grant), this Lua filter reads the one request message of every RPC that is not
-# client-streaming and answers INVALID_ARGUMENT at once when the frames do not add up.
+# client-streaming and answers INVALID_ARGUMENT at once when the frames do not add up or
+# hold more than the one message such a call takes (as the local gateway does).
 # Client streams (uploads) pass unread: they must not be buffered.
 BUFFER_LIMIT_BYTES = 5 * 1024 * 1024
 FRAME_CHECK_LUA = """
@@ -442,6 +443,7 @@ function envoy_on_request(handle)
   end
   local data = body:getBytes(0, size)
   local pos = 1
+  local messages = 0
   while pos <= size do
     if size - pos + 1 < 5 then
       return refuse(handle, "truncated gRPC frame: incomplete frame header")
@@ -452,6 +454,10 @@ function envoy_on_request(handle)
       return refuse(handle, "truncated gRPC frame: the message is cut short")
     end
     pos = pos + 5 + length
+    messages = messages + 1
+  end
+  if messages > 1 then
+    return refuse(handle, "the call takes one request message, the body has " .. messages)
   end
 end
 """

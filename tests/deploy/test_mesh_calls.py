@@ -91,9 +91,10 @@ def _admits(policy: Doc, labels: dict[str, str], port: int) -> bool:
     return False
 
 
-def test_only_chat_may_read_provider_keys() -> None:
-    # The point of the lists: the pod that parses users' files cannot ask for their keys.
+def test_only_chat_and_training_may_read_provider_keys() -> None:
+    # The point of the lists: the pods that parse users' files cannot ask for their keys.
+    # Chat reads Gemini keys; training reads Replicate keys (image LoRAs).
     info = method_table()["/aivera.auth.v1.AuthInternalService/GetProviderKey"]
-    assert info.callers == frozenset({"chat"})
-    for folder in ("rag", "storage", "training"):
+    assert info.callers == frozenset({"chat", "training"})
+    for folder in ("rag", "storage"):
         assert ("aivera.auth.v1.AuthInternalService", "GetProviderKey") not in calls_in(folder)

@@ -295,6 +295,12 @@ async def test_truncated_frame_is_answered_at_once(web: WebClient, fake: FakeMes
             assert time.monotonic() - started < 1
             assert result.grpc_status == 3, (path, body, result)  # INVALID_ARGUMENT
             assert "truncated" in result.trailers.get("grpc-message", ""), result
+    # Two whole messages to a call that takes one: refused the same way, as by the local
+    # gateway (a gRPC server would otherwise answer with an error of its own choosing).
+    for path in (UNARY, NOT_IDEMPOTENT, STREAM):
+        result = await asyncio.wait_for(_post(web, path, grpc_web_body(b"one", b"two")), 5)
+        assert result.grpc_status == 3, (path, result)
+        assert "one request message" in result.trailers.get("grpc-message", ""), result
     # Text mode: base64 of a header declaring 10 bytes and 3 of them.
     headers = {
         "Content-Type": grpcweb.CONTENT_TYPE_TEXT,
