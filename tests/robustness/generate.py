@@ -139,9 +139,13 @@ def _kind_of(field: FieldDescriptor) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", owner).lower()
 
 
+# Fields that name a resource by its kind alone (AIP style), not by an `_id` suffix.
+_REFERENCES = frozenset({"image_lora", "reference_image"})
+
+
 def _is_id(field: FieldDescriptor) -> bool:
     name = field.name
-    return name in ("id", "ids", "parent") or name.endswith(("_id", "_ids"))
+    return name in ("id", "ids", "parent") or name.endswith(("_id", "_ids")) or name in _REFERENCES
 
 
 # Whether a field is set: mostly, so required fields are there and calls reach handlers.

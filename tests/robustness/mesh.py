@@ -7,6 +7,7 @@ may name, so generated admin calls never disable A or B)."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import shutil
 import tempfile
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from PIL import Image
 
 from aivera.auth.v1 import auth_pb2, auth_pb2_grpc
 from aivera.chat.v1 import chat_pb2, chat_pb2_grpc
@@ -28,6 +30,8 @@ from aivera.training.v1 import (
     clones_pb2_grpc,
     datasets_pb2,
     datasets_pb2_grpc,
+    image_loras_pb2,
+    image_loras_pb2_grpc,
     jobs_pb2,
     jobs_pb2_grpc,
 )
@@ -191,12 +195,46 @@ async def seed(mesh: Mesh, user: User) -> None:
         metadata=md,
     )
     user.ids["job"] = job.id
+    await _seed_image_lora(ch, md, user, marker)
     # Page tokens of the user's own lists (page_size 1 with two messages: one follows).
     page = await chats.ListMessages(
         chat_pb2.ListMessagesRequest(chat_id=chat.id, page_size=1), metadata=md
     )
     if page.next_page_token:
         user.page_tokens.append(page.next_page_token)
+
+
+def _png(seed: int) -> bytes:
+    """A 512×512 PNG (the smallest side an image LoRA takes), distinct per seed."""
+    img = Image.new("RGB", (512, 512), (seed % 256, (seed * 7) % 256, (seed * 13) % 256))
+    img.putpixel((seed % 512, 0), (255, 255, 255))
+    out = io.BytesIO()
+    img.save(out, "PNG")
+    return out.getvalue()
+
+
+async def _seed_image_lora(
+    ch: dict[str, grpc.aio.Channel], md: Metadata, user: User, marker: str
+) -> None:
+    """An image LoRA (DRAFT) with the four reference images training needs."""
+    loras = image_loras_pb2_grpc.ImageLoraServiceStub(ch["training"])
+    lora = await loras.CreateImageLora(
+        image_loras_pb2.CreateImageLoraRequest(
+            name=f"lora {marker}",
+            kind=image_loras_pb2.IMAGE_LORA_KIND_STYLE,
+            trigger_word=f"tok{uuid.uuid4().hex[:8]}",
+        ),
+        metadata=md,
+    )
+    for i in range(4):
+        file_id = await _upload(ch["storage"], md, _png(i + len(marker)), f"{marker}-{i}.png", 5)
+        user.hidden.add(file_id)
+        lora = await loras.AddReferenceImage(
+            image_loras_pb2.AddReferenceImageRequest(image_lora=lora.id, file_id=file_id),
+            metadata=md,
+        )
+    user.ids["image_lora"] = lora.id
+    user.ids["reference_image"] = lora.reference_images[0].id
 
 
 @asynccontextmanager
