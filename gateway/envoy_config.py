@@ -66,7 +66,9 @@ PROBES_PORT = 9902
 ENVOY_ADMIN_PORT = 9901
 UNARY_TIMEOUT = f"{REQUEST_TIMEOUT_SECONDS:g}s"
 EDGE_REFUSAL = "edge_refusal"  # a cluster without endpoints (see _edge_routes)
-WEB_CLUSTER = "web_http"  # the console's static files: no service behind it
+WEB_CLUSTER = "web_http"
+# Where Replicate posts training webhooks (services/training/image_webhooks.py).
+REPLICATE_WEBHOOK_PATH = "/webhooks/replicate"  # the console's static files: no service behind it
 JWT_ISSUER = "aivera-auth"
 JWT_AUDIENCE = "aivera"
 STREAM_IDLE_TIMEOUT = "3600s"
@@ -599,6 +601,13 @@ def build_config(
         "match": {"prefix": "/files/"},
         "route": {"cluster": "storage_http", "timeout": "0s", "idle_timeout": "300s"},
     }
+    # Replicate's signed training webhooks (image LoRAs) to the training service's HTTP
+    # port, which verifies them: the one path of that port open to the internet.
+    webhooks_route = {
+        "name": "replicate-webhooks",
+        "match": {"path": REPLICATE_WEBHOOK_PATH, "headers": [_header(":method", exact="POST")]},
+        "route": {"cluster": "training_http", "timeout": "30s"},
+    }
     # The console: a GET that is not gRPC (a gRPC GET still gets 405 below).
     web_route = {
         "name": "web-console",
@@ -615,7 +624,7 @@ def build_config(
         "public",
         # The signed-URL file routes and the console first: they take GET (and empty
         # bodies).
-        [files_route, web_route, *service_routes(admin=False)],
+        [files_route, webhooks_route, web_route, *service_routes(admin=False)],
         [GRPC_WEB, CORS, _frame_check(), _jwt_filter(enabled=edge_jwt), ROUTER],
         vhost_extra={"typed_per_filter_config": {"envoy.filters.http.cors": _cors_policy(origins)}},
     )
@@ -625,6 +634,7 @@ def build_config(
     clusters += [
         _http_cluster("auth_http", "auth", HTTP_PORTS["auth"]),
         _http_cluster("storage_http", "storage", HTTP_PORTS["storage"]),
+        _http_cluster("training_http", "training", HTTP_PORTS["training"]),
         _http_cluster(WEB_CLUSTER, "web", WEB_PORT),
         _http_cluster("envoy_admin", "127.0.0.1", ENVOY_ADMIN_PORT),
         {

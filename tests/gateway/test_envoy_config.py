@@ -324,6 +324,11 @@ def test_console_and_signed_urls_share_the_public_origin(config: dict[str, Any])
     assert route is not None and route["route"]["cluster"] == "storage_http"
     route = _match(public, "/aivera.auth.v1.AuthService/GetJwks")
     assert route is not None and route["route"]["cluster"] == "auth"
+    # Replicate's webhooks reach the training service's HTTP port, POST on that path only.
+    hook = _match(public, envoy_config.REPLICATE_WEBHOOK_PATH, {":method": "POST"})
+    assert hook is not None and hook["route"]["cluster"] == "training_http"
+    other = _match(public, "/metrics", {":method": "POST"})
+    assert other is None or other["route"]["cluster"] != "training_http"
     # The admin listener serves no console.
     assert not _forwards(_match(_routes(config, "admin"), "/", page))
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
