@@ -39,6 +39,7 @@ SECRETS = {
     **{f"aivera-service-{w}": {"AIVERA_SERVICE_SECRET"} for w in CREDENTIALED},
     "aivera-s3": {"S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"},
     "aivera-postgres": {"POSTGRES_PASSWORD"},
+    "aivera-replicate": {"REPLICATE_API_TOKEN", "REPLICATE_WEBHOOK_SECRET"},
 }
 GPU_POOL_LABEL = ("aivera.io/node-pool", "gpu")
 GPU = "nvidia.com/gpu"
@@ -484,6 +485,13 @@ def test_no_secret_values_committed_and_every_secret_documented(
         assert ("aivera-auth", None) not in _secret_refs(
             _named(builds["prod"], "Deployment", other)
         )
+    # The Replicate token reaches the training service only (not the pods parsing files,
+    # nor the workers, which train locally).
+    for doc in builds["prod"]:
+        if doc["kind"] in WORKLOADS and ("aivera-replicate", None) in _secret_refs(doc):
+            assert doc["metadata"]["name"] == "training", doc["metadata"]["name"]
+    training = _named(builds["prod"], "Deployment", "training")
+    assert ("aivera-replicate", None) in _secret_refs(training)
 
 
 def test_each_workload_mounts_its_own_credential_only(builds: dict[str, list[Doc]]) -> None:
