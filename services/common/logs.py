@@ -19,6 +19,8 @@ _SECRET_PATTERNS = re.compile(
     r"|avr_[A-Za-z0-9_\-]{8,}"  # refresh tokens
     r"|eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"  # JWTs
     r"|AIza[A-Za-z0-9_\-]{20,}"  # Google API keys
+    r"|r8_[A-Za-z0-9_\-]{20,}"  # Replicate API tokens
+    r"|whsec_[A-Za-z0-9+/=]{16,}"  # webhook signing secrets
     r"|-----BEGIN [A-Z ]*PRIVATE KEY-----)"
 )
 REDACTED = "[redacted]"

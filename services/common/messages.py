@@ -162,6 +162,11 @@ CATALOGUE: dict[int, tuple[str, str]] = {
         "LoRA ещё не обучена: генерация доступна после завершения обучения.",
         "The image LoRA is not trained yet: generate once its training has finished.",
     ),
+    # -- image generations (G: 118-119)
+    Reason.TOO_MANY_GENERATIONS: (
+        "Слишком много генераций одновременно: дождитесь окончания текущих.",
+        "Too many generations at once: wait for the running ones to finish.",
+    ),
     # -- chat as a product (120-139)
     Reason.NOT_LATEST_MESSAGE: (
         "Повторить или изменить можно только последнее сообщение чата.",

@@ -11,6 +11,8 @@ from aivera.training.v1 import image_loras_pb2
 from services.common import context as ctx
 from services.common import pages
 from services.common.protoutil import mask_paths, timestamp
+from services.training.api_generations import GenerationMethods
+from services.training.generations import Generations
 from services.training.image_lora_store import ReferenceImageRow
 from services.training.image_loras import ImageLora, ImageLoras
 
@@ -55,9 +57,10 @@ def lora_proto(lora: ImageLora) -> L.ImageLora:
     )
 
 
-class ImageLoraService:
-    def __init__(self, loras: ImageLoras) -> None:
+class ImageLoraService(GenerationMethods):
+    def __init__(self, loras: ImageLoras, generations: Generations) -> None:
         self.loras = loras
+        self.generations = generations
 
     async def CreateImageLora(self, request: L.CreateImageLoraRequest, context: Any) -> L.ImageLora:
         lora = await self.loras.create(
@@ -116,4 +119,13 @@ class ImageLoraService:
         return lora_proto(lora)
 
     async def StartTraining(self, request: L.StartTrainingRequest, context: Any) -> L.ImageLora:
-        return lora_proto(await self.loras.start(ctx.require_user_id(), request.image_lora))
+        lora = await self.loras.start(
+            ctx.require_user_id(),
+            request.image_lora,
+            executor=request.executor,
+            steps=request.steps,
+        )
+        return lora_proto(lora)
+
+    async def CancelTraining(self, request: L.CancelTrainingRequest, context: Any) -> L.ImageLora:
+        return lora_proto(await self.loras.cancel(ctx.require_user_id(), request.image_lora))

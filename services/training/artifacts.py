@@ -171,6 +171,11 @@ class Models:
         )
         if ck is None:
             raise not_found("checkpoint", checkpoint_id)
+        if job.image_lora_id is not None:
+            raise FailedPrecondition(
+                "the job trains an image LoRA: its checkpoints are not text adapters",
+                reason=Reason.MODEL_NOT_READY,
+            )
         blob = await self.storage.download(ck.file_id)
         path = ""
         if job.executor != jobs_pb2.EXECUTOR_SIMULATE:
@@ -204,14 +209,16 @@ class Models:
         rows = await self.store.models_to_purge(self.settings.training_model_retention_seconds)
         for row in rows:
             for f in row.files:
-                await self._purge(f["file_id"], row.user_id, row.id)
+                await self.purge_file(f["file_id"], row.user_id, row.id)
             await self.store.mark_purged(row.id)
             await self.store.drop_grant(row.id)
             log.info("purged the files of deleted model %s", row.id)
         return len(rows)
 
-    async def _purge(self, file_id: str, user_id: str, model_id: uuid.UUID) -> None:
-        """Delete one file of a deleted model; one already gone is fine."""
+    async def purge_file(self, file_id: str, user_id: str, resource_id: uuid.UUID) -> None:
+        """Delete one file of a deleted model (or image LoRA: image_retention.py), acting
+        for the owner with the grant kept under `resource_id` when this process has no
+        mesh identity; one already gone is fine."""
         try:
             if self.identity is not None:
                 await self.purger.PurgeFile(
@@ -219,7 +226,7 @@ class Models:
                     timeout=self.storage.deadlines.lookup,
                 )
                 return
-            with ctx.acting_for(user_id, grant=await self.store.grant_of(model_id)):
+            with ctx.acting_for(user_id, grant=await self.store.grant_of(resource_id)):
                 await self.storage.delete_file(file_id)
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.NOT_FOUND:

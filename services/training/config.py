@@ -34,6 +34,14 @@ def _all_executors() -> list[ExecutorName]:
     return ["peft", "simulate"]
 
 
+# Who trains an image LoRA (ImageLoraExecutor in the contract).
+ImageLoraExecutorName = Literal["replicate", "local", "simulate"]
+
+
+def _all_image_lora_executors() -> list[ImageLoraExecutorName]:
+    return ["replicate", "local", "simulate"]
+
+
 class HardwareClassSpec(BaseModel):
     """A hardware class a job can ask for: the worker pool that runs it (node selector),
     what one device holds and sustains, and its price."""
@@ -164,6 +172,87 @@ class TrainingSettings(CommonSettings):
     training_simulate_step_seconds: float = 0.2
     # WatchJob / WatchNotifications heartbeat after this many idle seconds.
     training_watch_heartbeat_seconds: float = 15.0
+
+    # -- image LoRAs and generations (G) --
+    # Executor of a StartTraining that names none; `image_lora_executors_enabled` lists
+    # those a request may ask for (the default one is always enabled).
+    image_lora_executor: ImageLoraExecutorName = "replicate"
+    image_lora_executors_enabled: list[ImageLoraExecutorName] = Field(
+        default_factory=_all_image_lora_executors
+    )
+    # Optimizer steps when StartTraining says 0: Replicate's trainer default, and a small
+    # local run (a CPU worker trains the tiny pipeline in seconds).
+    image_lora_replicate_steps: int = 1000
+    image_lora_local_steps: int = 20
+    # A deleted image LoRA's reference images, weights and generated images are deleted
+    # from storage this long after.
+    image_lora_retention_seconds: float = 30 * 86400.0
+    # The sweep (purges past retention, cancels the provider has not confirmed,
+    # generations whose process went away) runs this often.
+    image_lora_sweep_seconds: float = 60.0
+    # Generations a user may have running at once (RESOURCE_EXHAUSTED past it).
+    generation_max_active_per_user: int = 2
+    # Replicate predictions: first poll delay, growing ×1.5 up to the max; a prediction
+    # still unfinished after `generation_timeout_seconds` fails.
+    generation_poll_seconds: float = 1.0
+    generation_poll_max_seconds: float = 10.0
+    generation_timeout_seconds: float = 600.0
+    # LOCAL and SIMULATE generations: pixels of the longer side (the other from the
+    # aspect ratio, a multiple of 16), and how many run at once in this process (the
+    # others wait QUEUED: the pipeline takes the CPU or GPU it runs on).
+    generation_local_long_side: int = 1024
+    generation_local_concurrency: int = 1
+    # Largest generated image downloaded from a provider.
+    generation_max_image_bytes: int = 20 * MiB
+    # Lifetime of the signed URLs of generated images.
+    generation_url_ttl_seconds: int = 3600
+
+    # -- image LoRAs on Replicate (R: replicate.py, image_trainer.py, image_webhooks.py) --
+    replicate_api_url: str = "https://api.replicate.com"
+    # The system's Replicate token, used for users who set no key of their own (empty:
+    # only users' keys).
+    replicate_api_token: SecretStr = SecretStr("")
+    replicate_timeout_seconds: float = 30.0
+    # The trainer model and its version (empty: the model's latest version).
+    replicate_trainer_model: str = "ostris/flux-dev-lora-trainer"
+    replicate_trainer_version: str = ""
+    # Owner of the destination models trainings create versions of, with the system
+    # token (empty: the token's account). With a user's key, the user's account.
+    replicate_destination_owner: str = ""
+    # The account's webhook signing secret (`whsec_…`, GET /v1/webhooks/default/secret).
+    replicate_webhook_secret: SecretStr = SecretStr("")
+    # Base URL at which Replicate reaches this service's HTTP port (webhooks at
+    # /webhooks/replicate); empty, or no webhook secret: no webhooks, polling only.
+    training_public_url: str = ""
+    # A TRAINING remote LoRA not heard of for this long is polled (lost webhooks).
+    image_lora_poll_seconds: float = 60.0
+    # Provider down: a QUEUED LoRA is tried again after this, doubling up to the max.
+    image_lora_retry_seconds: float = 5.0
+    image_lora_retry_max_seconds: float = 300.0
+    # A VALIDATING LoRA whose trainer went away goes back to QUEUED after this long.
+    image_lora_claim_timeout_seconds: float = 900.0
+    # Largest trained weights file taken from the provider (storage's `models` limit).
+    image_lora_max_weights_bytes: int = 5 * 1024 * MiB
+
+    # -- image LoRAs on the mesh's workers: LOCAL and SIMULATE (L) --
+    # The base image pipeline LOCAL trains and generates with: the built-in
+    # `tiny-random-sd` (Stable Diffusion's layout at toy size with random weights, built
+    # from configs on first use under the models dir: for CPU and tests, it draws noise)
+    # or a local diffusers folder of a Stable Diffusion 1.x/2.x pipeline (UNet + CLIP).
+    image_base_model: str = "tiny-random-sd"
+    # LoRA on the UNet's attention (to_q, to_k, to_v, to_out.0): rank (alpha = rank),
+    # peak learning rate, images per step, checkpoint interval in steps.
+    image_lora_rank: int = 16
+    image_lora_learning_rate: float = 1e-4
+    image_lora_batch_size: int = 1
+    image_lora_checkpoint_every_steps: int = 50
+    # Hardware class of image LoRA jobs; empty: the default class.
+    image_lora_hardware_class: str = ""
+    # A reference image is decoded only when its header says at most this many pixels.
+    image_lora_max_pixels: int = 4096 * 4096
+    # LOCAL generation: denoising steps and classifier-free guidance scale.
+    image_inference_steps: int = 30
+    image_guidance_scale: float = 7.5
 
     def default_hardware_class(self) -> str:
         if self.training_default_hardware_class in self.training_hardware_classes:

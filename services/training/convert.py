@@ -101,7 +101,7 @@ def job_proto(
     job = jobs_pb2.TrainingJob(
         id=str(row.id),
         name=row.name,
-        dataset_id=str(row.dataset_id),
+        dataset_id=str(row.dataset_id) if row.dataset_id else "",
         base_model=row.base_model,
         method=row.method,
         hyperparameters=hp_from_json(row.hyperparameters),
@@ -113,6 +113,7 @@ def job_proto(
         worker_id=row.worker_id,
         hardware_class=row.hardware_class,
         init_model_id=str(row.init_model_id) if row.init_model_id else "",
+        image_lora=str(row.image_lora_id) if row.image_lora_id else "",
     )
     p = job.progress
     p.steps.CopyFrom(common_pb2.Progress(done=row.steps_done, total=row.total_steps, unit="steps"))

@@ -5,13 +5,27 @@ A LoRA is assembled in DRAFT: reference images are storage files of the owner, c
 here on their bytes (format sniffed, size read from the image header, never decoded; the
 same bytes once per LoRA). Its images and trigger word change only while no training
 holds them (DRAFT, FAILED, CANCELLED). Deleting is soft: the LoRA is gone for the owner at
-once and its trigger word is free again."""
+once and its trigger word is free again (a training still running is cancelled first);
+its files leave storage after the retention window (image_retention.py).
+
+Training runs on one of three executors (ImageLoraExecutor): REPLICATE (image_trainer.py,
+the provider's trainings API), LOCAL and SIMULATE (a training job on the mesh's workers,
+image_jobs.py). StartTraining checks everything that can fail before the LoRA changes,
+then moves it to QUEUED and hands it to its executor in the same transaction.
+
+Cancelling a REPLICATE training: the LoRA is CANCELLED here first (in a transaction), then
+the provider is told. A provider that is down does not undo the cancel: the LoRA keeps
+`cancel_pending` and the sweep (image_retention.py) sends the cancel again until the
+provider confirms, so a cancelled training never keeps running (and billing) unseen."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from dataclasses import dataclass
+
+import grpc
 
 from aivera.storage.v1 import storage_pb2
 from aivera.training.v1 import image_loras_pb2
@@ -22,16 +36,21 @@ from services.common.errors import (
     InvalidArgument,
     NotFound,
     Reason,
+    ResourceExhausted,
+    ServiceError,
+    Unavailable,
     not_found,
 )
 from services.common.identity import ServiceIdentity, grant_now
 from services.common.protoutil import parse_uuid
 from services.common.remote import StorageClient
-from services.training import checks, image_headers
+from services.training import checks, image_headers, image_jobs, image_trainer, replicate_keys
+from services.training.config import ImageLoraExecutorName, TrainingSettings
 from services.training.image_lora_store import ImageLoraRow, ImageLoraStore, ReferenceImageRow
 from services.training.store import Store
 
 L = image_loras_pb2
+log = logging.getLogger("aivera.training.image_loras")
 
 MIN_IMAGES = 4
 MAX_IMAGES = 15
@@ -53,6 +72,16 @@ TRIGGER_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_]{2,31}")
 EDITABLE = frozenset(
     {L.IMAGE_LORA_STATUS_DRAFT, L.IMAGE_LORA_STATUS_FAILED, L.IMAGE_LORA_STATUS_CANCELLED}
 )
+# Statuses of a training that has not ended: CancelTraining stops it, delete cancels it.
+RUNNING = frozenset(
+    {L.IMAGE_LORA_STATUS_VALIDATING, L.IMAGE_LORA_STATUS_QUEUED, L.IMAGE_LORA_STATUS_TRAINING}
+)
+EXECUTORS: dict[ImageLoraExecutorName, int] = {
+    "replicate": L.IMAGE_LORA_EXECUTOR_REPLICATE,
+    "local": L.IMAGE_LORA_EXECUTOR_LOCAL,
+    "simulate": L.IMAGE_LORA_EXECUTOR_SIMULATE,
+}
+MAX_STEPS = 6000
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,9 +149,17 @@ def too_large(size: int, field: str = "file_id") -> InvalidArgument:
     )
 
 
+def status_name(status: int) -> str:
+    return L.ImageLoraStatus.Name(status).removeprefix("IMAGE_LORA_STATUS_")  # type: ignore[arg-type]
+
+
+def executor_name(executor: int) -> str:
+    return L.ImageLoraExecutor.Name(executor).removeprefix("IMAGE_LORA_EXECUTOR_")  # type: ignore[arg-type]
+
+
 def editable(row: ImageLoraRow, what: str) -> None:
     if row.status not in EDITABLE:
-        status = L.ImageLoraStatus.Name(row.status).removeprefix("IMAGE_LORA_STATUS_")  # type: ignore[arg-type]
+        status = status_name(row.status)
         raise FailedPrecondition(
             f"{what} cannot change while the image LoRA is {status}",
             reason=Reason.IMAGE_LORA_STATE,
@@ -130,14 +167,62 @@ def editable(row: ImageLoraRow, what: str) -> None:
         )
 
 
+def choose_executor(settings: TrainingSettings, asked: int, field: str = "executor") -> int:
+    """The executor asked for, else the server's default; one not enabled is refused (so
+    the choice is never silently changed). SIMULATE in production only when allowed, as
+    for text training: it is never billed."""
+    default = EXECUTORS[settings.image_lora_executor]
+    enabled = {EXECUTORS[e] for e in settings.image_lora_executors_enabled} | {default}
+    if asked == L.IMAGE_LORA_EXECUTOR_UNSPECIFIED:
+        asked = default
+    if asked not in enabled:
+        name = executor_name(asked) if asked in EXECUTORS.values() else str(asked)
+        raise InvalidArgument(
+            f"executor {name} is not enabled on this server "
+            f"(enabled: {', '.join(sorted(executor_name(e) for e in enabled))})",
+            field=field,
+        )
+    if (
+        asked == L.IMAGE_LORA_EXECUTOR_SIMULATE
+        and settings.aivera_env == "prod"
+        and not settings.training_allow_simulate_in_prod
+    ):
+        raise InvalidArgument("the simulate executor is disabled in production", field=field)
+    return asked
+
+
+def training_steps(settings: TrainingSettings, executor: int, asked: int) -> int:
+    """Steps asked for, 1–6000; 0: the executor's default."""
+    if not 0 <= asked <= MAX_STEPS:
+        raise InvalidArgument(f"steps must be between 1 and {MAX_STEPS}, or 0", field="steps")
+    if asked:
+        return asked
+    if executor == L.IMAGE_LORA_EXECUTOR_REPLICATE:
+        return settings.image_lora_replicate_steps
+    return settings.image_lora_local_steps
+
+
 class ImageLoras:
     def __init__(
-        self, store: Store, storage: StorageClient, identity: ServiceIdentity | None
+        self,
+        store: Store,
+        storage: StorageClient,
+        identity: ServiceIdentity | None,
+        settings: TrainingSettings,
+        auth: grpc.aio.Channel | None = None,
     ) -> None:
         self.store = store
         self.loras = ImageLoraStore(store)
         self.storage = storage
         self.identity = identity
+        self.settings = settings
+        # Where users' provider keys are (AuthInternalService.GetProviderKey).
+        self.auth = auth
+
+    async def replicate_token(self, user: str) -> str:
+        """The user's Replicate key, else the system's; FAILED_PRECONDITION
+        (PROVIDER_KEY_MISSING) with neither."""
+        return await replicate_keys.replicate_token(self.auth, self.settings, user)
 
     async def _owned(
         self, loras: ImageLoraStore, user: str, raw_id: str, field: str, *, lock: bool = False
@@ -191,9 +276,21 @@ class ImageLoras:
             return await self._full(loras, await self._owned(loras, user, raw_id, "image_lora.id"))
 
     async def delete(self, user: str, raw_id: str) -> None:
-        row = await self._owned(self.loras, user, raw_id, "id")
-        if not await self.loras.delete(row.id):
-            raise not_found("image LoRA", raw_id)
+        """Soft-delete, cancelling a training that has not ended; the files are purged
+        after the retention window, for which a grant is kept (image_retention.py)."""
+        # Without a mesh identity the purge acts for the user with what stands in for a
+        # grant (identity.grant_now); with one, purging is training's own right.
+        grant = None if self.identity else await grant_now(None)
+        async with self.store.transaction() as tx:
+            loras = self.loras.bound(tx)
+            row = await self._owned(loras, user, raw_id, "id", lock=True)
+            remote = await self._cancel_locked(tx, row) if row.status in RUNNING else False
+            if not await loras.delete(row.id):
+                raise not_found("image LoRA", raw_id)
+            if grant is not None:
+                await tx.put_grant(row.id, user, grant)
+        if remote:
+            await self.cancel_remote(row)
 
     async def add_image(self, user: str, raw_id: str, file_id: str, caption_: str) -> ImageLora:
         """Check the file on its bytes (bucket, size, format, header size), then add it
@@ -259,14 +356,20 @@ class ImageLoras:
                 raise not_found("reference image", raw_image_id)
             return await self._full(loras, row)
 
-    async def start(self, user: str, raw_id: str) -> ImageLora:
-        """Check the images (count, files still in storage) and queue the LoRA, with a
-        grant for the trainer to read the user's files after this request."""
+    async def start(self, user: str, raw_id: str, *, executor: int, steps: int) -> ImageLora:
+        """Check everything that can refuse the start (the executor and its key, the
+        images: count, files still in storage) while nothing has changed, then queue the
+        LoRA as a new attempt, with a grant for the trainer to read the user's files after
+        this request, and hand it to its executor in the same transaction."""
+        chosen = choose_executor(self.settings, executor)
+        steps = training_steps(self.settings, chosen, steps)
         lora = await self._full(
             self.loras, await self._owned(self.loras, user, raw_id, "image_lora")
         )
         startable(lora.row)
         image_count(len(lora.images))
+        if chosen == L.IMAGE_LORA_EXECUTOR_REPLICATE:
+            await self.replicate_token(user)  # PROVIDER_KEY_MISSING before any change
         for img in lora.images:
             await self._still_there(img)
         grant = await grant_now(self.identity)
@@ -275,10 +378,83 @@ class ImageLoras:
             row = await self._owned(loras, user, raw_id, "image_lora", lock=True)
             startable(row)  # the checks above ran without the lock: hold them again
             image_count(await loras.count_images(row.id))
-            await loras.queue(row.id, L.IMAGE_LORA_STATUS_QUEUED)
+            simulated = chosen == L.IMAGE_LORA_EXECUTOR_SIMULATE
+            await loras.queue(
+                row.id,
+                L.IMAGE_LORA_STATUS_QUEUED,
+                executor=chosen,
+                simulated=simulated,
+                steps=steps,
+            )
             if grant is not None:
                 await tx.put_grant(row.id, user, grant)
-            return await self._full(loras, await self._owned(loras, user, raw_id, "image_lora"))
+            queued = await self._owned(loras, user, raw_id, "image_lora")
+            if chosen != L.IMAGE_LORA_EXECUTOR_REPLICATE:
+                # The job reads the grant stored above under the LoRA's id; the LoRA
+                # points at the job (`job_id`).
+                await image_jobs.enqueue(
+                    tx, queued, steps=steps, simulate=simulated, settings=self.settings
+                )
+                queued = await self._owned(loras, user, raw_id, "image_lora")
+            # REPLICATE: the remote trainer (image_trainer.py) picks QUEUED LoRAs up.
+            return await self._full(loras, queued)
+
+    async def cancel(self, user: str, raw_id: str) -> ImageLora:
+        """CANCELLED, in a transaction, before the provider is told (see the module's
+        doc); a CANCELLED LoRA answers with itself."""
+        async with self.store.transaction() as tx:
+            loras = self.loras.bound(tx)
+            row = await self._owned(loras, user, raw_id, "image_lora", lock=True)
+            if row.status == L.IMAGE_LORA_STATUS_CANCELLED:
+                return await self._full(loras, row)
+            if row.status not in RUNNING:
+                status = status_name(row.status)
+                raise FailedPrecondition(
+                    f"the image LoRA is {status}: only a training that has not ended "
+                    "(VALIDATING, QUEUED or TRAINING) can be cancelled",
+                    reason=Reason.IMAGE_LORA_STATE,
+                    metadata={"status": status},
+                )
+            remote = await self._cancel_locked(tx, row)
+            cancelled = await self._full(
+                loras, await self._owned(loras, user, raw_id, "image_lora")
+            )
+        if remote:
+            await self.cancel_remote(row)
+        return cancelled
+
+    async def _cancel_locked(self, tx: Store, row: ImageLoraRow) -> bool:
+        """Move a running LoRA (locked by `tx`) to CANCELLED and stop its job; True when
+        a remote training must be cancelled at the provider after the commit."""
+        remote = row.executor == L.IMAGE_LORA_EXECUTOR_REPLICATE and bool(row.remote_id)
+        await self.loras.bound(tx).cancel(
+            row.id, L.IMAGE_LORA_STATUS_CANCELLED, cancel_pending=remote
+        )
+        if row.executor != L.IMAGE_LORA_EXECUTOR_REPLICATE:
+            await image_jobs.cancel(tx, row)
+        return remote
+
+    async def cancel_remote(self, row: ImageLoraRow) -> bool:
+        """Tell the provider; True once it confirmed (then `cancel_pending` is cleared).
+        The provider, auth or the database down: logged and left to the sweep, which
+        sends it again. A refusal no retry can change (the key is gone or refused) ends
+        the attempts, logged."""
+        try:
+            await image_trainer.cancel_remote(self, row)
+        except (Unavailable, ResourceExhausted) as exc:
+            log.warning("cancel of remote training of image LoRA %s failed: %s", row.id, exc)
+            return False
+        except ServiceError as exc:
+            log.error(
+                "cancel of remote training of image LoRA %s refused, not retried: %s",
+                row.id,
+                exc.message,
+            )
+        except Exception as exc:  # unexpected: the sweep tries again
+            log.warning("cancel of remote training of image LoRA %s failed: %r", row.id, exc)
+            return False
+        await self.loras.cancel_confirmed(row.id)
+        return True
 
     async def _still_there(self, img: ReferenceImageRow) -> None:
         gone = FailedPrecondition(
@@ -312,7 +488,7 @@ class ImageLoras:
 
 def startable(row: ImageLoraRow) -> None:
     if row.status not in EDITABLE:
-        status = L.ImageLoraStatus.Name(row.status).removeprefix("IMAGE_LORA_STATUS_")  # type: ignore[arg-type]
+        status = status_name(row.status)
         raise FailedPrecondition(
             f"the image LoRA is {status}: only a DRAFT, FAILED or CANCELLED one can start training",
             reason=Reason.IMAGE_LORA_STATE,

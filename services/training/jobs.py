@@ -118,6 +118,17 @@ def executor_name(value: int) -> str:
     return J.Executor.Name(value) if value in J.Executor.values() else str(value)  # type: ignore[arg-type]
 
 
+def image_lora_job(job: JobRow) -> None:
+    """Refuse RetryJob on a job that trains an image LoRA: the LoRA is started again
+    (ImageLoraService.StartTraining), which makes a new job."""
+    if job.image_lora_id is not None:
+        raise FailedPrecondition(
+            "the job trains an image LoRA: retry it with ImageLoraService.StartTraining",
+            reason=Reason.JOB_STATE,
+            metadata={"image_lora": str(job.image_lora_id)},
+        )
+
+
 async def owned(
     store: Store, user: str, raw_id: str, field: str = "id", *, lock: bool = False
 ) -> JobRow:
@@ -440,8 +451,8 @@ class Jobs:
     async def validate(self, job_id: uuid.UUID, user: str) -> None:
         """VALIDATING → QUEUED with the total steps, or FAILED (DATASET_INVALID, …)."""
         job = await self.store.job_by_id(job_id)
-        if job is None:
-            return
+        if job is None or job.dataset_id is None:
+            return  # gone, or an image LoRA job (created QUEUED)
         hp = convert.hp_from_json(job.hyperparameters)
         failure: Failure | None = None
         total = per_epoch = 0
@@ -496,6 +507,7 @@ class Jobs:
         `paths` (`hyperparameters.<field>`), those take the new values and the attempt
         starts over from step 0, validated again."""
         changed = None
+        image_lora_job(await owned(self.store, user, raw_id))
         if paths:
             job = await owned(self.store, user, raw_id)
             changed = await self._changed_hp(
@@ -505,6 +517,8 @@ class Jobs:
         grant = await grant_now(self.identity)
         async with self.store.transaction() as tx:
             job = await owned(tx, user, raw_id, lock=True)
+            image_lora_job(job)
+            assert job.dataset_id is not None  # a text job's
             change = lifecycle.retry(job)
             if await tx.dataset_deleted(job.dataset_id):
                 raise FailedPrecondition(
@@ -554,6 +568,7 @@ class Jobs:
             init = await self.store.model_by_id(job.init_model_id)
             if init is not None:
                 merged = await self._continue_from(init, job.base_model, job.executor, merged, "")
+        assert job.dataset_id is not None  # image LoRA jobs are refused before
         dataset = await self.store.dataset_by_id(job.dataset_id)
         assert dataset is not None
         facts = await asyncio.to_thread(basemodels.facts, job.base_model, self.settings)

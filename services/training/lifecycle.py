@@ -199,7 +199,9 @@ def claim(job: Job, lease: Lease, device: str) -> Change:
     return Change(RUNNING, f"running on worker {lease.worker_id} ({device})", lease=lease)
 
 
-def succeed(job: Job, *, model_id: uuid.UUID, steps: int, final_loss: float) -> Change:
+def succeed(job: Job, *, model_id: uuid.UUID | None, steps: int, final_loss: float) -> Change:
+    """Training finished: with its model artifact (none for an image LoRA, whose weights
+    the LoRA holds)."""
     _check(job, (RUNNING,), SUCCEEDED, "only a running job can succeed")
     message = f"finished {steps} steps, final loss {final_loss:.4f}"
     return Change(

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
 from aivera.training.v1 import (
     admin_pb2,
     billing_pb2,
@@ -27,7 +29,7 @@ from aivera.training.v1 import (
     webhooks_pb2,
 )
 from services.common.server import App, Servicers, ServiceSpec
-from services.training import queue_metrics
+from services.training import image_webhooks, queue_metrics
 from services.training.admin import Admin
 from services.training.api_admin import TrainingAdminService
 from services.training.api_billing import BillingService
@@ -44,8 +46,11 @@ from services.training.billing import Billing
 from services.training.clones import Clones
 from services.training.config import TrainingSettings
 from services.training.datasets import Datasets
+from services.training.generations import Generations
 from services.training.hub import Hub
 from services.training.image_loras import ImageLoras
+from services.training.image_retention import ImageSweep
+from services.training.image_trainer import ImageTrainer
 from services.training.jobs import Jobs
 from services.training.knowledge import KnowledgeClient
 from services.training.notifications import Notifications
@@ -69,6 +74,9 @@ class Training:
     webhooks: Webhooks
     admin: Admin
     image_loras: ImageLoras
+    generations: Generations
+    image_sweep: ImageSweep
+    image_trainer: ImageTrainer
 
     @classmethod
     def build(cls, app: App, settings: TrainingSettings) -> Training:
@@ -80,17 +88,26 @@ class Training:
         hub = Hub(settings.dsn())
         knowledge = KnowledgeClient(app.channel(settings.rag_addr), app.deadlines, spawn)
         billing = Billing(store, settings)
+        models = Models(store, storage, settings, app.identity)
+        # Users' provider keys come from auth, which answers only the mesh's services: a
+        # process without a mesh identity uses the system key alone (replicate_keys).
+        auth = app.channel(settings.auth_addr) if app.identity else None
+        image_loras = ImageLoras(store, storage, app.identity, settings, auth)
+        generations = Generations(store, storage, app.identity, settings, image_loras, spawn)
         return cls(
             hub=hub,
             datasets=Datasets(store, settings, storage, spawn, app.identity),
             jobs=Jobs(store, settings, storage, hub, spawn, billing, app.identity),
-            models=Models(store, storage, settings, app.identity),
+            models=models,
             clones=Clones(store, settings, knowledge),
             notifications=Notifications(store, settings, hub),
             billing=billing,
             webhooks=Webhooks(store, settings),
             admin=Admin(store),
-            image_loras=ImageLoras(store, storage, app.identity),
+            image_loras=image_loras,
+            generations=generations,
+            image_sweep=ImageSweep(store, settings, image_loras, models, generations.running_for),
+            image_trainer=ImageTrainer(store, storage, settings, auth),
         )
 
     def servicers(self, settings: TrainingSettings) -> Servicers:
@@ -107,7 +124,7 @@ class Training:
             (service(clones_pb2, "CloneService"), CloneService(self.clones)),
             (
                 service(image_loras_pb2, "ImageLoraService"),
-                ImageLoraService(self.image_loras),
+                ImageLoraService(self.image_loras, self.generations),
             ),
             (
                 service(notifications_pb2, "NotificationService"),
@@ -146,6 +163,9 @@ def make_spec(settings: TrainingSettings) -> TrainingSpec:
         await spec.training.datasets.resume_pending()
         await spec.training.jobs.resume_pending()
         app.spawn(spec.training.models.purge_loop(), name="purge-deleted-models")
+        app.spawn(spec.training.image_sweep.run(), name="image-lora-sweep")
+        # Remote (Replicate) image LoRA trainings: claims, polls; webhooks wake it.
+        app.spawn(spec.training.image_trainer.run(), name="image-lora-trainer")
         if spec.training.webhooks.sealer.enabled:
             deliverer = Deliverer(spec.training.webhooks, spec.training.hub)
             app.spawn(deliverer.run(), name="deliver-webhooks")
@@ -156,6 +176,16 @@ def make_spec(settings: TrainingSettings) -> TrainingSpec:
         if spec.training is not None:
             await spec.training.hub.stop()
 
+    def http_routes(app: App, web_app: web.Application) -> None:
+        settings_ = app.settings
+        assert isinstance(settings_, TrainingSettings)
+
+        def trainer() -> ImageTrainer | None:
+            return spec.training.image_trainer if spec.training is not None else None
+
+        # Replicate's signed webhooks of remote image LoRA trainings.
+        image_webhooks.routes(settings_, trainer)(web_app)
+
     spec = TrainingSpec(
         name="training",
         port=settings.training_port,
@@ -165,5 +195,6 @@ def make_spec(settings: TrainingSettings) -> TrainingSpec:
         migrations=MIGRATIONS,
         on_ready=on_ready,
         on_stop=on_stop,
+        http_routes=http_routes,
     )
     return spec

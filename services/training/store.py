@@ -19,7 +19,13 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from aivera.training.v1 import datasets_pb2, jobs_pb2, models_pb2, notifications_pb2
+from aivera.training.v1 import (
+    datasets_pb2,
+    image_loras_pb2,
+    jobs_pb2,
+    models_pb2,
+    notifications_pb2,
+)
 from services.common import pages
 from services.common.db import Database
 from services.common.errors import InvalidArgument, Reason
@@ -60,7 +66,7 @@ class JobRow:
     id: uuid.UUID
     user_id: str
     name: str
-    dataset_id: uuid.UUID
+    dataset_id: uuid.UUID | None  # None for a job that trains an image LoRA
     base_model: str
     method: jobs_pb2.TrainingMethod.ValueType
     hyperparameters: dict[str, Any]  # Hyperparameters as JSON (effective values)
@@ -92,6 +98,8 @@ class JobRow:
     hardware_class: str
     init_model_id: uuid.UUID | None
     resume_from_attempt: int
+    # The image LoRA the job trains (0015_image_lora_jobs.sql); None for a text job.
+    image_lora_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,17 +284,34 @@ _CLONE = (
      ORDER BY j.created_at DESC, j.id DESC LIMIT 1) AS last_job_status"""
 )
 _ACTIVE = list(lifecycle.ACTIVE)
+# An image LoRA's status for each job status its job moves to (store.mirror_image_lora),
+# and the LoRA statuses in which its job still moves it.
+_LORA_MIRROR: dict[int, int] = {
+    lifecycle.QUEUED: image_loras_pb2.IMAGE_LORA_STATUS_QUEUED,
+    lifecycle.RUNNING: image_loras_pb2.IMAGE_LORA_STATUS_VALIDATING,
+    lifecycle.SUCCEEDED: image_loras_pb2.IMAGE_LORA_STATUS_READY,
+    lifecycle.FAILED: image_loras_pb2.IMAGE_LORA_STATUS_FAILED,
+    lifecycle.CANCELLED: image_loras_pb2.IMAGE_LORA_STATUS_CANCELLED,
+}
+_LORA_TRAINING = [
+    image_loras_pb2.IMAGE_LORA_STATUS_QUEUED,
+    image_loras_pb2.IMAGE_LORA_STATUS_VALIDATING,
+    image_loras_pb2.IMAGE_LORA_STATUS_TRAINING,
+]
 
 
-def _make(row: type, record: Any) -> Any:
+# Public: the image LoRA and generation stores build their rows and pages the same way.
+def make_row(row: type, record: Any) -> Any:
+    """A typed row from an asyncpg record."""
     return row(**dict(record))
 
 
-def _created(row: Any) -> pages.Keyset:
+def by_created(row: Any) -> pages.Keyset:
+    """The keyset of a row listed newest first by (created_at, id)."""
     return (row.created_at, row.id)
 
 
-def _after(page: pages.PageRequest, size: int) -> tuple[Any, ...]:
+def keyset_after(page: pages.PageRequest, size: int) -> tuple[Any, ...]:
     """The keyset position of a page as query arguments (Nones on the first page)."""
     if page.after is None:
         return (None,) * size
@@ -352,7 +377,7 @@ class Store:
             max_seq_length,
             description,
         )
-        return _make(DatasetRow, record)  # type: ignore[no-any-return]
+        return make_row(DatasetRow, record)  # type: ignore[no-any-return]
 
     async def update_dataset(
         self, dataset_id: uuid.UUID, *, name: str | None, description: str | None
@@ -374,7 +399,7 @@ class Store:
             dataset_id,
             user_id,
         )
-        return None if record is None else _make(DatasetRow, record)
+        return None if record is None else make_row(DatasetRow, record)
 
     # -- grants of background work (0011_work_grants.sql) ------------------------------
     async def put_grant(self, resource_id: uuid.UUID, user_id: str, grant: str) -> None:
@@ -400,7 +425,7 @@ class Store:
         record = await self.db.fetchrow(
             f"SELECT {_DATASET} FROM datasets WHERE id = $1", dataset_id
         )
-        return None if record is None else _make(DatasetRow, record)
+        return None if record is None else make_row(DatasetRow, record)
 
     async def list_datasets(
         self, user_id: str, status: int, page: pages.PageRequest
@@ -413,10 +438,10 @@ class Store:
                 ORDER BY created_at DESC, id DESC LIMIT $5""",
             user_id,
             status or None,
-            *_after(page, 2),
+            *keyset_after(page, 2),
             page.limit,
         )
-        return pages.take([_make(DatasetRow, r) for r in records], page, key=_created)
+        return pages.take([make_row(DatasetRow, r) for r in records], page, key=by_created)
 
     async def validating_datasets(self, status: int) -> list[tuple[uuid.UUID, str]]:
         records = await self.db.fetch(
@@ -486,7 +511,7 @@ class Store:
         *,
         user_id: str,
         name: str,
-        dataset_id: uuid.UUID,
+        dataset_id: uuid.UUID | None,
         base_model: str,
         method: int,
         hyperparameters: dict[str, Any],
@@ -495,12 +520,16 @@ class Store:
         created: lifecycle.Change,
         hardware_class: str,
         init_model_id: uuid.UUID | None = None,
+        image_lora_id: uuid.UUID | None = None,
     ) -> JobRow:
-        """A new job in the status of `created`, with its first event (in a transaction)."""
+        """A new job in the status of `created`, with its first event (in a transaction).
+        It trains on `dataset_id`, or the image LoRA `image_lora_id`."""
         record = await self.db.fetchrow(
             f"""INSERT INTO training_jobs (id, user_id, name, dataset_id, base_model, method,
-                    hyperparameters, executor, clone_id, status, hardware_class, init_model_id)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {_JOB}""",
+                    hyperparameters, executor, clone_id, status, hardware_class, init_model_id,
+                    image_lora_id)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                RETURNING {_JOB}""",
             uuid.uuid4(),
             user_id,
             name,
@@ -513,8 +542,9 @@ class Store:
             created.status,
             hardware_class,
             init_model_id,
+            image_lora_id,
         )
-        job: JobRow = _make(JobRow, record)
+        job: JobRow = make_row(JobRow, record)
         await self._status_event(job, created)
         return job
 
@@ -530,18 +560,18 @@ class Store:
             job_id,
             user_id,
         )
-        return None if record is None else _make(JobRow, record)
+        return None if record is None else make_row(JobRow, record)
 
     async def job_by_id(self, job_id: uuid.UUID) -> JobRow | None:
         record = await self.db.fetchrow(f"SELECT {_JOB} FROM training_jobs WHERE id = $1", job_id)
-        return None if record is None else _make(JobRow, record)
+        return None if record is None else make_row(JobRow, record)
 
     async def lock_job(self, job_id: uuid.UUID) -> JobRow | None:
         """Any job, locked until the transaction ends (background work and workers)."""
         record = await self.db.fetchrow(
             f"SELECT {_JOB} FROM training_jobs WHERE id = $1 FOR UPDATE", job_id
         )
-        return None if record is None else _make(JobRow, record)
+        return None if record is None else make_row(JobRow, record)
 
     async def list_jobs(
         self, user_id: str, status: int, page: pages.PageRequest
@@ -554,10 +584,10 @@ class Store:
                 ORDER BY created_at DESC, id DESC LIMIT $5""",
             user_id,
             status or None,
-            *_after(page, 2),
+            *keyset_after(page, 2),
             page.limit,
         )
-        return pages.take([_make(JobRow, r) for r in records], page, key=_created)
+        return pages.take([make_row(JobRow, r) for r in records], page, key=by_created)
 
     async def job_status(self, job_id: uuid.UUID) -> int | None:
         """The status of a job that is not deleted (None once deleted)."""
@@ -614,7 +644,7 @@ class Store:
             change.queued,
             change.model_id,
         )
-        job: JobRow = _make(JobRow, record)
+        job: JobRow = make_row(JobRow, record)
         await self._status_event(job, change)
         if change.notice is not None:
             await self.notify(
@@ -628,6 +658,8 @@ class Store:
             )
         if change.queued:
             await self.db.execute("SELECT pg_notify($1, $2)", QUEUE_CHANNEL, str(job.id))
+        if job.image_lora_id is not None:
+            await self.mirror_image_lora(job)
         return job
 
     async def _status_event(self, job: JobRow, change: lifecycle.Change) -> None:
@@ -683,7 +715,7 @@ class Store:
                 FOR UPDATE SKIP LOCKED""",
             lifecycle.RUNNING,
         )
-        return [_make(JobRow, r) for r in records]
+        return [make_row(JobRow, r) for r in records]
 
     async def next_queued(self, classes: Sequence[str] = ()) -> JobRow | None:
         """The oldest QUEUED job of one of the hardware `classes` (empty: any), locked
@@ -695,7 +727,7 @@ class Store:
             lifecycle.QUEUED,
             list(classes) or None,
         )
-        return None if record is None else _make(JobRow, record)
+        return None if record is None else make_row(JobRow, record)
 
     async def claim_token(self, job_id: uuid.UUID) -> uuid.UUID | None:
         """The job's current claim token, without a lock (a quick check before slow work)."""
@@ -752,14 +784,14 @@ class Store:
             point.tokens_per_second,
             eta_seconds,
         )
-        return _make(MetricRow, record)  # type: ignore[no-any-return]
+        return make_row(MetricRow, record)  # type: ignore[no-any-return]
 
     # -- metrics and checkpoints --------------------------------------------------------------
     async def list_metrics(
         self, job_id: uuid.UUID, from_step: int, page: pages.PageRequest
     ) -> tuple[list[MetricRow], str]:
         """In the order they were written."""
-        (after,) = _after(page, 1)
+        (after,) = keyset_after(page, 1)
         records = await self.db.fetch(
             f"""SELECT {_METRIC} FROM metrics_points WHERE job_id = $1 AND id > $2
                 AND step >= $3 ORDER BY id LIMIT $4""",
@@ -768,7 +800,7 @@ class Store:
             from_step,
             page.limit,
         )
-        return pages.take([_make(MetricRow, r) for r in records], page, key=lambda r: (r.id,))
+        return pages.take([make_row(MetricRow, r) for r in records], page, key=lambda r: (r.id,))
 
     async def insert_checkpoint(
         self,
@@ -795,7 +827,7 @@ class Store:
             storage_path,
             file_id,
         )
-        return _make(CheckpointRow, record)  # type: ignore[no-any-return]
+        return make_row(CheckpointRow, record)  # type: ignore[no-any-return]
 
     async def latest_checkpoint(self, job_id: uuid.UUID) -> CheckpointRow | None:
         record = await self.db.fetchrow(
@@ -804,7 +836,7 @@ class Store:
                 ORDER BY step DESC, created_at DESC LIMIT 1""",
             job_id,
         )
-        return None if record is None else _make(CheckpointRow, record)
+        return None if record is None else make_row(CheckpointRow, record)
 
     async def last_checkpoint_step(self, job_id: uuid.UUID) -> int:
         """The step a resumed job starts from (0: from the beginning)."""
@@ -824,10 +856,10 @@ class Store:
                 AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3::uuid))
                 ORDER BY created_at, id LIMIT $4""",
             job_id,
-            *_after(page, 2),
+            *keyset_after(page, 2),
             page.limit,
         )
-        return pages.take([_make(CheckpointRow, r) for r in records], page, key=_created)
+        return pages.take([make_row(CheckpointRow, r) for r in records], page, key=by_created)
 
     # -- costs --------------------------------------------------------------------------------
     async def open_cost(
@@ -874,7 +906,7 @@ class Store:
     ) -> tuple[list[list[MonthCostRow]], str]:
         """A user's billed costs grouped by UTC month, newest first; each month's rows by
         device type."""
-        (after,) = _after(page, 1)
+        (after,) = keyset_after(page, 1)
         months = await self.db.fetch(
             """SELECT month FROM (
                    SELECT DISTINCT date_trunc('month', started_at AT TIME ZONE 'UTC') AS month
@@ -919,7 +951,7 @@ class Store:
                FROM user_quotas WHERE user_id = $1""",
             user_id,
         )
-        return None if record is None else _make(QuotaRow, record)
+        return None if record is None else make_row(QuotaRow, record)
 
     async def set_user_quota(self, row: QuotaRow, fields_: Sequence[str], admin: str) -> None:
         """Set the named fields of a user's quota (None: back to the default)."""
@@ -1043,7 +1075,7 @@ class Store:
             simulated,
             checkpoint_id,
         )
-        return _make(ModelRow, record)  # type: ignore[no-any-return]
+        return make_row(ModelRow, record)  # type: ignore[no-any-return]
 
     async def get_model(self, user_id: str, model_id: uuid.UUID) -> ModelRow | None:
         record = await self.db.fetchrow(
@@ -1052,7 +1084,7 @@ class Store:
             model_id,
             user_id,
         )
-        return None if record is None else _make(ModelRow, record)
+        return None if record is None else make_row(ModelRow, record)
 
     async def list_models(
         self, user_id: str, clone_id: uuid.UUID | None, page: pages.PageRequest
@@ -1065,10 +1097,10 @@ class Store:
                 ORDER BY created_at DESC, id DESC LIMIT $5""",
             user_id,
             clone_id,
-            *_after(page, 2),
+            *keyset_after(page, 2),
             page.limit,
         )
-        return pages.take([_make(ModelRow, r) for r in records], page, key=_created)
+        return pages.take([make_row(ModelRow, r) for r in records], page, key=by_created)
 
     async def rename_model(self, model_id: uuid.UUID, name: str) -> None:
         await self.db.execute("UPDATE model_artifacts SET name = $2 WHERE id = $1", model_id, name)
@@ -1096,7 +1128,7 @@ class Store:
             float(older_than),
             limit,
         )
-        return [_make(ModelRow, r) for r in records]
+        return [make_row(ModelRow, r) for r in records]
 
     async def mark_purged(self, model_id: uuid.UUID) -> None:
         await self.db.execute(
@@ -1111,14 +1143,14 @@ class Store:
             checkpoint_id,
             job_id,
         )
-        return None if record is None else _make(CheckpointRow, record)
+        return None if record is None else make_row(CheckpointRow, record)
 
     async def model_by_id(self, model_id: uuid.UUID) -> ModelRow | None:
         """Any model, deleted ones too (workers: a job's starting adapter)."""
         record = await self.db.fetchrow(
             f"SELECT {_MODEL} FROM model_artifacts WHERE id = $1", model_id
         )
-        return None if record is None else _make(ModelRow, record)
+        return None if record is None else make_row(ModelRow, record)
 
     async def restart_plan(
         self, job_id: uuid.UUID, hyperparameters: dict[str, Any], attempt: int
@@ -1166,7 +1198,7 @@ class Store:
             _ACTIVE,
             user_id,
         )
-        return None if record is None else _make(CloneRow, record)
+        return None if record is None else make_row(CloneRow, record)
 
     async def list_clones(
         self, user_id: str, page: pages.PageRequest
@@ -1178,10 +1210,10 @@ class Store:
                 ORDER BY c.created_at DESC, c.id DESC LIMIT $5""",
             user_id,
             _ACTIVE,
-            *_after(page, 2),
+            *keyset_after(page, 2),
             page.limit,
         )
-        return pages.take([_make(CloneRow, r) for r in records], page, key=_created)
+        return pages.take([make_row(CloneRow, r) for r in records], page, key=by_created)
 
     async def update_clone(
         self,
@@ -1296,10 +1328,10 @@ class Store:
                 ORDER BY created_at DESC, id DESC LIMIT $5""",
             user_id,
             unread_only,
-            *_after(page, 2),
+            *keyset_after(page, 2),
             page.limit,
         )
-        return pages.take([_make(NotificationRow, r) for r in records], page, key=_created)
+        return pages.take([make_row(NotificationRow, r) for r in records], page, key=by_created)
 
     async def unread_notifications(self, user_id: str, limit: int) -> list[NotificationRow]:
         """The newest `limit` unread ones, oldest first."""
@@ -1310,7 +1342,7 @@ class Store:
             user_id,
             limit,
         )
-        return [_make(NotificationRow, r) for r in records]
+        return [make_row(NotificationRow, r) for r in records]
 
     async def notifications_since(self, user_id: str, since: dt.datetime) -> list[NotificationRow]:
         """Those created at or after `since`, oldest first."""
@@ -1320,7 +1352,7 @@ class Store:
             user_id,
             since,
         )
-        return [_make(NotificationRow, r) for r in records]
+        return [make_row(NotificationRow, r) for r in records]
 
     async def count_own_notifications(self, user_id: str, ids: Sequence[uuid.UUID]) -> int:
         count: int = await self.db.fetchval(
@@ -1371,7 +1403,7 @@ class Store:
             secret,
             secret_hint,
         )
-        return _make(WebhookRow, record)  # type: ignore[no-any-return]
+        return make_row(WebhookRow, record)  # type: ignore[no-any-return]
 
     async def get_webhook(self, user_id: str, webhook_id: uuid.UUID) -> WebhookRow | None:
         record = await self.db.fetchrow(
@@ -1380,7 +1412,7 @@ class Store:
             webhook_id,
             user_id,
         )
-        return None if record is None else _make(WebhookRow, record)
+        return None if record is None else make_row(WebhookRow, record)
 
     async def list_webhooks(
         self, user_id: str, page: pages.PageRequest
@@ -1390,10 +1422,10 @@ class Store:
                 AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid))
                 ORDER BY created_at DESC, id DESC LIMIT $4""",
             user_id,
-            *_after(page, 2),
+            *keyset_after(page, 2),
             page.limit,
         )
-        return pages.take([_make(WebhookRow, r) for r in records], page, key=_created)
+        return pages.take([make_row(WebhookRow, r) for r in records], page, key=by_created)
 
     async def delete_webhook(self, webhook_id: uuid.UUID) -> None:
         """Soft-delete; its pending deliveries are given up."""
@@ -1420,7 +1452,7 @@ class Store:
             hint,
             float(previous_for),
         )
-        return _make(WebhookRow, record)  # type: ignore[no-any-return]
+        return make_row(WebhookRow, record)  # type: ignore[no-any-return]
 
     async def claim_deliveries(self, limit: int, hold_seconds: float) -> list[DueRow]:
         """Due deliveries, claimed for `hold_seconds` (another replica skips them while
@@ -1443,7 +1475,7 @@ class Store:
             limit,
             float(hold_seconds),
         )
-        return [_make(DueRow, r) for r in records]
+        return [make_row(DueRow, r) for r in records]
 
     async def record_attempt(
         self,
@@ -1482,10 +1514,10 @@ class Store:
                 AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid))
                 ORDER BY created_at DESC, id DESC LIMIT $4""",
             webhook_id,
-            *_after(page, 2),
+            *keyset_after(page, 2),
             page.limit,
         )
-        rows, token = pages.take([_make(DeliveryRow, r) for r in records], page, key=_created)
+        rows, token = pages.take([make_row(DeliveryRow, r) for r in records], page, key=by_created)
         attempts = await self.db.fetch(
             """SELECT delivery_id, response_code, error, duration_ms, created_at
                FROM webhook_attempts WHERE delivery_id = ANY($1::uuid[]) ORDER BY id""",
@@ -1493,8 +1525,79 @@ class Store:
         )
         by: dict[uuid.UUID, list[AttemptRow]] = {r.id: [] for r in rows}
         for a in attempts:
-            by[a["delivery_id"]].append(_make(AttemptRow, a))
+            by[a["delivery_id"]].append(make_row(AttemptRow, a))
         return [(r, by[r.id]) for r in rows], token
+
+    # -- jobs that train image LoRAs (0015_image_lora_jobs.sql) ----------------------------
+    # The LoRA follows its job: every write names the job, so a LoRA that has since been
+    # started again (a newer job) or has ended is left alone.
+    async def link_image_lora_job(
+        self, lora_id: uuid.UUID, job_id: uuid.UUID, *, steps: int, simulated: bool
+    ) -> None:
+        """The LoRA's training is now `job_id` (no progress, no weights yet)."""
+        await self.db.execute(
+            """UPDATE image_loras SET job_id = $2, training_steps = $3, simulated = $4,
+                      progress = 0, weights_file_id = '', weights_size_bytes = 0,
+                      weights_sha256 = '', updated_at = clock_timestamp()
+               WHERE id = $1""",
+            lora_id,
+            job_id,
+            steps,
+            simulated,
+        )
+
+    async def mirror_image_lora(self, job: JobRow) -> None:
+        """Move the job's LoRA with the job (called by `apply`): claimed → VALIDATING (the
+        worker checks the images), back in the queue → QUEUED, SUCCEEDED → READY,
+        FAILED (with the job's error) and CANCELLED as they are."""
+        status = _LORA_MIRROR.get(job.status)
+        if status is None:
+            return
+        error = str((job.error or {}).get("message", "")) if job.status == lifecycle.FAILED else ""
+        await self.db.execute(
+            """UPDATE image_loras SET status = $3::smallint, error = $4,
+                      progress = CASE WHEN $3::smallint = $5::smallint THEN 1 ELSE progress END,
+                      finished_at = CASE WHEN $6 THEN clock_timestamp() ELSE NULL END,
+                      updated_at = clock_timestamp()
+               WHERE id = $1 AND job_id = $2 AND status = ANY($7::smallint[])""",
+            job.image_lora_id,
+            job.id,
+            status,
+            error,
+            image_loras_pb2.IMAGE_LORA_STATUS_READY,
+            job.status in lifecycle.TERMINAL,
+            _LORA_TRAINING,
+        )
+
+    async def image_lora_training(
+        self, lora_id: uuid.UUID, job_id: uuid.UUID, progress: float
+    ) -> None:
+        """The job's LoRA is TRAINING, `progress` (0–1) of the way."""
+        await self.db.execute(
+            """UPDATE image_loras SET status = $3, progress = $4, updated_at = clock_timestamp()
+               WHERE id = $1 AND job_id = $2 AND status = ANY($5::smallint[])""",
+            lora_id,
+            job_id,
+            image_loras_pb2.IMAGE_LORA_STATUS_TRAINING,
+            progress,
+            _LORA_TRAINING,
+        )
+
+    async def image_lora_weights(
+        self, lora_id: uuid.UUID, job_id: uuid.UUID, *, file_id: str, size: int, sha256: str
+    ) -> None:
+        """The trained weights of the job's LoRA (before the job SUCCEEDS, in its
+        transaction)."""
+        await self.db.execute(
+            """UPDATE image_loras SET weights_file_id = $3, weights_size_bytes = $4,
+                      weights_sha256 = $5, updated_at = clock_timestamp()
+               WHERE id = $1 AND job_id = $2""",
+            lora_id,
+            job_id,
+            file_id,
+            size,
+            sha256,
+        )
 
     # -- admin ----------------------------------------------------------------------------------
     async def list_all_jobs(
@@ -1508,17 +1611,17 @@ class Store:
                 ORDER BY created_at DESC, id DESC LIMIT $5""",
             user_id,
             status or None,
-            *_after(page, 2),
+            *keyset_after(page, 2),
             page.limit,
         )
-        return pages.take([_make(JobRow, r) for r in records], page, key=_created)
+        return pages.take([make_row(JobRow, r) for r in records], page, key=by_created)
 
     async def events_page(
         self, job_id: uuid.UUID, page: pages.PageRequest
     ) -> tuple[list[J.JobEvent], int | None]:
         """Up to `page.size` stored events after the page's position, and the position of
         the next page (None on the last)."""
-        (after,) = _after(page, 1)
+        (after,) = keyset_after(page, 1)
         records = await self.db.fetch(
             """SELECT seq, event FROM job_events WHERE job_id = $1 AND seq > $2
                ORDER BY seq LIMIT $3""",

@@ -13,6 +13,8 @@ jobs from the Postgres queue:
    bucket. Every write checks the claim token, so a worker that lost its lease (or whose
    job was cancelled) stops at the next step boundary without writing anything more.
 4. Upload the adapter, record the model artifact, set the clone's active model and finish.
+   A job that trains an image LoRA (image_lora_id set) runs image_executor.py instead: its
+   weights go to the LoRA, which follows the job's status.
 
 SIGTERM: the running job stops at the next step and goes straight back to QUEUED (another
 worker resumes it from its last checkpoint without waiting for the lease to expire).
@@ -46,7 +48,14 @@ from services.common.errors import FailedPrecondition, NotFound, ServiceError
 from services.common.identity import ServiceIdentity, require_identity
 from services.common.metrics import sample_gpus
 from services.common.remote import Deadlines, StorageClient
-from services.training import artifacts, basemodels, catalogue, estimates, lifecycle
+from services.training import (
+    artifacts,
+    basemodels,
+    catalogue,
+    estimates,
+    image_executor,
+    lifecycle,
+)
 from services.training.billing import Billing
 from services.training.config import TrainingSettings
 from services.training.convert import checkpoint_proto, hp_from_json, metric_proto
@@ -258,19 +267,25 @@ class Worker:
         attrs = {"training.attempt": job.attempt, "training.worker": self.worker_id}
         try:
             trace = await self.store.trace_context(job.id) if tracing.enabled() else {}
-            # On the grant the job was created with: the user's token is long gone.
-            grant = await self.store.grant_of(job.id)
+            # On the grant the job was created with: the user's token is long gone. An
+            # image LoRA job's is the one StartTraining stored under the LoRA's id.
+            grant = await self.store.grant_of(job.image_lora_id or job.id)
             with (
                 ctx.acting_for(job.user_id, grant=grant),
                 tracing.continued(trace, "training.job", attrs),
             ):
-                result = await self._train(claim, session_stop)
-                if result is None:
+                if job.image_lora_id is not None:
+                    finished = await self._train_image(claim, session_stop)
+                else:
+                    result = await self._train(claim, session_stop)
+                    if result is not None:
+                        await self._succeed(claim, result)
+                    finished = result is not None
+                if finished:
+                    outcome = "succeeded"
+                else:
                     outcome = "stopped"
                     await self._stopped(claim)
-                else:
-                    await self._succeed(claim, result)
-                    outcome = "succeeded"
         except JobFailure as exc:
             outcome = "failed"
             await self._fail(claim, Failure(exc.code, exc.message, claim.step_reached))
@@ -296,10 +311,28 @@ class Worker:
             except Exception as exc:
                 log.warning("could not record the final cost of %s: %s", job.id, exc)
 
+    async def _train_image(self, claim: Claim, session_stop: threading.Event) -> bool:
+        """An image LoRA job (image_executor.py): True when it finished (the LoRA READY),
+        False when it stopped early."""
+        try:
+            return await image_executor.run(self, claim, session_stop)
+        except image_executor.ImageJobError as exc:
+            raise JobFailure(exc.code, exc.message) from None
+        except NumericalInstability as exc:
+            raise JobFailure(J.JOB_ERROR_CODE_NUMERICAL_INSTABILITY, str(exc)) from None
+        except (MemoryError, RuntimeError) as exc:
+            if out_of_memory(exc):
+                raise JobFailure(
+                    J.JOB_ERROR_CODE_OUT_OF_MEMORY,
+                    "the device ran out of memory: lower image_lora_batch_size or image_lora_rank",
+                ) from None
+            raise
+
     async def _train(self, claim: Claim, session_stop: threading.Event) -> Result | None:
         """Run the executor from the job's latest checkpoint; None when it stopped early
         (cancelled, lease lost, timed out or shutting down)."""
         job = claim.job
+        assert job.dataset_id is not None  # a text job (image LoRA jobs: _train_image)
         loop = asyncio.get_running_loop()
         hp = hp_from_json(job.hyperparameters)
         try:

@@ -3,10 +3,14 @@ life (create, get, list in pages, update by mask, soft delete), its trigger word
 reference images checked on their bytes (format, header size, byte limit, count,
 duplicates), and StartTraining's checks and queueing (a retry too); another user's LoRA or
 file is NOT_FOUND. The header reader is tested on images Pillow writes in every layout it
-parses."""
+parses. Training: the executor chosen (asked for, else the server's; not enabled, or
+REPLICATE without a key, refused before anything changes), CancelTraining in every status,
+a retry that resets the attempt, a delete that cancels a running training first, and the
+retention sweep that purges a deleted LoRA's files from storage."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import uuid
 from collections.abc import AsyncIterator
@@ -19,13 +23,27 @@ from PIL import Image
 
 from aivera.storage.v1 import storage_pb2
 from aivera.training.v1 import image_loras_pb2 as L
-from aivera.training.v1 import image_loras_pb2_grpc
+from aivera.training.v1 import image_loras_pb2_grpc, jobs_pb2
 from services.common.errors import InvalidArgument
 from services.training import image_headers, image_loras
 from tests.helpers.errors import bad_field, error_info, reason
 from tests.training.conftest import Env, User
 
 IMAGES = storage_pb2.BUCKET_TRAINING_IMAGES
+SIM = L.IMAGE_LORA_EXECUTOR_SIMULATE
+
+
+@pytest.fixture(scope="module")
+def training_overrides() -> dict[str, Any]:
+    """SIMULATE by default; LOCAL not enabled here; REPLICATE enabled but no system key
+    (and no auth to hold users' keys); deleted LoRAs purged a second after, swept often."""
+    return {
+        "image_lora_executor": "simulate",
+        "image_lora_executors_enabled": ["simulate", "replicate"],
+        "image_lora_local_steps": 7,
+        "image_lora_retention_seconds": 1.0,
+        "image_lora_sweep_seconds": 0.2,
+    }
 
 
 def image(w: int, h: int, fmt: str = "PNG", seed: int = 0, **save: Any) -> bytes:
@@ -423,6 +441,11 @@ async def test_start_training(env: Env) -> None:
     assert (await refused(other)).code() == grpc.StatusCode.NOT_FOUND
     queued = await u.loras.StartTraining(start, metadata=u.md)
     assert queued.status == L.IMAGE_LORA_STATUS_QUEUED and len(queued.reference_images) == 4
+    # The server's default executor (SIMULATE here) with its default steps, as a job.
+    assert (queued.executor, queued.simulated, queued.attempt) == (SIM, True, 1)
+    assert queued.training_steps == 7 and queued.progress == 0
+    job = await u.jobs.GetJob(jobs_pb2.GetJobRequest(id=queued.job_id), metadata=u.md)
+    assert job.status in (jobs_pb2.JOB_STATUS_QUEUED, jobs_pb2.JOB_STATUS_VALIDATING)
     # The trainer will read the files after this request: a grant is kept for it.
     assert (
         await env.training.pool.fetchval(
@@ -483,3 +506,158 @@ async def test_retry_after_failure_clears_the_error(env: Env) -> None:
     assert again.status == L.IMAGE_LORA_STATUS_QUEUED
     assert again.error == "" and not again.HasField("finish_time")
     assert [r.id for r in again.reference_images] == [r.id for r in failed.reference_images]
+
+
+# -- executors, cancel, retry, delete, retention --------------------------------------------
+async def trainable(u: Artist, seed: int) -> L.ImageLora:
+    lora = await u.create(word())
+    for i in range(4):
+        got = await u.add(lora.id, image(512, 512, seed=seed + i))
+    return got
+
+
+async def start(u: Artist, lora_id: str, **kw: Any) -> L.ImageLora:
+    got: L.ImageLora = await u.loras.StartTraining(
+        L.StartTrainingRequest(image_lora=lora_id, **kw), metadata=u.md
+    )
+    return got
+
+
+async def get(u: Artist, lora_id: str) -> L.ImageLora:
+    got: L.ImageLora = await u.loras.GetImageLora(L.GetImageLoraRequest(id=lora_id), metadata=u.md)
+    return got
+
+
+async def test_executor_choice_is_refused_before_any_change(env: Env) -> None:
+    u = Artist(env)
+    lora = await trainable(u, 600)
+    # LOCAL is not enabled on this server: INVALID_ARGUMENT naming `executor`.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await start(u, lora.id, executor=L.IMAGE_LORA_EXECUTOR_LOCAL)
+    assert (err.value.code(), bad_field(err.value)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "executor",
+    )
+    assert "LOCAL" in err.value.details() and "SIMULATE" in err.value.details()
+    # REPLICATE with neither a key of the user nor a system key: PROVIDER_KEY_MISSING.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await start(u, lora.id, executor=L.IMAGE_LORA_EXECUTOR_REPLICATE)
+    assert (err.value.code(), reason(err.value)) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "PROVIDER_KEY_MISSING",
+    )
+    # Steps out of range.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await start(u, lora.id, steps=6001)
+    assert (err.value.code(), bad_field(err.value)) == (grpc.StatusCode.INVALID_ARGUMENT, "steps")
+    unchanged = await get(u, lora.id)
+    assert unchanged.status == L.IMAGE_LORA_STATUS_DRAFT
+    assert (unchanged.attempt, unchanged.executor, unchanged.job_id) == (
+        0,
+        L.IMAGE_LORA_EXECUTOR_UNSPECIFIED,
+        "",
+    )
+    # The executor asked for, with the steps asked for.
+    queued = await start(u, lora.id, executor=SIM, steps=3)
+    assert (queued.executor, queued.training_steps, queued.attempt) == (SIM, 3, 1)
+
+
+async def test_cancel_training_in_every_status(env: Env) -> None:
+    u, other = Artist(env), Artist(env)
+    lora = await trainable(u, 700)
+    cancel = L.CancelTrainingRequest(image_lora=lora.id)
+
+    async def refused(who: Artist = u) -> grpc.aio.AioRpcError:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await who.loras.CancelTraining(cancel, metadata=who.md)
+        return err.value
+
+    # DRAFT: nothing to cancel.
+    err = await refused()
+    assert (err.code(), reason(err)) == (grpc.StatusCode.FAILED_PRECONDITION, "IMAGE_LORA_STATE")
+    assert error_info(err).metadata["status"] == "DRAFT"
+    queued = await start(u, lora.id)
+    # Another user: NOT_FOUND, nothing cancelled.
+    assert (await refused(other)).code() == grpc.StatusCode.NOT_FOUND
+    assert (await get(u, lora.id)).status == L.IMAGE_LORA_STATUS_QUEUED
+    cancelled = await u.loras.CancelTraining(cancel, metadata=u.md)
+    assert cancelled.status == L.IMAGE_LORA_STATUS_CANCELLED
+    assert cancelled.HasField("finish_time")
+    # Its job is stopped too.
+    job = await u.jobs.GetJob(jobs_pb2.GetJobRequest(id=queued.job_id), metadata=u.md)
+    assert job.status == jobs_pb2.JOB_STATUS_CANCELLED
+    # Again: the CANCELLED LoRA answers with itself.
+    again = await u.loras.CancelTraining(cancel, metadata=u.md)
+    assert again == cancelled
+    # READY (trained): not cancellable.
+    await env.training.pool.execute(
+        "UPDATE image_loras SET status = $2 WHERE id = $1",
+        uuid.UUID(lora.id),
+        L.IMAGE_LORA_STATUS_READY,
+    )
+    err = await refused()
+    assert (err.code(), reason(err)) == (grpc.StatusCode.FAILED_PRECONDITION, "IMAGE_LORA_STATE")
+    # Bad id.
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        await u.loras.CancelTraining(L.CancelTrainingRequest(image_lora="nope"), metadata=u.md)
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_retry_resets_the_attempt(env: Env) -> None:
+    u = Artist(env)
+    lora = await trainable(u, 800)
+    first = await start(u, lora.id, steps=5)
+    await u.loras.CancelTraining(L.CancelTrainingRequest(image_lora=lora.id), metadata=u.md)
+    # What the first attempt left (progress, a remote id, weights) does not carry over.
+    await env.training.pool.execute(
+        "UPDATE image_loras SET progress = 0.5, weights_file_id = 'old', "
+        "weights_size_bytes = 9, remote_id = 'r-1' WHERE id = $1",
+        uuid.UUID(lora.id),
+    )
+    second = await start(u, lora.id)
+    assert (second.status, second.attempt, second.training_steps) == (
+        L.IMAGE_LORA_STATUS_QUEUED,
+        2,
+        7,
+    )
+    assert second.job_id and second.job_id != first.job_id
+    assert (second.progress, second.weights_size_bytes, second.error) == (0, 0, "")
+    assert not second.HasField("finish_time")
+    row = await env.training.pool.fetchrow(
+        "SELECT remote_id, weights_file_id FROM image_loras WHERE id = $1", uuid.UUID(lora.id)
+    )
+    assert (row["remote_id"], row["weights_file_id"]) == ("", "")
+    assert [r.id for r in second.reference_images] == [r.id for r in first.reference_images]
+
+
+async def test_delete_cancels_and_the_files_are_purged_after_retention(env: Env) -> None:
+    u = Artist(env)
+    lora = await trainable(u, 900)
+    queued = await start(u, lora.id)
+    files = [r.file_id for r in queued.reference_images]
+    await u.loras.DeleteImageLora(L.DeleteImageLoraRequest(id=lora.id), metadata=u.md)
+    row = await env.training.pool.fetchrow(
+        "SELECT status, deleted_at FROM image_loras WHERE id = $1", uuid.UUID(lora.id)
+    )
+    assert row["status"] == L.IMAGE_LORA_STATUS_CANCELLED and row["deleted_at"] is not None
+    job = await u.jobs.GetJob(jobs_pb2.GetJobRequest(id=queued.job_id), metadata=u.md)
+    assert job.status == jobs_pb2.JOB_STATUS_CANCELLED
+    # The files are still there within the retention window...
+    still = await u.storage.GetFile(storage_pb2.GetFileRequest(id=files[0]), metadata=u.md)
+    assert still.status == storage_pb2.FILE_STATUS_READY
+    # ...and the sweep purges them after it (1 s here), once.
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 20
+    while (
+        await env.training.pool.fetchval(
+            "SELECT purged_at FROM image_loras WHERE id = $1", uuid.UUID(lora.id)
+        )
+        is None
+    ):
+        assert loop.time() < end, "the sweep did not purge the deleted LoRA"
+        await asyncio.sleep(0.1)
+    for file_id in files:
+        gone = await u.storage.GetFile(storage_pb2.GetFileRequest(id=file_id), metadata=u.md)
+        assert gone.status == storage_pb2.FILE_STATUS_DELETED
+    sweep = env.training.spec.training.image_sweep  # type: ignore[attr-defined]
+    assert await sweep.purge_once() == 0
