@@ -416,3 +416,9 @@ def test_admin_interface_is_loopback_only(config: dict[str, Any]) -> None:
         for x in config["static_resources"]["listeners"]
     }
     assert ports == {"public": 8080, "admin": 8081, "probes": 9902}
+
+
+def test_webhook_route_is_where_the_training_service_listens() -> None:
+    from services.training.image_trainer import WEBHOOK_PATH
+
+    assert envoy_config.REPLICATE_WEBHOOK_PATH == WEBHOOK_PATH
