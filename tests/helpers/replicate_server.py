@@ -31,6 +31,7 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import io
@@ -222,11 +223,13 @@ class ReplicateServer:
         r.add_get("/v1/files/{id}", self._file)
         r.add_get("/v1/files/{id}/download", self._file_download)
         r.add_post("/v1/models/{owner}/{name}/versions/{version}/trainings", self._create_training)
-        r.add_get("/v1/trainings/{id}", self._get_training)
-        r.add_post("/v1/trainings/{id}/cancel", self._cancel_training)
+        r.add_get("/v1/trainings/{id}", functools.partial(self._get_run, self.trainings))
+        r.add_post("/v1/trainings/{id}/cancel", functools.partial(self._cancel_run, self.trainings))
         r.add_post("/v1/predictions", self._create_prediction)
-        r.add_get("/v1/predictions/{id}", self._get_prediction)
-        r.add_post("/v1/predictions/{id}/cancel", self._cancel_prediction)
+        r.add_get("/v1/predictions/{id}", functools.partial(self._get_run, self.predictions))
+        r.add_post(
+            "/v1/predictions/{id}/cancel", functools.partial(self._cancel_run, self.predictions)
+        )
         r.add_get("/delivery/{path:.+}", self._delivery)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
@@ -464,27 +467,31 @@ class ReplicateServer:
         )
         return web.json_response(training, status=201)
 
-    async def _get_training(self, request: web.Request) -> web.Response:
+    async def _get_run(self, runs: dict[str, dict[str, Any]], request: web.Request) -> web.Response:
+        """GET of a training or a prediction (same shape of answer)."""
         token = self._caller(request)
         if isinstance(token, web.Response):
             return token
-        training = self._mine(self.trainings, request.match_info["id"], token)
-        if training is None:
+        run = self._mine(runs, request.match_info["id"], token)
+        if run is None:
             return _error(404, "Not found", "The requested resource could not be found.")
-        return web.json_response(training)
+        return web.json_response(run)
 
-    async def _cancel_training(self, request: web.Request) -> web.Response:
+    async def _cancel_run(
+        self, runs: dict[str, dict[str, Any]], request: web.Request
+    ) -> web.Response:
+        """Cancel of a training or a prediction: recorded; an unfinished one ends."""
         token = self._caller(request)
         if isinstance(token, web.Response):
             return token
-        training = self._mine(self.trainings, request.match_info["id"], token)
-        if training is None:
+        run = self._mine(runs, request.match_info["id"], token)
+        if run is None:
             return _error(404, "Not found", "The requested resource could not be found.")
-        self.cancels.append(training["id"])
-        if training["status"] not in ("succeeded", "failed", "canceled"):
-            training["status"] = "canceled"
-            training["completed_at"] = _now()
-        return web.json_response(training)
+        self.cancels.append(run["id"])
+        if run["status"] not in ("succeeded", "failed", "canceled"):
+            run["status"] = "canceled"
+            run["completed_at"] = _now()
+        return web.json_response(run)
 
     async def _drive_training(
         self, t: dict[str, Any], webhook: str | None, events: list[str] | None
@@ -594,28 +601,6 @@ class ReplicateServer:
             )
         )
         return web.json_response(prediction, status=201)
-
-    async def _get_prediction(self, request: web.Request) -> web.Response:
-        token = self._caller(request)
-        if isinstance(token, web.Response):
-            return token
-        prediction = self._mine(self.predictions, request.match_info["id"], token)
-        if prediction is None:
-            return _error(404, "Not found", "The requested resource could not be found.")
-        return web.json_response(prediction)
-
-    async def _cancel_prediction(self, request: web.Request) -> web.Response:
-        token = self._caller(request)
-        if isinstance(token, web.Response):
-            return token
-        prediction = self._mine(self.predictions, request.match_info["id"], token)
-        if prediction is None:
-            return _error(404, "Not found", "The requested resource could not be found.")
-        self.cancels.append(prediction["id"])
-        if prediction["status"] not in ("succeeded", "failed", "canceled"):
-            prediction["status"] = "canceled"
-            prediction["completed_at"] = _now()
-        return web.json_response(prediction)
 
     async def _drive_prediction(
         self, p: dict[str, Any], webhook: str | None, events: list[str] | None
