@@ -198,10 +198,13 @@ class TrainingSettings(CommonSettings):
     generation_poll_max_seconds: float = 10.0
     generation_timeout_seconds: float = 600.0
     # LOCAL and SIMULATE generations: pixels of the longer side (the other from the
-    # aspect ratio, a multiple of 16), and how many run at once in this process (the
-    # others wait QUEUED: the pipeline takes the CPU or GPU it runs on).
+    # aspect ratio, a multiple of 16). LOCAL ones run on the training workers (one at a
+    # time on an idle worker: generation_worker.py), read there from the worker's settings.
     generation_local_long_side: int = 1024
-    generation_local_concurrency: int = 1
+    # A LOCAL generation no worker claimed for this long fails (the sweep), and one whose
+    # workers were lost more often than `generation_max_worker_losses` fails too.
+    generation_queue_timeout_seconds: float = 900.0
+    generation_max_worker_losses: int = 2
     # Largest generated image downloaded from a provider.
     generation_max_image_bytes: int = 20 * MiB
     # Lifetime of the signed URLs of generated images.
@@ -251,7 +254,7 @@ class TrainingSettings(CommonSettings):
     # A reference image is decoded only when its header says at most this many pixels.
     image_lora_max_pixels: int = 4096 * 4096
     # LOCAL generation: denoising steps and classifier-free guidance scale.
-    image_inference_steps: int = 30
+    image_inference_steps: int = Field(default=30, ge=1, le=999)  # the scheduler has 1000
     image_guidance_scale: float = 7.5
 
     def default_hardware_class(self) -> str:

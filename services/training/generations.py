@@ -1,14 +1,22 @@
 """Generations with image LoRAs (seed 001): 1–4 images from a prompt with a READY LoRA of
 the owner, made where the LoRA was trained — Replicate predictions on its trained version
-(REPLICATE), the diffusers pipeline on this service with its weights (LOCAL), placeholder
-images (SIMULATE).
+(REPLICATE), the diffusers pipeline with its weights on the training workers (LOCAL),
+placeholder images (SIMULATE).
 
-A generation is recorded (QUEUED) before anything runs, then runs in a task of its own
-that the caller's stream only follows: a caller who goes away does not stop it, and every
-image is stored in the owner's storage (`images` bucket) as it lands. A provider's failure
-ends the generation FAILED with the reason (images stored before stay); it is never a gRPC
-error of the stream. The prompt runs with the LoRA's trigger word, prepended when the
-prompt does not name it (as a word, ignoring case): the LoRA answers only to it."""
+A generation is recorded (QUEUED) before anything runs; the caller's stream only follows
+it: a caller who goes away does not stop it, and every image is stored in the owner's
+storage (`images` bucket) as it lands. REPLICATE (HTTP calls only) and SIMULATE (Pillow
+only) run in a task of this process. LOCAL needs the GPU the image LoRA trained on, so it
+runs where LOCAL training runs: a training worker of the image LoRA hardware class claims
+the QUEUED row (generation_worker.py) on the grant stored with it, and the stream follows
+the row (NOTIFY on `GENERATIONS_CHANNEL`, a poll as fallback; a QUEUED one sends its
+status every `training_watch_heartbeat_seconds` while it waits). A LOCAL generation no
+worker takes within `generation_queue_timeout_seconds` fails (the sweep).
+
+A provider's or pipeline's failure ends the generation FAILED with the reason (images
+stored before stay); it is never a gRPC error of the stream. The prompt runs with the
+LoRA's trigger word, prepended when the prompt does not name it (as a word, ignoring
+case): the LoRA answers only to it."""
 
 from __future__ import annotations
 
@@ -38,13 +46,15 @@ from services.common.errors import (
 from services.common.identity import ServiceIdentity, grant_now
 from services.common.protoutil import parse_uuid
 from services.common.remote import StorageClient
-from services.training import image_headers, image_pipeline
+from services.training import catalogue, image_headers, image_pipeline
 from services.training.config import TrainingSettings
 from services.training.generation_store import (
+    GENERATIONS_CHANNEL,
     GenerationImageRow,
     GenerationRow,
     GenerationStore,
 )
+from services.training.hub import Beat, Hub
 from services.training.image_lora_store import ImageLoraRow
 from services.training.image_loras import ImageLoras
 from services.training.replicate import Replicate
@@ -73,6 +83,7 @@ _ENDED = {"succeeded", "failed", "canceled"}
 _PERCENT = re.compile(r"(\d{1,3})%\|")
 # Progress events are sent when the fraction moved at least this much.
 _PROGRESS_STEP = 0.05
+_ENDED_STATUSES = (L.GENERATION_STATUS_SUCCEEDED, L.GENERATION_STATUS_FAILED)
 
 Spawn = Callable[[Coroutine[Any, Any, None], str], object]
 
@@ -145,6 +156,52 @@ def progress_of(logs: str) -> float:
     return min(1.0, int(found[-1]) / 100) if found else 0.0
 
 
+def after_loss(losses: int, max_losses: int, worker_id: str) -> tuple[int, str]:
+    """A LOCAL generation whose worker was lost (its lease expired) for the
+    `losses + 1`-th time: QUEUED again, or FAILED once that is over `max_losses`."""
+    if losses + 1 > max_losses:
+        return L.GENERATION_STATUS_FAILED, (
+            f"the worker running it was lost ({worker_id}); gave up after {losses + 1} "
+            f"lost worker{'s' if losses else ''}"
+        )
+    return L.GENERATION_STATUS_QUEUED, ""
+
+
+async def reap_lost(store: Store, max_losses: int) -> int:
+    """Requeue (or fail) LOCAL generations whose worker's lease expired; how many. The
+    workers run it before claiming, the service's sweep too (no worker left alive)."""
+    async with store.transaction() as tx:
+        gens = GenerationStore(tx)
+        rows = await gens.expired_claims()
+        for row in rows:
+            status, error = after_loss(row.worker_losses, max_losses, row.worker_id)
+            await gens.lose_worker(row.id, status, error)
+            log.info("generation %s lost its worker %s", row.id, row.worker_id)
+    return len(rows)
+
+
+async def upload_image(
+    storage: StorageClient, row: GenerationRow, position: int, data: bytes
+) -> tuple[str, image_headers.ImageHeader]:
+    """Store one generated image in the owner's `images` bucket (the caller acts for the
+    owner): its file id and header. Failed when the bytes are no image."""
+    try:
+        header = image_headers.read_header(data[:65536])
+    except image_headers.NotAnImage as exc:
+        raise Failed(f"image {position} is not an image: {exc}") from None
+    file = await storage.upload(
+        storage_pb2.BUCKET_IMAGES,
+        f"generation-{row.id}-{position}.{header.format}",
+        data,
+        labels={
+            "purpose": "generation",
+            "generation_id": str(row.id),
+            "image_lora_id": str(row.image_lora_id),
+        },
+    )
+    return file.id, header
+
+
 # -- what the stream carries ----------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Image:
@@ -189,7 +246,7 @@ class _Plan:
     request_id: str
 
 
-class _Failed(Exception):
+class Failed(Exception):
     """The generation ends FAILED with this message (shown to the owner)."""
 
 
@@ -202,6 +259,7 @@ class Generations:
         settings: TrainingSettings,
         loras: ImageLoras,
         spawn: Spawn,
+        hub: Hub,
     ) -> None:
         self.store = store
         self.gens = GenerationStore(store)
@@ -210,9 +268,7 @@ class Generations:
         self.settings = settings
         self.loras = loras
         self.spawn = spawn
-        # Local pipelines share this process's CPU or GPU: a few at a time, the rest
-        # wait QUEUED.
-        self.local_slots = asyncio.Semaphore(max(1, settings.generation_local_concurrency))
+        self.hub = hub
 
     # -- GenerateImages -----------------------------------------------------------------
     async def generate(
@@ -226,8 +282,8 @@ class Generations:
         ratio: int,
         seed_: int | None,
     ) -> AsyncIterator[Event]:
-        """Check and record the generation (errors are the call's), start its task, then
-        follow it: queued, progress, each image, done."""
+        """Check and record the generation (errors are the call's), start its task (a
+        worker claims a LOCAL one), then follow it: queued, progress, each image, done."""
         plan = await self._record(
             user,
             image_lora=image_lora,
@@ -237,6 +293,11 @@ class Generations:
             ratio=ratio,
             seed_=seed_,
         )
+        if plan.row.executor == L.IMAGE_LORA_EXECUTOR_LOCAL:
+            yield Queued(Generation(plan.row, []))
+            async for followed in self._follow(plan.row.id):
+                yield followed
+            return
         events: asyncio.Queue[Event | None] = asyncio.Queue()
         self.spawn(self._run(plan, events), f"generation-{plan.row.id}")
         yield Queued(Generation(plan.row, []))
@@ -269,6 +330,12 @@ class Generations:
             token = await self.loras.replicate_token(user)  # PROVIDER_KEY_MISSING
         grant = await grant_now(self.identity)
         limit = self.settings.generation_max_active_per_user
+        local = lora.executor == L.IMAGE_LORA_EXECUTOR_LOCAL
+        hardware = ""
+        if local:  # the workers of the class image LoRAs train on
+            hardware = catalogue.hardware_class(
+                self.settings, self.settings.image_lora_hardware_class, "image_lora_hardware_class"
+            ).name
         async with self.store.transaction() as tx:
             row = await self.gens.bound(tx).insert(
                 user_id=user,
@@ -282,7 +349,11 @@ class Generations:
                 simulated=lora.simulated,
                 max_running=limit,
                 running_for=self.running_for,
+                hardware_class=hardware,
             )
+            if row is not None and local and grant is not None:
+                # The worker stores the images for the owner on this grant.
+                await tx.put_grant(row.id, user, grant)
         if row is None:
             raise ResourceExhausted(
                 f"you have {limit} generations running, the most allowed at once: wait for "
@@ -316,9 +387,8 @@ class Generations:
                 if plan.lora.executor == L.IMAGE_LORA_EXECUTOR_REPLICATE:
                     await self._replicate(plan, events)
                 else:
-                    async with self.local_slots:
-                        await self._local(plan, events)
-        except _Failed as exc:
+                    await self._simulate(plan, events)
+        except Failed as exc:
             status, error = L.GENERATION_STATUS_FAILED, str(exc)
         except ServiceError as exc:  # the provider or storage refused or is down
             status, error = L.GENERATION_STATUS_FAILED, exc.message
@@ -388,9 +458,9 @@ class Generations:
                 raise
             if prediction.get("status") != "succeeded":
                 why = prediction.get("error") or f"the prediction was {prediction.get('status')}"
-                raise _Failed(f"Replicate: {why}")
+                raise Failed(f"Replicate: {why}")
             if len(stored) < row.num_outputs:
-                raise _Failed(
+                raise Failed(
                     f"Replicate returned {len(stored)} images of the {row.num_outputs} asked for"
                 )
         finally:
@@ -413,21 +483,15 @@ class Generations:
             events.put_nowait(await self._store_image(plan, position, data))
             stored.add(position)
 
-    async def _local(self, plan: _Plan, events: asyncio.Queue[Event | None]) -> None:
-        """The diffusers pipeline (L's image_pipeline) in a thread, with the LoRA's weights
-        (none for SIMULATE: placeholder images); images are stored as the thread hands
-        them over."""
-        row, lora = plan.row, plan.lora
-        simulate = lora.executor == L.IMAGE_LORA_EXECUTOR_SIMULATE
-        weights = None if simulate else await self.storage.download(lora.weights_file_id)
+    async def _simulate(self, plan: _Plan, events: asyncio.Queue[Event | None]) -> None:
+        """Placeholder images (image_pipeline.generate(simulate=True), Pillow only) in a
+        thread; each stored as the thread hands it over."""
+        row = plan.row
         width, height = pixel_size(row.aspect_ratio, self.settings.generation_local_long_side)
         await self.gens.processing(row.id)
         events.put_nowait(Progress(L.GENERATION_STATUS_PROCESSING, 0.0))
         loop = asyncio.get_running_loop()
-        landed: asyncio.Queue[tuple[int, bytes] | float | None] = asyncio.Queue()
-
-        def on_progress(fraction: float) -> None:
-            loop.call_soon_threadsafe(landed.put_nowait, float(fraction))
+        landed: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()
 
         def on_image(position: int, png: bytes) -> None:
             loop.call_soon_threadsafe(landed.put_nowait, (position, png))
@@ -435,60 +499,73 @@ class Generations:
         def run() -> None:
             try:
                 image_pipeline.generate(
-                    weights=weights,
-                    simulate=simulate,
+                    weights=None,
+                    simulate=True,
                     prompt=row.prompt,
                     lora_scale=row.lora_scale,
                     num_outputs=row.num_outputs,
                     width=width,
                     height=height,
                     seed=row.seed,
-                    on_progress=on_progress,
+                    on_progress=lambda _f: None,
                     on_image=on_image,
                     settings=self.settings,
                 )
             finally:
                 loop.call_soon_threadsafe(landed.put_nowait, None)
 
-        worker = asyncio.ensure_future(asyncio.to_thread(run))
-        sent, count = 0.0, 0
+        drawing = asyncio.ensure_future(asyncio.to_thread(run))
+        count = 0
         while (item := await landed.get()) is not None:
-            if isinstance(item, float):
-                if item - sent >= _PROGRESS_STEP:
-                    sent = item
-                    events.put_nowait(Progress(L.GENERATION_STATUS_PROCESSING, min(item, 1.0)))
-                continue
             position, png = item
             events.put_nowait(await self._store_image(plan, position, png))
             count += 1
+            events.put_nowait(Progress(L.GENERATION_STATUS_PROCESSING, count / row.num_outputs))
         try:
-            await worker
+            await drawing
         except Exception as exc:
-            log.warning("image pipeline of generation %s failed: %s", row.id, exc)
-            raise _Failed(f"the image pipeline failed: {str(exc)[:300]}") from None
+            log.warning("placeholder images of generation %s failed: %s", row.id, exc)
+            raise Failed(f"the placeholder images failed: {str(exc)[:300]}") from None
         if count < row.num_outputs:
-            raise _Failed(f"the pipeline made {count} images of the {row.num_outputs} asked for")
+            raise Failed(f"{count} images were drawn of the {row.num_outputs} asked for")
+
+    async def _follow(self, generation_id: uuid.UUID) -> AsyncIterator[Event]:
+        """A LOCAL generation as its worker writes it: progress when the status changes or
+        the fraction moves, each image once, done at the end. Woken by NOTIFY, else polls;
+        while nothing changes it repeats the status every watch heartbeat (a QUEUED one
+        waiting for a worker: the client knows it still waits)."""
+        sent: set[int] = set()
+        status: int = L.GENERATION_STATUS_QUEUED
+        fraction = 0.0
+        beat = Beat(self.settings.training_watch_heartbeat_seconds)
+        with self.hub.subscribe(GENERATIONS_CHANNEL, str(generation_id)) as woken:
+            while True:
+                row = await self._row(generation_id)
+                ended = row.status in _ENDED_STATUSES
+                moved = row.status != status or abs(row.progress - fraction) >= _PROGRESS_STEP
+                if moved and not ended:
+                    status, fraction = row.status, row.progress
+                    yield Progress(status, min(fraction, 1.0))
+                    beat.sent()
+                images = (await self.gens.images([generation_id]))[generation_id]
+                for image in images:  # read after the row: an ended one's are all there
+                    if image.position not in sent:
+                        sent.add(image.position)
+                        yield await self._image(image)
+                        beat.sent()
+                if ended:
+                    yield Done(Generation(row, [await self._image(i) for i in images]))
+                    return
+                if await beat.wait(woken):
+                    yield Progress(status, min(fraction, 1.0))
 
     async def _store_image(self, plan: _Plan, position: int, data: bytes) -> Image:
         """Store one image in the owner's `images` bucket and record it."""
-        try:
-            header = image_headers.read_header(data[:65536])
-        except image_headers.NotAnImage as exc:
-            raise _Failed(f"image {position} is not an image: {exc}") from None
-        file = await self.storage.upload(
-            storage_pb2.BUCKET_IMAGES,
-            f"generation-{plan.row.id}-{position}.{header.format}",
-            data,
-            labels={
-                "purpose": "generation",
-                "generation_id": str(plan.row.id),
-                "image_lora_id": str(plan.lora.id),
-            },
-        )
+        file_id, header = await upload_image(self.storage, plan.row, position, data)
         row = await self.gens.add_image(
             plan.row.id,
             position=position,
-            file_id=file.id,
+            file_id=file_id,
             width=header.width,
             height=header.height,
             size_bytes=len(data),

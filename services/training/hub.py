@@ -1,7 +1,7 @@
-"""Wake-ups from Postgres NOTIFY: workers write events and notifications from other
-processes; watchers wait on the hub and re-read the database. Waits also time out after a
-short poll interval, so a lost LISTEN connection only slows watchers down. `Beat` times
-the heartbeats an idle watch stream sends."""
+"""Wake-ups from Postgres NOTIFY: workers write events, notifications and LOCAL
+generations from other processes; watchers wait on the hub and re-read the database.
+Waits also time out after a short poll interval, so a lost LISTEN connection only slows
+watchers down. `Beat` times the heartbeats an idle watch stream sends."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 
+from services.training.generation_store import GENERATIONS_CHANNEL
 from services.training.store import (
     EVENTS_CHANNEL,
     NOTIFICATIONS_CHANNEL,
@@ -28,7 +29,12 @@ class Hub:
     def __init__(
         self,
         dsn: str,
-        channels: tuple[str, ...] = (EVENTS_CHANNEL, NOTIFICATIONS_CHANNEL, WEBHOOKS_CHANNEL),
+        channels: tuple[str, ...] = (
+            EVENTS_CHANNEL,
+            NOTIFICATIONS_CHANNEL,
+            WEBHOOKS_CHANNEL,
+            GENERATIONS_CHANNEL,
+        ),
     ) -> None:
         self._dsn = dsn
         self._channels = channels

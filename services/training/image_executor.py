@@ -479,7 +479,7 @@ async def _finish(worker: Worker, claim: Claim, trigger: str, result: ImageResul
                 size=len(result.weights),
                 sha256=hashlib.sha256(result.weights).hexdigest(),
             )
-            await tx.bill(claim.cost_id)  # the final cost comes with the final status
+            await tx.bill(claim.cost_id, claim.token)  # the final cost comes with the final status
             change = lifecycle.succeed(
                 locked, model_id=None, steps=result.steps, final_loss=result.final_loss
             )

@@ -17,8 +17,10 @@ SIMULATE generation draws deterministic placeholder PNGs from the seed with Pill
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
+import hashlib
 import importlib
 import io
 import json
@@ -29,6 +31,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -222,11 +225,37 @@ def load_pipeline(path: Path) -> Any:
     return pipe.to(device())
 
 
+@dataclass
+class _Shared:
+    """A generation pipeline, the lock each generation holds, and the LoRA loaded into it
+    (the sha256 of its weights; "" none): the next generation with the same LoRA (a
+    worker's usual case) skips reading, checking and loading them again."""
+
+    pipe: Any
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    lora: str = ""
+
+
 @functools.lru_cache(maxsize=2)
-def _shared(path: str) -> tuple[Any, threading.Lock]:
-    """The generation pipeline of `path`, loaded once per process, with the lock each
-    generation holds (LoRA weights are loaded into it and removed again)."""
-    return load_pipeline(Path(path)), threading.Lock()
+def _shared(path: str) -> _Shared:
+    """The generation pipeline of `path`, loaded once per process."""
+    return _Shared(load_pipeline(Path(path)))
+
+
+def release() -> None:
+    """Drop the cached generation pipelines (a worker about to train frees the device's
+    memory for the job's own model); the next generation loads them again."""
+    if _shared.cache_info().currsize == 0:
+        return
+    _shared.cache_clear()
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(ImportError):
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 # -- LoRA weights ------------------------------------------------------------------------
@@ -366,43 +395,48 @@ def _generate_local(
     import torch
 
     path = resolve(settings)
-    pipe, lock = _shared(str(path))
+    shared = _shared(str(path))
+    pipe = shared.pipe
     steps = max(1, settings.image_inference_steps)
-    with lock:
+    with shared.lock:
         if settings.training_torch_threads:
             torch.set_num_threads(settings.training_torch_threads)
-        scale: dict[str, Any] | None = None
-        if weights is not None:
-            tensors, meta = read_weights(weights)
-            check_weights(pipe.unet, tensors, meta, settings.image_base_model)
-            scale = {"scale": float(lora_scale)}
+        key = hashlib.sha256(weights).hexdigest() if weights is not None else ""
+        if key != shared.lora:
+            try:
+                if shared.lora:  # back to the base pipeline (its modules are checked)
+                    pipe.unload_lora_weights()
+                    shared.lora = ""
+                if weights is not None:
+                    tensors, meta = read_weights(weights)
+                    check_weights(pipe.unet, tensors, meta, settings.image_base_model)
+                    pipe.load_lora_weights(tensors, adapter_name="generation")
+                    shared.lora = key
+            except BaseException:  # refused or half loaded: the base pipeline alone
+                with contextlib.suppress(Exception):
+                    pipe.unload_lora_weights()
+                shared.lora = ""
+                raise
+        scale = {"scale": float(lora_scale)} if weights is not None else None
 
         def step_end(_pipe: Any, step: int, _t: Any, kwargs: dict[str, Any]) -> Any:
             on_progress((step + 1) / steps)
             return kwargs
 
-        try:
-            if weights is not None:
-                pipe.load_lora_weights(tensors, adapter_name="generation")
-            dev = device()
-            generators = [
-                torch.Generator(device=dev).manual_seed(seed + i) for i in range(num_outputs)
-            ]
-            out = pipe(
-                prompt,
-                height=height,
-                width=width,
-                num_inference_steps=steps,
-                guidance_scale=settings.image_guidance_scale,
-                num_images_per_prompt=num_outputs,
-                generator=generators,
-                cross_attention_kwargs=scale,
-                callback_on_step_end=step_end,
-                output_type="pil",
-            )
-        finally:
-            if weights is not None:
-                pipe.unload_lora_weights()
+        dev = device()
+        generators = [torch.Generator(device=dev).manual_seed(seed + i) for i in range(num_outputs)]
+        out = pipe(
+            prompt,
+            height=height,
+            width=width,
+            num_inference_steps=steps,
+            guidance_scale=settings.image_guidance_scale,
+            num_images_per_prompt=num_outputs,
+            generator=generators,
+            cross_attention_kwargs=scale,
+            callback_on_step_end=step_end,
+            output_type="pil",
+        )
     for i, image in enumerate(out.images):
         on_image(i, png(image))
 

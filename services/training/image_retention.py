@@ -7,13 +7,17 @@
 - a REPLICATE training cancelled here whose cancel the provider did not confirm (it was
   down) is cancelled there again, until it confirms;
 - a generation still running long after its timeout (its process went away) is failed,
-  so it no longer counts against its owner's limit."""
+  so it no longer counts against its owner's limit; a LOCAL one whose worker's lease
+  expired goes back to the queue (or fails after `generation_max_worker_losses`) even
+  when no worker is left to reap it, and one no worker took within
+  `generation_queue_timeout_seconds` fails."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
+from services.training import generations
 from services.training.artifacts import Models
 from services.training.config import TrainingSettings
 from services.training.generation_store import GenerationStore
@@ -68,8 +72,19 @@ class ImageSweep:
             self.abandoned_after, "the generation was interrupted (the service restarted)"
         )
 
+    async def reap_local(self) -> int:
+        """LOCAL generations: lost workers' back to the queue (or failed), then those
+        waiting longer than the queue timeout failed."""
+        reaped = await generations.reap_lost(self.store, self.settings.generation_max_worker_losses)
+        timeout = self.settings.generation_queue_timeout_seconds
+        failed = await self.gens.fail_unclaimed(
+            timeout, f"no worker took the generation within {timeout:g} s"
+        )
+        return reaped + failed
+
     async def once(self) -> None:
-        for step in (self.purge_once, self.cancel_pending, self.fail_abandoned):
+        steps = (self.purge_once, self.cancel_pending, self.fail_abandoned, self.reap_local)
+        for step in steps:
             try:
                 await step()
             except Exception as exc:  # storage, provider or Postgres down: next round

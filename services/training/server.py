@@ -93,7 +93,7 @@ class Training:
         # process without a mesh identity uses the system key alone (replicate_keys).
         auth = app.channel(settings.auth_addr) if app.identity else None
         image_loras = ImageLoras(store, storage, app.identity, settings, auth)
-        generations = Generations(store, storage, app.identity, settings, image_loras, spawn)
+        generations = Generations(store, storage, app.identity, settings, image_loras, spawn, hub)
         return cls(
             hub=hub,
             datasets=Datasets(store, settings, storage, spawn, app.identity),

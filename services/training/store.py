@@ -977,14 +977,20 @@ class Store:
                 *values,
             )
 
-    async def bill(self, cost_id: int) -> None:
-        """Bring a claim's device time up to now."""
+    async def bill(self, cost_id: int, claim_token: uuid.UUID) -> None:
+        """Bring a claim's device time up to now, while the job is RUNNING on that claim:
+        the final status's transaction bills last, so the cost a finished job shows is
+        the one it keeps (a heartbeat or clean-up after it changes nothing)."""
         await self.db.execute(
-            """UPDATE cost_records SET device_seconds =
-                   extract(epoch FROM clock_timestamp() - started_at),
+            """UPDATE cost_records c SET device_seconds =
+                   extract(epoch FROM clock_timestamp() - c.started_at),
                    updated_at = clock_timestamp()
-               WHERE id = $1""",
+               FROM training_jobs j
+               WHERE c.id = $1 AND j.id = c.job_id AND j.status = $2
+                 AND j.claim_token = $3""",
             cost_id,
+            lifecycle.RUNNING,
+            claim_token,
         )
 
     async def save_trace_context(self, job_id: uuid.UUID, carrier: dict[str, str]) -> None:

@@ -16,6 +16,9 @@ jobs from the Postgres queue:
    A job that trains an image LoRA (image_lora_id set) runs image_executor.py instead: its
    weights go to the LoRA, which follows the job's status.
 
+Between jobs the worker also runs LOCAL image generations (generation_worker.py): an idle
+worker takes a QUEUED generation before it looks for a job, and never one while a job runs.
+
 SIGTERM: the running job stops at the next step and goes straight back to QUEUED (another
 worker resumes it from its last checkpoint without waiting for the lease to expire).
 
@@ -54,12 +57,14 @@ from services.training import (
     catalogue,
     estimates,
     image_executor,
+    image_pipeline,
     lifecycle,
 )
 from services.training.billing import Billing
 from services.training.config import TrainingSettings
 from services.training.convert import checkpoint_proto, hp_from_json, metric_proto
 from services.training.executors import EXECUTORS, ModelLoadError
+from services.training.generation_worker import GenerationClaim, GenerationRunner
 from services.training.hub import Hub, wait
 from services.training.lifecycle import Failure, Lease
 from services.training.plan import PlanError, make_plan
@@ -150,6 +155,8 @@ class Worker:
         # Monotonic time this worker last reached the queue (a poll or a heartbeat).
         self.last_ok: float | None = None
         self.running_job: str | None = None
+        self.running_generation: str | None = None
+        self.generations = GenerationRunner(self)
 
     def health(self) -> tuple[bool, dict[str, object]]:
         """Ready and alive while the queue was reached recently and not shutting down."""
@@ -161,12 +168,14 @@ class Worker:
         elif age is None:
             state = "starting"
         else:
-            state = "running" if self.running_job else "polling"
+            state = "running" if self.running_job or self.running_generation else "polling"
         detail: dict[str, object] = {"state": state, "worker_id": self.worker_id}
         if age is not None:
             detail["last_ok_seconds_ago"] = round(age, 3)
         if self.running_job:
             detail["job_id"] = self.running_job
+        if self.running_generation:
+            detail["generation_id"] = self.running_generation
         return ok, detail
 
     def _reached_queue(self) -> None:
@@ -223,7 +232,7 @@ class Worker:
                 ok = await self.store.renew_lease(
                     claim.job.id, claim.token, self.settings.training_lease_seconds
                 )
-                await self.store.bill(claim.cost_id)
+                await self.store.bill(claim.cost_id, claim.token)
                 spent = await self.store.device_seconds(claim.job.id)
             except Exception as exc:  # a Postgres blip: the lease may survive it
                 log.warning("heartbeat failed: %s", exc)
@@ -307,7 +316,7 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
             try:
-                await self.store.bill(claim.cost_id)
+                await self.store.bill(claim.cost_id, claim.token)
             except Exception as exc:
                 log.warning("could not record the final cost of %s: %s", job.id, exc)
 
@@ -512,7 +521,7 @@ class Worker:
             job = await self._locked_if_ours(tx, claim)
             if job is None:
                 return  # cancelled or taken over: nothing more to write
-            await tx.bill(claim.cost_id)
+            await tx.bill(claim.cost_id, claim.token)
             if claim.timed_out:
                 await tx.apply(job.id, lifecycle.time_out(job))
                 return
@@ -532,7 +541,9 @@ class Worker:
         async with self.store.transaction() as tx:
             job = await self._locked_if_ours(tx, claim)
             if job is not None:
-                await tx.bill(claim.cost_id)  # the final cost comes with the final status
+                await tx.bill(
+                    claim.cost_id, claim.token
+                )  # the final cost comes with the final status
                 await tx.apply(job.id, lifecycle.fail(job, failure))
 
     async def _succeed(self, claim: Claim, result: Result) -> None:
@@ -561,7 +572,7 @@ class Worker:
             )
             if job.clone_id is not None:
                 await tx.set_clone_model(job.clone_id, model.id)
-            await tx.bill(claim.cost_id)  # the final cost comes with the final status
+            await tx.bill(claim.cost_id, claim.token)  # the final cost comes with the final status
             change = lifecycle.succeed(
                 locked, model_id=model.id, steps=result.steps, final_loss=result.final_loss
             )
@@ -575,16 +586,26 @@ class Worker:
             if hub is not None:
                 woken = stack.enter_context(hub.subscribe(QUEUE_CHANNEL, "*"))
             while not self.shutdown.is_set():
+                generation: GenerationClaim | None = None
+                claim: Claim | None = None
                 try:
                     await self.reap()
-                    claim = await self.claim()
+                    await self.generations.reap()
+                    # Generations first: seconds long, and their users wait on them.
+                    generation = await self.generations.claim()
+                    if generation is None:
+                        claim = await self.claim()
                     self._reached_queue()
                 except Exception as exc:  # Postgres down or restarting: try again later
                     log.warning("queue unavailable: %s", exc)
                     QUEUE_ERRORS.inc()
-                    claim = None
+                if generation is not None:
+                    await self.generations.run(generation)
+                    continue
                 if claim is not None:
                     log.info("claimed job %s", claim.job.id)
+                    # The job loads its own model: the generation pipeline leaves the device.
+                    await asyncio.to_thread(image_pipeline.release)
                     await self.run_job(claim)
                     continue
                 if woken is not None:

@@ -316,6 +316,11 @@ async def test_generate_with_a_local_lora(env: Env, worker: Worker) -> None:
     assert (done.executor, done.simulated, len(done.images)) == (LOCAL, False, 1)
     (img,) = done.images
     assert png_size(await fetch(u, img.file_id)) == (img.width, img.height) == (32, 64)
+    # Drawn by the worker (the training API runs no image pipeline).
+    ran_on = await env.training.pool.fetchval(
+        "SELECT worker_id FROM generations WHERE id = $1", uuid.UUID(done.id)
+    )
+    assert ran_on == worker.worker_id
 
 
 # -- REPLICATE: predictions on the trained version ---------------------------------------

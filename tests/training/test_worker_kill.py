@@ -21,7 +21,8 @@ pytestmark = pytest.mark.asyncio
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def start_worker(env: Env, worker_id: str, log: Path) -> subprocess.Popen[bytes]:
+def start_worker(env: Env, worker_id: str, log: Path, **extra: str) -> subprocess.Popen[bytes]:
+    """A worker process on the module's database and storage; `extra`: more env vars."""
     vars_ = dict(os.environ)
     vars_.update(
         DATABASE_URL=env.settings.dsn(),
@@ -35,6 +36,7 @@ def start_worker(env: Env, worker_id: str, log: Path) -> subprocess.Popen[bytes]
         AIVERA_ENV="test",
         PYTHONPATH=f"{ROOT}:{ROOT / 'gen'}",
     )
+    vars_.update(extra)
     return subprocess.Popen(
         [sys.executable, "-m", "services.training", "worker"],
         cwd=ROOT,
