@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -90,11 +91,13 @@ def _measure(port: int, token: str) -> float:
         grpc.channel_ready_future(channel).result(timeout=30)
         stub = storage_pb2_grpc.StorageServiceStub(channel)
         md = (("authorization", f"Bearer {token}"),)
+        # The contract requires a file id (a UUID); the bench's servicer ignores it.
+        request = storage_pb2.DownloadRequest(id=str(uuid.UUID(int=1)), length=MESSAGES)
         best = 0.0
         for _ in range(ROUNDS):
             start = time.perf_counter()
             count = 0
-            for _msg in stub.Download(storage_pb2.DownloadRequest(length=MESSAGES), metadata=md):
+            for _msg in stub.Download(request, metadata=md):
                 count += 1
             assert count == MESSAGES
             best = max(best, count / (time.perf_counter() - start))

@@ -3,8 +3,9 @@ RPC, SQL statement and model call a span, exported over OTLP/gRPC in batches to 
 collector) against the same service with tracing off, both running at once and measured
 in alternation, so the ratio comes from one run:
 
-1. one SendMessage of BENCH_CHAT_TOKENS tokens on each service at the same moment (other
-   work on a shared machine then weighs on both alike), in rounds: the service's CPU
+1. one SendMessage of BENCH_CHAT_TOKENS tokens on each service at the same moment, both
+   services on one CPU (other work on a shared machine then weighs on both alike), in
+   BENCH_TRACING_ROUNDS rounds (default 9): the service's CPU
    time per turn, untraced / traced (the goal: >= 0.9, i.e. tracing adds <= 10%; the
    median of the rounds' ratios), and the tokens/s ratio;
 2. BENCH_TRACING_STREAMS concurrent short turns (BENCH_CHAT_STREAM_TOKENS tokens at
@@ -37,7 +38,7 @@ from bench.bench_chat import KID, RATE, STREAM_TOKENS, TOKENS, Client, _pct, _wa
 from services.common.devpg import LocalPostgres, free_port, temporary_cluster
 
 STREAMS = int(os.environ.get("BENCH_TRACING_STREAMS", "200"))
-ROUNDS = 5
+ROUNDS = int(os.environ.get("BENCH_TRACING_ROUNDS", "9"))
 GOAL = 0.9  # untraced / traced CPU per turn: at most 10% overhead
 SAMPLED = 0.1  # OTEL_TRACES_SAMPLER_ARG of deploy/k8s/overlays/prod
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +73,18 @@ def _cpu(proc: Any) -> float:
     """CPU seconds (user + system) of a process so far, all its threads."""
     times = proc.cpu_times()
     return float(times.user + times.system)
+
+
+def _pin(*procs: Any) -> int:
+    """Puts `procs` on one CPU (the last of this process's); returns which."""
+    cpu = sorted(os.sched_getaffinity(0))[-1]
+    for proc in procs:
+        proc.cpu_affinity([cpu])
+    return cpu
+
+
+def _load() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _write(counts: Path, received: int) -> None:
@@ -156,6 +169,12 @@ async def _figures(pg: LocalPostgres, counts: Path) -> None:
         rate_ratios: list[float] = []
         cpu_ratios: list[float] = []
         cpu: dict[str, list[float]] = {"off": [], "on": []}
+        load_before = _load()
+        # Both services share one CPU for the rounds: whatever else runs on the machine
+        # (other work, the client, Postgres, the other hyperthread) then weighs on their
+        # CPU time alike, interleaved at the scheduler's grain; on separate CPUs it
+        # would weigh on one more than the other, round by round.
+        shared = _pin(services["off"], services["on"])
         for _ in range(ROUNDS):
             before = {name: _cpu(proc) for name, proc in services.items()}
             off_rate, on_rate = await asyncio.gather(
@@ -167,6 +186,8 @@ async def _figures(pg: LocalPostgres, counts: Path) -> None:
                 cpu[name].append(spent[name])
             rate_ratios.append(on_rate / off_rate)
             cpu_ratios.append(spent["off"] / spent["on"])
+        for proc in (services["off"], services["on"]):
+            proc.cpu_affinity([])  # all CPUs again
         # The figure for the goal: the service's CPU time per turn (its threads, the span
         # exporter's included), untraced / traced; tokens/s beside it.
         ratio = statistics.median(cpu_ratios)
@@ -177,7 +198,9 @@ async def _figures(pg: LocalPostgres, counts: Path) -> None:
             f"{ratio:.2f} (median; rounds {', '.join(f'{r:.2f}' for r in cpu_ratios)}; "
             f"goal >= {GOAL}: overhead {100 * (1 / ratio - 1):.1f}%, "
             f"{'ok' if ratio >= GOAL else 'OVER'}); tokens/s traced/untraced "
-            f"{statistics.median(rate_ratios):.2f}"
+            f"{statistics.median(rate_ratios):.2f}; both on CPU {shared}; machine load "
+            f"average (1/5/15 min) "
+            f"{load_before} before the rounds, {_load()} after"
         )
         # Many short turns: spans per turn (RPCs, SQL, the model call) weigh more than
         # in one long stream. Traced fully, and at the production overlay's ratio.
@@ -199,7 +222,7 @@ async def _figures(pg: LocalPostgres, counts: Path) -> None:
             f"{SAMPLED:g} of traces {_pct(ms['some'], 0.99):.1f} ms, untraced "
             f"{_pct(ms['off'], 0.99):.1f} ms (p50 {_pct(ms['on'], 0.5):.1f} / "
             f"{_pct(ms['some'], 0.5):.1f} / {_pct(ms['off'], 0.5):.1f} ms); "
-            f"{spans:,} spans reached the collector"
+            f"{spans:,} spans reached the collector; load average {_load()}"
         )
         for client in clients.values():
             await client.channel.close()

@@ -25,7 +25,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from services.common import context as ctx
-from services.common import db, messages, validate
+from services.common import db, messages, tracing, validate
 from services.common.access import Access, MethodInfo, method_info
 from services.common.errors import (
     Internal,
@@ -240,6 +240,7 @@ class RpcRuntime:
     # -- wrappers, one per streaming kind -----------------------------------------------
     def wrap(self, info: MethodInfo, behavior: Any) -> Any:
         metrics = MethodMetrics(info.service, info.name)
+        tracing.serves(info.path)  # the call's server span is opened below, not by a layer
         if info.server_streaming:
             return self._wrap_stream_out(info, behavior, metrics)
         return self._wrap_single_out(info, behavior, metrics)
@@ -248,16 +249,17 @@ class RpcRuntime:
         async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             start = time.perf_counter()
             code = grpc.StatusCode.OK
-            try:
-                await self._begin(info, context)
-                request = _checked(info, request)
-                return await behavior(request, context)
-            except BaseException as exc:
-                code = self._code_of(exc, context)
-                await self._fail(exc, info, context)
-                raise
-            finally:
-                self._finish(info, metrics, code, start)
+            with tracing.serving(info.path, context) as context:
+                try:
+                    await self._begin(info, context)
+                    request = _checked(info, request)
+                    return await behavior(request, context)
+                except BaseException as exc:
+                    code = self._code_of(exc, context)
+                    await self._fail(exc, info, context)
+                    raise
+                finally:
+                    self._finish(info, metrics, code, start)
 
         return handler
 
@@ -269,24 +271,25 @@ class RpcRuntime:
             code = grpc.StatusCode.OK
             sent = 0
             stream: AsyncIterator[Any] | None = None
-            try:
-                await self._begin(info, context)
-                request = _checked(info, request)
-                stream = behavior(request, context)
-                async for message in stream:
-                    sent += 1
-                    yield message
-            except BaseException as exc:
-                code = self._code_of(exc, context)
-                await self._fail(exc, info, context)
-                raise
-            finally:
-                # Close the handler's generator now, so its work stops when the client
-                # goes away rather than whenever the garbage collector gets to it.
-                aclose = getattr(stream, "aclose", None)
-                if aclose is not None:
-                    await aclose()
-                self._finish(info, metrics, code, start, sent)
+            with tracing.serving(info.path, context) as context:
+                try:
+                    await self._begin(info, context)
+                    request = _checked(info, request)
+                    stream = behavior(request, context)
+                    async for message in stream:
+                        sent += 1
+                        yield message
+                except BaseException as exc:
+                    code = self._code_of(exc, context)
+                    await self._fail(exc, info, context)
+                    raise
+                finally:
+                    # Close the handler's generator now, so its work stops when the client
+                    # goes away rather than whenever the garbage collector gets to it.
+                    aclose = getattr(stream, "aclose", None)
+                    if aclose is not None:
+                        await aclose()
+                    self._finish(info, metrics, code, start, sent)
 
         return handler
 

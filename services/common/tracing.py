@@ -9,11 +9,13 @@ context manager, so the request path pays one module-global read per call site.
 
 While on:
 - every RPC has a server span and every call to another service a client span (the
-  gRPC instrumentation's interceptors, added by `server.py` and `channels.py`); the W3C
+  gRPC instrumentation's: its interceptors, added by `server.py` and `channels.py`, and
+  for our methods its server span opened by the RPC wrapper, `serving`); the W3C
   `traceparent`/`tracestate` travel in the call's metadata, through the gateways too;
 - every SQL statement has a span (the asyncpg instrumentation); calls and statements
   outside any request (health checks, queue polls, background feeds) and BEGIN/COMMIT
-  are not traced (`_RequestsOnly`): noise that would cost;
+  are not traced (`_RequestsOnly`; the asyncpg instrumentation is not even entered
+  for them): noise that would cost;
 - model calls, RAG stages and storage transfers open spans of their own (`span`);
 - work that outlives its request (a training job) stores `carrier()` with itself and
   continues that trace where it runs (`continued`);
@@ -31,7 +33,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Iterator, Mapping, MutableSequence, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, TypeVar
 
 import grpc
@@ -62,9 +64,11 @@ TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
 _TRACE_HEADERS = frozenset((TRACEPARENT, TRACESTATE))
 _INSTRUMENTATION = "aivera"
+_GRPC_INSTRUMENTATION = "opentelemetry.instrumentation.grpc"
 
 _provider: TracerProvider | None = None
 _tracer: trace.Tracer | None = None
+_server: _ServerInterceptor | None = None  # opens the RPC wrapper's server spans (`serving`)
 _asyncpg: Any = None  # the AsyncPGInstrumentor while installed
 
 
@@ -124,6 +128,45 @@ class _RequestsOnly(Sampler):
         return f"RequestsOnly({self._sampler.get_description()})"
 
 
+def _untraced_sql(query: Any) -> bool:
+    """A statement the sampler would drop: outside a recorded span (no request, or a
+    request not sampled) or transaction control."""
+    if not trace.get_current_span().is_recording():
+        return True
+    if not isinstance(query, str):
+        return False
+    head = query.lstrip()[:10].split(None, 1)
+    return bool(head) and head[0].rstrip(";").upper() in _TRANSACTION_CONTROL
+
+
+def _asyncpg_instrumentor() -> Any:
+    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+
+    class Instrumentor(AsyncPGInstrumentor):
+        """The asyncpg instrumentation, stepped around for statements whose span would
+        be dropped: no operation-name regex, attributes or non-recording span for
+        them (a turn's BEGIN/COMMIT, health checks, a request not sampled)."""
+
+        async def _do_execute(self, func: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+            if _untraced_sql(args[0] if args else None):
+                return await func(*args, **kwargs)
+            return await super()._do_execute(func, instance, args, kwargs)
+
+        async def _do_prepared_execute(
+            self, func: Any, instance: Any, args: Any, kwargs: Any
+        ) -> Any:
+            if _untraced_sql(getattr(instance, "_query", None)):
+                return await func(*args, **kwargs)
+            return await super()._do_prepared_execute(func, instance, args, kwargs)
+
+        async def _do_cursor_execute(self, func: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+            if _untraced_sql(getattr(instance, "_query", None)):
+                return await func(*args, **kwargs)
+            return await super()._do_cursor_execute(func, instance, args, kwargs)
+
+    return Instrumentor()
+
+
 def make_provider(service: str, *, ratio: float = 1.0) -> TracerProvider:
     """A tracer provider for `service` (resource attributes from the environment too)."""
     name = os.environ.get("OTEL_SERVICE_NAME") or service
@@ -134,25 +177,24 @@ def make_provider(service: str, *, ratio: float = 1.0) -> TracerProvider:
 def install(provider: TracerProvider, *, processor: SpanProcessor | None = None) -> None:
     """Turn tracing on with `provider` (and `processor` added to it): our spans, the
     asyncpg instrumentation, and interceptors for servers and channels made from now on."""
-    global _provider, _tracer, _asyncpg
-    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
-
+    global _provider, _tracer, _server, _asyncpg
     if processor is not None:
         provider.add_span_processor(processor)
     if _asyncpg is not None:
         _asyncpg.uninstrument()
     _provider = provider
     _tracer = provider.get_tracer(_INSTRUMENTATION)
-    _asyncpg = AsyncPGInstrumentor()
+    _server = _ServerInterceptor(provider.get_tracer(_GRPC_INSTRUMENTATION))
+    _asyncpg = _asyncpg_instrumentor()
     _asyncpg.instrument(tracer_provider=provider)
 
 
 def uninstall() -> None:
     """Turn tracing off again (tests); servers and channels already made keep theirs."""
-    global _provider, _tracer, _asyncpg
+    global _provider, _tracer, _server, _asyncpg
     if _asyncpg is not None:
         _asyncpg.uninstrument()
-    _provider = _tracer = _asyncpg = None
+    _provider = _tracer = _server = _asyncpg = None
 
 
 def configure(service: str, env: Mapping[str, str] | None = None) -> bool:
@@ -255,20 +297,62 @@ def _record_unexpected(span: Span, error: BaseException) -> None:
 
 
 _PROBES = ("/grpc.health.", "/grpc.reflection.")
+# Methods served through our RPC wrapper, which opens their server spans itself.
+_IN_WRAPPER: set[str] = set()
 
 
-def _not_probe(details: Any) -> bool:
+def _intercepted(details: Any) -> bool:
     # Health probes and reflection every few seconds would drown the traces.
     method = details.method
-    return not (method.decode() if isinstance(method, bytes) else method).startswith(_PROBES)
+    method = method.decode() if isinstance(method, bytes) else method
+    return not method.startswith(_PROBES) and method not in _IN_WRAPPER
 
 
 def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
-    """Interceptors for a gRPC server: a server span per call (none while off)."""
+    """Interceptors for a gRPC server: a server span per call (none while off), for
+    methods that do not open theirs through `serving`."""
     if _provider is None:
         return []
-    tracer = _provider.get_tracer("opentelemetry.instrumentation.grpc")
-    return [_ServerInterceptor(tracer, filter_=_not_probe)]
+    tracer = _provider.get_tracer(_GRPC_INSTRUMENTATION)
+    return [_ServerInterceptor(tracer, filter_=_intercepted)]
+
+
+class _CallDetails:
+    """What the instrumentation's span reads of grpc's handler call details."""
+
+    __slots__ = ("method",)
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+
+
+def serves(method: str) -> None:
+    """`method` ("/pkg.Service/Method") opens its server span through `serving`; the
+    interceptor leaves it alone."""
+    _IN_WRAPPER.add(method)
+
+
+def serving(method: str, context: Any) -> AbstractContextManager[Any]:
+    """The server span of one call of a method of ours (see `serves`), the same span the
+    interceptor would open (the instrumentation's attributes and remote parent); enters
+    to the servicer context to use inside it, wrapped to record aborts on the span. Our
+    RPC wrapper opens it in its own generator, where the interceptor would add a second
+    one around it: a hop for every streamed message. While off: the context itself."""
+    if _server is None:
+        return nullcontext(context)
+    return _serving(_server, method, context)
+
+
+@contextmanager
+def _serving(server: _ServerInterceptor, method: str, context: Any) -> Iterator[Any]:
+    with server._set_remote_context(context):
+        details = _CallDetails(method)
+        with server._start_span(details, context, set_status_on_exception=False) as span:
+            try:
+                yield _ctx(context, span)
+            except Exception as error:
+                _record_unexpected(span, error)
+                raise
 
 
 class _UnaryStreamClient(_aio_client.UnaryStreamAioClientInterceptor):
@@ -336,7 +420,7 @@ def client_interceptors() -> list[Any]:
     metadata (none while off)."""
     if _provider is None:
         return []
-    tracer = _provider.get_tracer("opentelemetry.instrumentation.grpc")
+    tracer = _provider.get_tracer(_GRPC_INSTRUMENTATION)
     return [
         _aio_client.UnaryUnaryAioClientInterceptor(tracer),
         _UnaryStreamClient(tracer),
