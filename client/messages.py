@@ -37,6 +37,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
     ),
     "error.generic": ("Ошибка: {detail}", "Error: {detail}"),
     "error.empty_secret": ("Пустое значение.", "Empty value."),
+    "error.bad_choice": (
+        "Неизвестное значение «{value}»: выберите {choices}.",
+        "Unknown value '{value}': choose {choices}.",
+    ),
     "interrupted": ("Прервано.", "Interrupted."),
     # me / settings / key
     "me.user": ("Пользователь", "User"),
@@ -58,6 +62,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "key.prompt": ("Ключ Gemini", "Gemini API key"),
     "key.saved": ("Ключ сохранён (…{last4}).", "Key saved (…{last4})."),
     "key.deleted": ("Ключ удалён.", "Key deleted."),
+    "key.prompt_replicate": ("Токен Replicate API", "Replicate API token"),
     # admin
     "admin.user_created": (
         "Создан пользователь {username} ({id}).",
@@ -264,6 +269,56 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "col.events": ("События", "Events"),
     "col.secret": ("Секрет", "Secret"),
     "col.codes": ("Ответы", "Responses"),
+    # image LoRAs
+    "lora.unknown": (
+        "Нет image LoRA «{ref}» (ни id, ни слова-триггера, ни названия).",
+        "No image LoRA '{ref}' (no such id, trigger word or name).",
+    ),
+    "lora.too_large": (
+        "{name}: {mib} МБ — больше 10 МБ, допустимых для референса.",
+        "{name}: {mib} MiB is over the 10 MiB a reference image may have.",
+    ),
+    "lora.simulated": ("симуляция", "simulated"),
+    "lora.kind": ("Тип", "Kind"),
+    "lora.trigger": ("Слово-триггер", "Trigger word"),
+    "lora.progress": ("Прогресс", "Progress"),
+    "lora.executor": ("Исполнитель", "Executor"),
+    "lora.attempt": ("Попытка", "Attempt"),
+    "lora.job": ("Задание", "Job"),
+    "lora.weights": ("Веса", "Weights"),
+    "lora.finished": ("Завершено", "Finished"),
+    "lora.pixels": ("Пиксели", "Pixels"),
+    "lora.caption": ("Подпись", "Caption"),
+    "lora.images": (
+        "Референсов: {n} (для обучения нужно 4–15).",
+        "Reference images: {n} (training needs 4–15).",
+    ),
+    "lora.images_col": ("Изображения", "Images"),
+    "lora.scale": ("Сила", "Scale"),
+    "lora.prompt": ("Промпт", "Prompt"),
+    "lora.created": ("Создана image LoRA «{name}» ({id}).", "Created image LoRA '{name}' ({id})."),
+    "lora.started": (
+        "«{name}»: {status}, исполнитель {executor}, попытка {attempt}.",
+        "'{name}': {status}, executor {executor}, attempt {attempt}.",
+    ),
+    "lora.status_now": ("«{name}»: {status}.", "'{name}': {status}."),
+    "lora.ended": ("Обучение завершено: {status}.", "Training ended: {status}."),
+    "lora.use_hint": (
+        'Генерация: aivera lora generate {word} "{word} …"',
+        'Generate: aivera lora generate {word} "{word} …"',
+    ),
+    "lora.watch_stopped": (
+        "Слежение остановлено; обучение продолжается на сервере (aivera lora watch).",
+        "Stopped watching; the training goes on on the server (aivera lora watch).",
+    ),
+    "lora.deleted": ("Image LoRA {id} удалена.", "Image LoRA {id} deleted."),
+    "lora.generating": ("Генерация", "Generating"),
+    "lora.queued": ("Промпт: {prompt} · seed {seed}", "Prompt: {prompt} · seed {seed}"),
+    "lora.saved": ("Сохранено: {path} ({w}×{h})", "Saved: {path} ({w}×{h})"),
+    "lora.generation_done": (
+        "Генерация: {status}, изображений: {n}.",
+        "Generation: {status}, images: {n}.",
+    ),
 }
 
 

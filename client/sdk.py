@@ -39,6 +39,8 @@ from aivera.training.v1 import (
     clones_pb2_grpc,
     datasets_pb2,
     datasets_pb2_grpc,
+    image_loras_pb2,
+    image_loras_pb2_grpc,
     jobs_pb2,
     jobs_pb2_grpc,
     models_pb2,
@@ -50,7 +52,7 @@ from aivera.training.v1 import (
 )
 from client.config import Endpoints, credentials_path, split_address
 from client.credentials import Credentials, CredentialStore
-from client.errors import AiveraError, AuthRequired, NotFound, Unavailable, from_rpc
+from client.errors import AiveraError, AuthRequired, NotFound, Unavailable, UsageError, from_rpc
 from client.messages import lang, t
 from client.session import Session
 
@@ -66,6 +68,40 @@ BUCKETS = {
     "models": storage_pb2.BUCKET_MODELS,
     "training-images": storage_pb2.BUCKET_TRAINING_IMAGES,
 }
+PROVIDERS = {"gemini": auth_pb2.PROVIDER_GEMINI, "replicate": auth_pb2.PROVIDER_REPLICATE}
+
+# Image LoRAs: the names the CLI and scripts use for the contract's enums.
+LORA_KINDS = {
+    "style": image_loras_pb2.IMAGE_LORA_KIND_STYLE,
+    "character": image_loras_pb2.IMAGE_LORA_KIND_CHARACTER,
+    "product": image_loras_pb2.IMAGE_LORA_KIND_PRODUCT,
+}
+LORA_EXECUTORS = {
+    "replicate": image_loras_pb2.IMAGE_LORA_EXECUTOR_REPLICATE,
+    "local": image_loras_pb2.IMAGE_LORA_EXECUTOR_LOCAL,
+    "simulate": image_loras_pb2.IMAGE_LORA_EXECUTOR_SIMULATE,
+}
+ASPECT_RATIOS = {
+    "1:1": image_loras_pb2.ASPECT_RATIO_1_1,
+    "16:9": image_loras_pb2.ASPECT_RATIO_16_9,
+    "9:16": image_loras_pb2.ASPECT_RATIO_9_16,
+    "4:3": image_loras_pb2.ASPECT_RATIO_4_3,
+    "3:4": image_loras_pb2.ASPECT_RATIO_3_4,
+    "3:2": image_loras_pb2.ASPECT_RATIO_3_2,
+    "2:3": image_loras_pb2.ASPECT_RATIO_2_3,
+}
+# Where a training ends; a watcher stops there.
+LORA_SETTLED = frozenset(
+    {
+        image_loras_pb2.IMAGE_LORA_STATUS_DRAFT,
+        image_loras_pb2.IMAGE_LORA_STATUS_READY,
+        image_loras_pb2.IMAGE_LORA_STATUS_FAILED,
+        image_loras_pb2.IMAGE_LORA_STATUS_CANCELLED,
+    }
+)
+# The server's limit on a reference image (it stays the authority; checked here too so a
+# too-large file is not uploaded first).
+MAX_REFERENCE_BYTES = 10 * 1024 * 1024
 
 
 class AsyncClient:
@@ -192,6 +228,10 @@ class AsyncClient:
     @property
     def _webhooks(self) -> webhooks_pb2_grpc.WebhookServiceStub:
         return webhooks_pb2_grpc.WebhookServiceStub(self.channel("training"))
+
+    @property
+    def _image_loras(self) -> image_loras_pb2_grpc.ImageLoraServiceStub:
+        return image_loras_pb2_grpc.ImageLoraServiceStub(self.channel("training"))
 
     async def _refresh_rpc(
         self, request: auth_pb2.RefreshTokenRequest
@@ -320,24 +360,27 @@ class AsyncClient:
         )
         return user
 
-    async def set_provider_key(self, api_key: str) -> auth_pb2.ProviderKeyStatus:
+    async def set_provider_key(
+        self, api_key: str, provider: str = "gemini"
+    ) -> auth_pb2.ProviderKeyStatus:
+        """Stores the caller's key of `provider` (see PROVIDERS: gemini, replicate)."""
         status: auth_pb2.ProviderKeyStatus = await self._unary(
             self._auth.SetProviderKey,
-            auth_pb2.SetProviderKeyRequest(provider=auth_pb2.PROVIDER_GEMINI, api_key=api_key),
+            auth_pb2.SetProviderKeyRequest(provider=_provider(provider), api_key=api_key),
         )
         return status
 
-    async def provider_key_status(self) -> auth_pb2.ProviderKeyStatus:
+    async def provider_key_status(self, provider: str = "gemini") -> auth_pb2.ProviderKeyStatus:
         status: auth_pb2.ProviderKeyStatus = await self._unary(
             self._auth.GetProviderKeyStatus,
-            auth_pb2.GetProviderKeyStatusRequest(provider=auth_pb2.PROVIDER_GEMINI),
+            auth_pb2.GetProviderKeyStatusRequest(provider=_provider(provider)),
         )
         return status
 
-    async def delete_provider_key(self) -> None:
+    async def delete_provider_key(self, provider: str = "gemini") -> None:
         await self._unary(
             self._auth.DeleteProviderKey,
-            auth_pb2.DeleteProviderKeyRequest(provider=auth_pb2.PROVIDER_GEMINI),
+            auth_pb2.DeleteProviderKeyRequest(provider=_provider(provider)),
         )
 
     # ---- auth admin -----------------------------------------------------------------
@@ -1302,6 +1345,205 @@ class AsyncClient:
             self._clones.GetClone, clones_pb2.GetCloneRequest(id=clone_id)
         )
         return c
+
+    # ---- image LoRAs ----------------------------------------------------------------
+
+    async def create_image_lora(
+        self, name: str, kind: str, trigger_word: str
+    ) -> image_loras_pb2.ImageLora:
+        """An image LoRA in DRAFT; `kind`: style, character or product (LORA_KINDS)."""
+        if kind not in LORA_KINDS:
+            raise UsageError(t("error.bad_choice", value=kind, choices=" | ".join(LORA_KINDS)))
+        lora: image_loras_pb2.ImageLora = await self._unary(
+            self._image_loras.CreateImageLora,
+            image_loras_pb2.CreateImageLoraRequest(
+                name=name, kind=LORA_KINDS[kind], trigger_word=trigger_word
+            ),
+        )
+        return lora
+
+    async def get_image_lora(self, lora_id: str) -> image_loras_pb2.ImageLora:
+        lora: image_loras_pb2.ImageLora = await self._unary(
+            self._image_loras.GetImageLora, image_loras_pb2.GetImageLoraRequest(id=lora_id)
+        )
+        return lora
+
+    async def list_image_loras(self, limit: int | None = None) -> list[image_loras_pb2.ImageLora]:
+        return await self._pages(
+            self._image_loras.ListImageLoras,
+            image_loras_pb2.ListImageLorasRequest(page_size=200),
+            "image_loras",
+            limit,
+        )
+
+    async def update_image_lora(
+        self, lora_id: str, *, name: str | None = None, trigger_word: str | None = None
+    ) -> image_loras_pb2.ImageLora:
+        """Renames it and/or changes its trigger word (only the arguments given change)."""
+        lora = image_loras_pb2.ImageLora(
+            id=lora_id, name=name or "", trigger_word=trigger_word or ""
+        )
+        paths = [p for p, v in (("name", name), ("trigger_word", trigger_word)) if v is not None]
+        updated: image_loras_pb2.ImageLora = await self._unary(
+            self._image_loras.UpdateImageLora,
+            image_loras_pb2.UpdateImageLoraRequest(
+                image_lora=lora, update_mask=field_mask_pb2.FieldMask(paths=paths)
+            ),
+        )
+        return updated
+
+    async def delete_image_lora(self, lora_id: str) -> None:
+        await self._unary(
+            self._image_loras.DeleteImageLora, image_loras_pb2.DeleteImageLoraRequest(id=lora_id)
+        )
+
+    async def add_reference_image(
+        self, lora_id: str, file_id: str, caption: str = ""
+    ) -> image_loras_pb2.ImageLora:
+        """Adds a stored image (bucket `training-images` or `images`) as a reference."""
+        lora: image_loras_pb2.ImageLora = await self._unary(
+            self._image_loras.AddReferenceImage,
+            image_loras_pb2.AddReferenceImageRequest(
+                image_lora=lora_id, file_id=file_id, caption=caption
+            ),
+        )
+        return lora
+
+    async def upload_reference_image(
+        self,
+        lora_id: str,
+        path: Path,
+        *,
+        caption: str = "",
+        progress: Progress | None = None,
+    ) -> image_loras_pb2.ImageLora:
+        """Uploads a local image to the `training-images` bucket and adds it as a
+        reference. A file over the server's 10 MiB limit is refused before uploading."""
+        size = await asyncio.to_thread(os.path.getsize, path)
+        if size > MAX_REFERENCE_BYTES:
+            raise UsageError(t("lora.too_large", name=path.name, mib=f"{size / 2**20:.1f}"))
+        f = await self.upload(
+            path, bucket="training-images", labels={"purpose": "image-lora"}, progress=progress
+        )
+        return await self.add_reference_image(lora_id, f.id, caption)
+
+    async def remove_reference_image(
+        self, lora_id: str, reference_image_id: str
+    ) -> image_loras_pb2.ImageLora:
+        lora: image_loras_pb2.ImageLora = await self._unary(
+            self._image_loras.RemoveReferenceImage,
+            image_loras_pb2.RemoveReferenceImageRequest(
+                image_lora=lora_id, reference_image=reference_image_id
+            ),
+        )
+        return lora
+
+    async def start_image_lora(
+        self, lora_id: str, *, executor: str | None = None, steps: int = 0
+    ) -> image_loras_pb2.ImageLora:
+        """Queues training (a retry on FAILED/CANCELLED: the same images again);
+        `executor`: replicate, local or simulate (None: the server's default); `steps` 0:
+        the executor's default."""
+        if executor is not None and executor not in LORA_EXECUTORS:
+            raise UsageError(
+                t("error.bad_choice", value=executor, choices=" | ".join(LORA_EXECUTORS))
+            )
+        lora: image_loras_pb2.ImageLora = await self._unary(
+            self._image_loras.StartTraining,
+            image_loras_pb2.StartTrainingRequest(
+                image_lora=lora_id,
+                executor=LORA_EXECUTORS[executor]
+                if executor
+                else image_loras_pb2.IMAGE_LORA_EXECUTOR_UNSPECIFIED,
+                steps=steps,
+            ),
+        )
+        return lora
+
+    async def cancel_image_lora(self, lora_id: str) -> image_loras_pb2.ImageLora:
+        lora: image_loras_pb2.ImageLora = await self._unary(
+            self._image_loras.CancelTraining,
+            image_loras_pb2.CancelTrainingRequest(image_lora=lora_id),
+        )
+        return lora
+
+    async def watch_image_lora(
+        self, lora_id: str, *, poll: float = 0.5, retries: int = 10
+    ) -> AsyncIterator[image_loras_pb2.ImageLora]:
+        """The image LoRA each time its status or progress changes, until training ends
+        (READY, FAILED, CANCELLED). Polls GetImageLora: it covers every executor alike
+        (a Replicate training has no job to watch). The service unavailable is waited out
+        with a doubling pause, up to `retries` times in a row."""
+        seen: tuple[int, float] | None = None
+        failures = 0
+        while True:
+            try:
+                lora = await self.get_image_lora(lora_id)
+            except Unavailable:
+                failures += 1
+                if failures > retries:
+                    raise
+                await asyncio.sleep(min(poll * 2**failures, 10.0))
+                continue
+            failures = 0
+            if (lora.status, lora.progress) != seen:
+                seen = (lora.status, lora.progress)
+                yield lora
+            if lora.status in LORA_SETTLED:
+                return
+            await asyncio.sleep(poll)
+
+    def generate_images(
+        self,
+        lora_id: str,
+        prompt: str,
+        *,
+        lora_scale: float | None = None,
+        num_outputs: int = 0,
+        aspect_ratio: str = "",
+        seed: int | None = None,
+    ) -> AsyncIterator[image_loras_pb2.GenerateImagesEvent]:
+        """Generates with a READY image LoRA: `queued` (the prompt as it runs, the
+        trigger word prepended when missing), `progress`, each `image` as it lands, then
+        `done`. `aspect_ratio`: one of ASPECT_RATIOS ("" = 1:1)."""
+        if aspect_ratio and aspect_ratio not in ASPECT_RATIOS:
+            raise UsageError(
+                t("error.bad_choice", value=aspect_ratio, choices=" | ".join(ASPECT_RATIOS))
+            )
+        request = image_loras_pb2.GenerateImagesRequest(
+            image_lora=lora_id,
+            prompt=prompt,
+            num_outputs=num_outputs,
+            aspect_ratio=ASPECT_RATIOS.get(aspect_ratio, image_loras_pb2.ASPECT_RATIO_UNSPECIFIED),
+        )
+        if lora_scale is not None:
+            request.lora_scale = lora_scale
+        if seed is not None:
+            request.seed = seed
+        return self._stream(self._image_loras.GenerateImages, request)
+
+    async def get_generation(self, generation_id: str) -> image_loras_pb2.Generation:
+        g: image_loras_pb2.Generation = await self._unary(
+            self._image_loras.GetGeneration, image_loras_pb2.GetGenerationRequest(id=generation_id)
+        )
+        return g
+
+    async def list_generations(
+        self, lora_id: str = "", limit: int | None = 50
+    ) -> list[image_loras_pb2.Generation]:
+        """The caller's generations, newest first (of one image LoRA with `lora_id`)."""
+        return await self._pages(
+            self._image_loras.ListGenerations,
+            image_loras_pb2.ListGenerationsRequest(image_lora=lora_id, page_size=200),
+            "generations",
+            limit,
+        )
+
+
+def _provider(name: str) -> auth_pb2.Provider.ValueType:
+    if name not in PROVIDERS:
+        raise UsageError(t("error.bad_choice", value=name, choices=" | ".join(PROVIDERS)))
+    return PROVIDERS[name]
 
 
 def _request_id() -> tuple[tuple[str, str], tuple[str, str]]:

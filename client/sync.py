@@ -62,12 +62,14 @@ class Client:
             return call
         if callable(attr) and (
             inspect.isasyncgenfunction(attr)
-            or name in {"send_message", "ingest", "watch_job", "watch_turn"}
+            or name in {"send_message", "ingest", "watch_job", "watch_turn", "generate_images"}
         ):
 
             @functools.wraps(attr)
             def stream(*args: Any, **kwargs: Any) -> Iterator[Any]:
-                return self._iterate(attr(*args, **kwargs))
+                # Made on the loop's thread: a plain method that returns a stream opens
+                # its gRPC channel when called, and an aio channel needs the loop.
+                return self._iterate(self._run(_call(attr, *args, **kwargs)))
 
             return stream
         return attr
@@ -94,3 +96,7 @@ class Client:
 
 async def _make(*args: Any, **kwargs: Any) -> AsyncClient:
     return AsyncClient(*args, **kwargs)
+
+
+async def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    return fn(*args, **kwargs)

@@ -12,10 +12,12 @@ from client.cli.base import JsonOpt, read_secret, run
 from client.cli.render import enum_name, out, print_json, table, to_dict, ts
 from client.errors import AiveraError, NotFound
 from client.messages import t
-from client.sdk import AsyncClient
+from client.sdk import PROVIDERS, AsyncClient
 
 settings_app = typer.Typer(help="Настройки: модель и роль / settings.", no_args_is_help=True)
-key_app = typer.Typer(help="Ключ Gemini / your Gemini API key.", no_args_is_help=True)
+key_app = typer.Typer(
+    help="Ключи провайдеров: Gemini, Replicate / your provider keys.", no_args_is_help=True
+)
 admin_app = typer.Typer(help="Администрирование / administration.", no_args_is_help=True)
 user_app = typer.Typer(help="Пользователи / users.", no_args_is_help=True)
 prompt_app = typer.Typer(help="Системные промпты / system prompts.", no_args_is_help=True)
@@ -23,6 +25,19 @@ admin_app.add_typer(user_app, name="user")
 admin_app.add_typer(prompt_app, name="prompt")
 
 PROFILES = {"simple": chat_pb2.MODEL_PROFILE_SIMPLE, "complex": chat_pb2.MODEL_PROFILE_COMPLEX}
+KEY_PROMPTS = {"gemini": "key.prompt", "replicate": "key.prompt_replicate"}
+ProviderOpt = Annotated[
+    str,
+    typer.Option(
+        "--provider", help="gemini | replicate (Replicate: обучение image LoRA / image LoRAs)"
+    ),
+]
+
+
+def _provider(provider: str) -> str:
+    if provider not in PROVIDERS:
+        raise typer.BadParameter(" | ".join(PROVIDERS), param_hint="--provider")
+    return provider
 
 
 def login(
@@ -168,23 +183,24 @@ def roles(json_: bool = JsonOpt) -> None:
 
 
 @key_app.command("set")
-def key_set() -> None:
-    """Сохранить ключ Gemini (скрытый ввод или stdin) / store your Gemini key."""
-    api_key = read_secret(t("key.prompt"))
+def key_set(provider: ProviderOpt = "gemini") -> None:
+    """Сохранить ключ (скрытый ввод или stdin) / store your key (Gemini by default)."""
+    api_key = read_secret(t(KEY_PROMPTS[_provider(provider)]))
 
     async def go(c: AsyncClient) -> None:
-        s = await c.set_provider_key(api_key)
+        s = await c.set_provider_key(api_key, provider)
         out.print(t("key.saved", last4=s.last4), markup=False)
 
     run(go)
 
 
 @key_app.command("status")
-def key_status(json_: bool = JsonOpt) -> None:
+def key_status(provider: ProviderOpt = "gemini", json_: bool = JsonOpt) -> None:
     """Есть ли ключ / whether a key is stored."""
+    _provider(provider)
 
     async def go(c: AsyncClient) -> None:
-        s = await c.provider_key_status()
+        s = await c.provider_key_status(provider)
         if json_:
             print_json(s)
             return
@@ -199,11 +215,12 @@ def key_status(json_: bool = JsonOpt) -> None:
 
 
 @key_app.command("delete")
-def key_delete() -> None:
+def key_delete(provider: ProviderOpt = "gemini") -> None:
     """Удалить ключ / delete the key."""
+    _provider(provider)
 
     async def go(c: AsyncClient) -> None:
-        await c.delete_provider_key()
+        await c.delete_provider_key(provider)
         out.print(t("key.deleted"))
 
     run(go)

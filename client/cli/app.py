@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from client.cli import account, chat, training
+from client.cli import account, chat, lora, training
 
 app = typer.Typer(
     name="aivera",
@@ -34,6 +34,7 @@ app.add_typer(training.model_app, name="model")
 app.add_typer(training.clone_app, name="clone")
 app.add_typer(training.notification_app, name="notifications")
 app.add_typer(training.webhook_app, name="webhooks")
+app.add_typer(lora.lora_app, name="lora")
 app.add_typer(account.admin_app, name="admin")
 # Chat administration: new system prompt versions, role prompts, system settings.
 account.prompt_app.command("create")(chat.prompt_create)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,12 +92,19 @@ class FakeTraining(jobs_pb2_grpc.TrainingServiceServicer):
             sent += 1
 
 
-async def serve(servicer: FakeTraining, port: int) -> grpc.aio.Server:
+async def serve_on(
+    port: int, add: Callable[[Any, grpc.aio.Server], None], servicer: Any
+) -> grpc.aio.Server:
+    """A gRPC server on 127.0.0.1:`port` with one scripted servicer (`add` registers it)."""
     server = grpc.aio.server()
-    jobs_pb2_grpc.add_TrainingServiceServicer_to_server(servicer, server)
+    add(servicer, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     return server
+
+
+async def serve(servicer: FakeTraining, port: int) -> grpc.aio.Server:
+    return await serve_on(port, jobs_pb2_grpc.add_TrainingServiceServicer_to_server, servicer)
 
 
 def signed_in(cfg: Path) -> None:

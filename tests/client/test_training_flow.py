@@ -6,46 +6,16 @@ list, cancel → retry, clones, model list and download."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from client import AsyncClient, Credentials, Endpoints
-from services.auth.server import make_spec as auth_spec
-from services.common import db
-from services.common.server import App
-from services.rag.config import RagSettings
-from services.rag.server import make_spec as rag_spec
-from services.storage.config import StorageSettings
-from services.storage.server import make_spec as storage_spec
-from services.training.config import TrainingSettings
-from services.training.server import make_spec as training_spec
-from services.training.worker import Worker
-from tests.client.conftest import Cli, auth_settings
-from tests.helpers.identity import secret, worker_channel
-from tests.helpers.services import running
+from tests.client.conftest import Cli
+from tests.client.mesh import TrainMesh, signed_in_cli, start_train_mesh
 from tests.helpers.tiny import build_tiny_model
-
-
-@dataclass
-class TrainMesh:
-    auth: App
-    storage: App
-    training: App
-    bootstrap: str
-
-    def env(self) -> dict[str, str]:
-        return {
-            "AIVERA_AUTH_ADDR": f"127.0.0.1:{self.auth.grpc_port}",
-            "AIVERA_STORAGE_ADDR": f"127.0.0.1:{self.storage.grpc_port}",
-            "AIVERA_TRAINING_ADDR": f"127.0.0.1:{self.training.grpc_port}",
-            "AIVERA_LANG": "",
-        }
 
 
 @pytest.fixture(scope="module")
@@ -53,73 +23,14 @@ async def train_mesh(
     database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[TrainMesh]:
     tiny = build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
-    a = auth_settings(database_url, access_token_ttl_seconds=3600)
-    async with running(auth_spec(a), a) as auth_app:
-        common = {
-            "aivera_env": "test",
-            "database_url": database_url,
-            "auth_addr": f"127.0.0.1:{auth_app.grpc_port}",
-        }
-        s = StorageSettings(
-            **common,
-            aivera_service_secret=secret("storage"),
-            data_dir=tmp_path_factory.mktemp("storage"),
-        )
-        rag_dir = tmp_path_factory.mktemp("rag")
-        async with running(storage_spec(s), s) as storage_app:
-            r = RagSettings(
-                aivera_service_secret=secret("rag"),
-                **common,
-                storage_addr=f"127.0.0.1:{storage_app.grpc_port}",
-                data_dir=rag_dir,
-                qdrant_path=rag_dir / "qdrant",
-            )
-            async with running(rag_spec(r), r) as rag_app:
-                t = TrainingSettings(
-                    aivera_service_secret=secret("training"),
-                    **common,
-                    storage_addr=f"127.0.0.1:{storage_app.grpc_port}",
-                    rag_addr=f"127.0.0.1:{rag_app.grpc_port}",
-                    allowed_base_models=[str(tiny)],
-                    training_executor="simulate",
-                    training_heartbeat_seconds=0.5,
-                    training_lease_seconds=4.0,
-                    training_poll_seconds=0.2,
-                    training_watch_heartbeat_seconds=1.0,
-                    training_simulate_step_seconds=0.05,
-                    training_torch_threads=1,
-                )
-                async with running(training_spec(t), t) as training_app:
-                    pool = await db.create_pool(
-                        database_url, schema="training", service="w", min_size=1, max_size=2
-                    )
-                    chan = worker_channel(t)
-                    worker = Worker(t, pool, chan)
-                    task = asyncio.create_task(worker.run(None))
-                    try:
-                        yield TrainMesh(
-                            auth_app,
-                            storage_app,
-                            training_app,
-                            a.aivera_bootstrap_admin_token.get_secret_value(),
-                        )
-                    finally:
-                        worker.shutdown.set()
-                        with contextlib.suppress(Exception):
-                            await asyncio.wait_for(task, 10)
-                        await chan.close()
-                        await pool.close()
+    async with start_train_mesh(
+        database_url, tmp_path_factory.mktemp("mesh"), allowed_base_models=[str(tiny)]
+    ) as mesh:
+        yield mesh
 
 
 async def signed_in(m: TrainMesh, tmp_path: Path) -> Cli:
-    endpoints = Endpoints.resolve(env=m.env())
-    async with AsyncClient(endpoints, store=False, credentials=Credentials()) as admin:
-        await admin.login(m.bootstrap)
-        created = await admin.create_user("t-" + uuid.uuid4().hex[:10])
-    cli = Cli(tmp_path / "cfg", m.env())
-    r = await cli("login", input=created.static_token + "\n")
-    assert r.exit_code == 0, r.output
-    return cli
+    return await signed_in_cli(m, tmp_path / "cfg")
 
 
 def jsonl(records: list[object]) -> str:

@@ -19,11 +19,13 @@ import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from aivera.auth.v1 import auth_pb2, auth_pb2_grpc
 from gateway.config import GatewaySettings
@@ -54,10 +56,13 @@ class Studio:
     auth: App
 
 
-@pytest.fixture(scope="module")
-async def studio(
-    database_url: str, tmp_path_factory: pytest.TempPathFactory
+@asynccontextmanager
+async def studio_mesh(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory, **training: Any
 ) -> AsyncIterator[Studio]:
+    """The console behind the local gateway (its admin listener included) with the real
+    auth, storage and training services and an in-process worker; `training` overrides
+    TrainingSettings."""
     port, admin_port = free_port(), free_port()
     origin, admin_origin = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
     # The built console, plus the file that tells it where the admin listener is.
@@ -74,24 +79,27 @@ async def studio(
         }
         s = StorageSettings(
             **common,
-            aivera_service_secret=secret("storage"),
+            aivera_service_secret=SecretStr(secret("storage")),
             data_dir=tmp_path_factory.mktemp("storage"),
             storage_public_url=origin,
         )
         async with running(storage_spec(s), s) as storage_app:
             t = TrainingSettings(
-                **common,
-                aivera_service_secret=secret("training"),
-                storage_addr=f"127.0.0.1:{storage_app.grpc_port}",
-                allowed_base_models=[str(tiny)],
-                training_executor="simulate",
-                training_heartbeat_seconds=0.5,
-                training_lease_seconds=4.0,
-                training_poll_seconds=0.2,
-                training_watch_heartbeat_seconds=1.0,
-                # Slow enough for the page to see the chart grow step by step.
-                training_simulate_step_seconds=0.15,
-                training_torch_threads=1,
+                **{
+                    **common,
+                    "aivera_service_secret": secret("training"),
+                    "storage_addr": f"127.0.0.1:{storage_app.grpc_port}",
+                    "allowed_base_models": [str(tiny)],
+                    "training_executor": "simulate",
+                    "training_heartbeat_seconds": 0.5,
+                    "training_lease_seconds": 4.0,
+                    "training_poll_seconds": 0.2,
+                    "training_watch_heartbeat_seconds": 1.0,
+                    # Slow enough for the page to see the chart grow step by step.
+                    "training_simulate_step_seconds": 0.15,
+                    "training_torch_threads": 1,
+                    **training,
+                }
             )
             async with running(training_spec(t), t) as training_app:
                 pool = await db.create_pool(
@@ -130,6 +138,14 @@ async def studio(
                     await pool.close()
 
 
+@pytest.fixture(scope="module")
+async def studio(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Studio]:
+    async with studio_mesh(database_url, tmp_path_factory) as mesh:
+        yield mesh
+
+
 def jsonl(records: list[object]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
@@ -138,10 +154,11 @@ def chat(q: str, a: str) -> dict[str, object]:
     return {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
 
 
-async def drive(env: dict[str, str]) -> dict[str, Any]:
+async def drive(env: dict[str, str], script: str = "studio.e2e.mjs") -> dict[str, Any]:
+    """Runs a browser script of web/e2e and returns the findings it printed."""
     proc = await asyncio.create_subprocess_exec(
         "node",
-        str(WEB / "e2e" / "studio.e2e.mjs"),
+        str(WEB / "e2e" / script),
         cwd=WEB,
         env={**os.environ, **env},
         stdout=asyncio.subprocess.PIPE,
@@ -162,15 +179,21 @@ async def drive(env: dict[str, str]) -> dict[str, Any]:
     return found
 
 
-async def test_studio_and_administration(studio: Studio, tmp_path: Path) -> None:
+async def new_user(studio: Studio, prefix: str) -> str:
+    """A new user created by the admin; their static token."""
     async with channel(studio.auth) as ch:
         admin = await auth_pb2_grpc.AuthServiceStub(ch).ExchangeStaticToken(
             auth_pb2.ExchangeStaticTokenRequest(static_token=studio.bootstrap)
         )
         user = await auth_pb2_grpc.AuthAdminServiceStub(ch).CreateUser(
-            auth_pb2.CreateUserRequest(username="studio-" + uuid.uuid4().hex[:8]),
+            auth_pb2.CreateUserRequest(username=prefix + uuid.uuid4().hex[:8]),
             metadata=bearer(admin.access_token),
         )
+    return user.static_token
+
+
+async def test_studio_and_administration(studio: Studio, tmp_path: Path) -> None:
+    user_token = await new_user(studio, "studio-")
     bad = tmp_path / "broken.jsonl"
     bad.write_text(jsonl([chat("q1", "a1")]) + '{"messages": [}\n' + jsonl([chat("q3", "a3")]))
     good = tmp_path / "support.jsonl"
@@ -180,7 +203,7 @@ async def test_studio_and_administration(studio: Studio, tmp_path: Path) -> None
     found = await drive(
         {
             "BASE_URL": studio.base_url + "/",
-            "USER_TOKEN": user.static_token,
+            "USER_TOKEN": user_token,
             "ADMIN_TOKEN": studio.bootstrap,
             "BAD_PATH": str(bad),
             "GOOD_PATH": str(good),

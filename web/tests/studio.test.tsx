@@ -1,14 +1,11 @@
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
-import { QueryClient, QueryClientProvider } from "@tanstack/react-query";
-import { cleanup, fireEvent, render, screen, waitFor } from "@testing-library/react";
-import type { ReactNode } from "react";
+import { cleanup, fireEvent, screen, waitFor } from "@testing-library/react";
+import { apiFor, mount } from "./harness";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import Admin from "../src/admin/Admin";
 import { App } from "../src/App";
-import { apiOver, type Api } from "../src/api/clients";
-import { ApiProvider } from "../src/api/context";
-import { memoryStore, Session } from "../src/auth/session";
+import type { Api } from "../src/api/clients";
 import { NotificationBell } from "../src/components/NotificationBell";
 import { AuthAdminService, AuthService, Role, UserStatus } from "../src/gen/aivera/auth/v1/auth_pb.js";
 import { ChatService, PromptAdminService } from "../src/gen/aivera/chat/v1/chat_pb.js";
@@ -41,25 +38,6 @@ afterEach(() => {
   cleanup();
   window.location.hash = "";
 });
-
-type Routes = Parameters<typeof createRouterTransport>[0];
-
-function apiFor(routes: Routes, session = new Session(memoryStore())): Api {
-  const transport = createRouterTransport(routes, { transport: { interceptors: [session.interceptor()] } });
-  session.bind(transport);
-  return apiOver(session, transport);
-}
-
-function mount(children: ReactNode, api: Api) {
-  const qc = new QueryClient({ defaultOptions: { queries: { retry: false } } });
-  return render(
-    <I18nProvider initial="ru">
-      <QueryClientProvider client={qc}>
-        <ApiProvider api={api}>{children}</ApiProvider>
-      </QueryClientProvider>
-    </I18nProvider>,
-  );
-}
 
 const metric = (seq: number, step: number, loss: number, extra: Partial<{ attempt: number; evalLoss: number }> = {}): JobEvent =>
   create(JobEventSchema, {

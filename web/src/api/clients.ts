@@ -7,6 +7,7 @@ import { StorageService } from "../gen/aivera/storage/v1/storage_pb.js";
 import { CatalogueService } from "../gen/aivera/training/v1/catalogue_pb.js";
 import { CloneService } from "../gen/aivera/training/v1/clones_pb.js";
 import { DatasetService } from "../gen/aivera/training/v1/datasets_pb.js";
+import { ImageLoraService } from "../gen/aivera/training/v1/image_loras_pb.js";
 import { TrainingService } from "../gen/aivera/training/v1/jobs_pb.js";
 import { ModelService } from "../gen/aivera/training/v1/models_pb.js";
 import { NotificationService } from "../gen/aivera/training/v1/notifications_pb.js";
@@ -39,6 +40,7 @@ export type Api = {
   models: Client<typeof ModelService>;
   clones: Client<typeof CloneService>;
   notifications: Client<typeof NotificationService>;
+  imageLoras: Client<typeof ImageLoraService>;
   /** The same session over another origin: the gateway's admin listener (admin only). */
   transportTo: (baseUrl: string) => Transport;
 };
@@ -68,6 +70,7 @@ export function apiOver(
     models: createClient(ModelService, transport),
     clones: createClient(CloneService, transport),
     notifications: createClient(NotificationService, transport),
+    imageLoras: createClient(ImageLoraService, transport),
     transportTo,
   };
 }

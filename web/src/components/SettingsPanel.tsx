@@ -6,19 +6,15 @@ import { ModelProfile, type UserSettings } from "../gen/aivera/chat/v1/chat_pb.j
 import { useI18n } from "../i18n/i18n";
 import { ErrorBanner } from "./ErrorBanner";
 
-/** The user's settings: model profile and role (chat), and the Gemini key (auth), which
- *  is written but never read back — only whether one is set and its last 4 characters. */
+/** The user's settings: model profile and role (chat), and the Gemini and Replicate keys
+ *  (auth), which are written but never read back — only whether one is set and its last 4
+ *  characters. */
 export function SettingsPanel({ onClose }: { onClose: () => void }) {
-  const { chat, auth } = useApi();
+  const { chat } = useApi();
   const { t } = useI18n();
   const queryClient = useQueryClient();
   const settings = useQuery({ queryKey: ["settings"], queryFn: () => chat.getSettings({}) });
   const roles = useQuery({ queryKey: ["roles"], queryFn: () => chat.listRoles({ pageSize: 200 }) });
-  const key = useQuery({
-    queryKey: ["provider-key"],
-    queryFn: () => auth.getProviderKeyStatus({ provider: Provider.GEMINI }),
-  });
-  const [newKey, setNewKey] = useState("");
   const [saved, setSaved] = useState(false);
 
   const update = useMutation({
@@ -42,24 +38,7 @@ export function SettingsPanel({ onClose }: { onClose: () => void }) {
       setSaved(true);
     },
   });
-  const setKey = useMutation({
-    mutationFn: (apiKey: string) => auth.setProviderKey({ provider: Provider.GEMINI, apiKey }),
-    onSuccess: (status) => {
-      setNewKey(""); // the key leaves the page's memory once stored
-      queryClient.setQueryData(["provider-key"], status);
-      setSaved(true);
-    },
-  });
-  const deleteKey = useMutation({
-    mutationFn: () => auth.deleteProviderKey({ provider: Provider.GEMINI }),
-    onSuccess: () => void queryClient.invalidateQueries({ queryKey: ["provider-key"] }),
-  });
-  const error = settings.error ?? roles.error ?? key.error ?? update.error ?? setKey.error ?? deleteKey.error;
-
-  const submitKey = (e: FormEvent) => {
-    e.preventDefault();
-    if (newKey.trim()) setKey.mutate(newKey.trim());
-  };
+  const error = settings.error ?? roles.error ?? update.error;
 
   return (
     <aside className="settings" aria-label={t("settings")} data-testid="settings">
@@ -74,7 +53,7 @@ export function SettingsPanel({ onClose }: { onClose: () => void }) {
         <ErrorBanner
           error={error}
           onRetry={() => void queryClient.invalidateQueries()}
-          onDismiss={() => (update.reset(), setKey.reset(), deleteKey.reset())}
+          onDismiss={() => update.reset()}
         />
       )}
       {saved && <p className="ok small">{t("saved")}</p>}
@@ -106,32 +85,74 @@ export function SettingsPanel({ onClose }: { onClose: () => void }) {
           ))}
         </select>
       </label>
-      <form onSubmit={submitKey} autoComplete="off">
-        <fieldset>
-          <legend>{t("geminiKey")}</legend>
-          <p data-testid="key-status">{key.data?.isSet ? t("keySet", { last4: key.data.last4 }) : t("keyNotSet")}</p>
-          <label>
-            {t("newKey")}
-            <input
-              type="password"
-              value={newKey}
-              onChange={(e) => setNewKey(e.target.value)}
-              spellCheck={false}
-              data-testid="key-input"
-            />
-          </label>
-          <div className="row">
-            <button type="submit" disabled={!newKey.trim() || setKey.isPending} data-testid="key-save">
-              {key.data?.isSet ? t("replaceKey") : t("setKey")}
-            </button>
-            {key.data?.isSet && (
-              <button type="button" className="danger" onClick={() => deleteKey.mutate()}>
-                {t("deleteKey")}
-              </button>
-            )}
-          </div>
-        </fieldset>
-      </form>
+      <ProviderKeyForm provider={Provider.GEMINI} legend={t("geminiKey")} testId="key" onSaved={() => setSaved(true)} />
+      <ProviderKeyForm provider={Provider.REPLICATE} legend={t("replicateKey")} testId="replicate-key" onSaved={() => setSaved(true)} />
     </aside>
+  );
+}
+
+/** One provider's key: whether it is set (last 4 characters), replace, delete. */
+function ProviderKeyForm({
+  provider,
+  legend,
+  testId,
+  onSaved,
+}: {
+  provider: Provider;
+  legend: string;
+  testId: string;
+  onSaved: () => void;
+}) {
+  const { auth } = useApi();
+  const { t } = useI18n();
+  const queryClient = useQueryClient();
+  const queryKey = ["provider-key", provider];
+  const key = useQuery({ queryKey, queryFn: () => auth.getProviderKeyStatus({ provider }) });
+  const [newKey, setNewKey] = useState("");
+  const setKey = useMutation({
+    mutationFn: (apiKey: string) => auth.setProviderKey({ provider, apiKey }),
+    onSuccess: (status) => {
+      setNewKey(""); // the key leaves the page's memory once stored
+      queryClient.setQueryData(queryKey, status);
+      onSaved();
+    },
+  });
+  const deleteKey = useMutation({
+    mutationFn: () => auth.deleteProviderKey({ provider }),
+    onSuccess: () => void queryClient.invalidateQueries({ queryKey }),
+  });
+  const error = key.error ?? setKey.error ?? deleteKey.error;
+  const submitKey = (e: FormEvent) => {
+    e.preventDefault();
+    if (newKey.trim()) setKey.mutate(newKey.trim());
+  };
+  return (
+    <form onSubmit={submitKey} autoComplete="off">
+      <fieldset>
+        <legend>{legend}</legend>
+        {error && <ErrorBanner error={error} onDismiss={() => (setKey.reset(), deleteKey.reset())} />}
+        <p data-testid={`${testId}-status`}>{key.data?.isSet ? t("keySet", { last4: key.data.last4 }) : t("keyNotSet")}</p>
+        <label>
+          {t("newKey")}
+          <input
+            type="password"
+            value={newKey}
+            onChange={(e) => setNewKey(e.target.value)}
+            spellCheck={false}
+            data-testid={`${testId}-input`}
+          />
+        </label>
+        <div className="row">
+          <button type="submit" disabled={!newKey.trim() || setKey.isPending} data-testid={`${testId}-save`}>
+            {key.data?.isSet ? t("replaceKey") : t("setKey")}
+          </button>
+          {key.data?.isSet && (
+            <button type="button" className="danger" onClick={() => deleteKey.mutate()}>
+              {t("deleteKey")}
+            </button>
+          )}
+        </div>
+      </fieldset>
+    </form>
   );
 }

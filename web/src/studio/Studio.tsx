@@ -1,3 +1,4 @@
+import { lazy, Suspense } from "react";
 import { useI18n } from "../i18n/i18n";
 import type { StudioRoute } from "./route";
 import { ClonesPage } from "./ClonesPage";
@@ -6,7 +7,10 @@ import { JobMonitor, JobsList } from "./JobMonitor";
 import { ModelsPage } from "./ModelsPage";
 import { TrainPage } from "./TrainPage";
 
-const TABS = ["datasets", "train", "jobs", "models", "clones"] as const;
+// Image LoRAs are a chunk of their own: the text-training pages do not carry them.
+const ImageLorasPage = lazy(() => import("./loras/ImageLorasPage"));
+
+const TABS = ["datasets", "train", "jobs", "models", "clones", "loras"] as const;
 
 /** The training studio (lazy-loaded: the chat's first load does not carry it). */
 export default function Studio({ route }: { route: StudioRoute }) {
@@ -31,6 +35,11 @@ export default function Studio({ route }: { route: StudioRoute }) {
         )}
         {route.page === "models" && <ModelsPage />}
         {route.page === "clones" && <ClonesPage />}
+        {route.page === "loras" && (
+          <Suspense fallback={<p className="center muted">{t("loading")}</p>}>
+            <ImageLorasPage loraId={route.loraId} />
+          </Suspense>
+        )}
       </div>
     </div>
   );
