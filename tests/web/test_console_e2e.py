@@ -2,8 +2,9 @@
 web/node_modules; no browser is downloaded) against the real auth, storage, RAG and chat
 services behind the real local gateway, which serves web/dist on the same origin as
 gRPC-web and the signed file URLs. Sign in, set the Gemini key, create and rename a chat,
-attach a PDF (signed upload URL, ingestion), stream an answer, open its source on the page
-image, reload, switch to English, sign out. Screenshots go to web/test-results/."""
+attach a PDF (signed upload URL, ingestion), stream a markdown answer (drawn as a list and a
+code block), open its source on the page image from the sources list and from the answer's
+citation marker, reload, switch to English, sign out. Screenshots go to web/test-results/."""
 
 from __future__ import annotations
 
@@ -34,7 +35,28 @@ from tests.web.conftest import DIST, WEB, chromium_path, needs_browser
 pytestmark = needs_browser
 
 KEY = "AIzaSyWEBCONSOLE0000000000000000000000042"
-TOKENS = ["The ", "drawings ", "AR-12 ", "show ", "the ", "facades ", "of ", "the ", "building."]
+# Markdown, cut where a model cuts it: a citation, a list and a code fence arrive in pieces.
+TOKENS = [
+    "The ",
+    "drawings ",
+    "AR-12 ",
+    "show ",
+    "the ",
+    "**faca",
+    "des** ",
+    "of ",
+    "the ",
+    "building [1",
+    "].\n\n- ",
+    "sheet ",
+    "AR-12\n",
+    "- ",
+    "sheet ",
+    "PV-1\n\n``",
+    "`\nPV-1: ",
+    "2400 m3/h\n",
+    "```",
+]
 VENTILATION = ["PV-1 ", "serves ", "the ", "offices ", "of ", "the ", "first ", "floor."]
 LONG = [f"Sheet {n}. " for n in range(1, 200)]
 
@@ -165,6 +187,7 @@ async def test_console_end_to_end(console: Console, tmp_path: Path) -> None:
         "attached",
         "streamed",
         "source-opened",
+        "cited",
         "reattached",
         "stopped",
         "reloaded",
@@ -181,12 +204,29 @@ async def test_console_end_to_end(console: Console, tmp_path: Path) -> None:
     assert found["keyInputAfterSave"] == "" and found["keyInPage"] is False
     # The model was called with the key set through the page.
     assert mesh.gemini.requests and mesh.gemini.requests[-1].api_key == KEY
-    # Streaming: the text grew over several updates, not in one burst at the end.
-    answer = "".join(TOKENS)
+    # Streaming: the text grew over several updates, not in one burst at the end (and
+    # never shrank: unfinished markdown is drawn as what it becomes).
+    # (textContent: the paragraph, the two list items, the code block)
+    answer = (
+        "The drawings AR-12 show the facades of the building [1]."
+        "sheet AR-12sheet PV-1PV-1: 2400 m3/h"
+    )
     assert found["answer"] == answer
     lengths = [t["len"] for t in found["tokens"]]
     assert len(lengths) >= 4, found["tokens"]
     assert lengths == sorted(lengths) and lengths[0] < len(answer)
+    # Markdown drawn as elements; the marker [1] is a citation of the first search result.
+    assert found["markdown"] == {
+        "strong": ["facades"],
+        "items": ["sheet AR-12", "sheet PV-1"],
+        "code": ["PV-1: 2400 m3/h"],
+        "cites": ["1"],
+        "literalMarks": False,
+    }
+    assert found["citeLabel"].startswith("Открыть источник [1]: ") and found["citeLabel"].endswith(
+        ", стр. 1"
+    )
+    assert found["citeViewer"] == {"title": "Источник: страница 1", "box": 1}
     # Sources: the block's box drawn over the page image, fetched on this origin.
     assert found["sourceCount"] >= 1 and found["box"] == 1
     assert found["pageImageSameOrigin"] is True

@@ -79,6 +79,15 @@ await browse(
     const answer = page.locator("[data-testid=message][data-role=assistant]").last();
     found.answer = await answer.locator(".content").textContent();
     found.tokens = await page.evaluate(() => window.__tokens);
+    // The answer is markdown: what it was drawn as (elements, not literal marks).
+    found.markdown = await answer.locator(".content").evaluate((el) => ({
+      strong: [...el.querySelectorAll("strong")].map((e) => e.textContent),
+      items: [...el.querySelectorAll("ul > li")].map((e) => e.textContent),
+      code: [...el.querySelectorAll("pre > code")].map((e) => e.textContent),
+      cites: [...el.querySelectorAll("button[data-testid=cite]")].map((e) => e.dataset.marker),
+      literalMarks: /\*\*|```/.test(el.textContent ?? ""),
+    }));
+    await shot(page, "04b-markdown");
     step("streamed");
 
     // 6. open a source: the page image with the block's box
@@ -99,6 +108,24 @@ await browse(
       await viewer.getByTestId("close-source").click();
       step("source-opened");
     }
+
+    // 6b. a citation marker `[1]` opens its source, from the keyboard too
+    const cite = answer.getByTestId("cite").first();
+    found.citeLabel = await cite.getAttribute("aria-label");
+    await cite.focus();
+    await page.keyboard.press("Enter");
+    {
+      const viewer = page.getByTestId("source-viewer");
+      await viewer.getByTestId("page-image").waitFor();
+      found.citeViewer = {
+        title: await viewer.getAttribute("aria-label"),
+        box: await viewer.getByTestId("source-box").count(),
+      };
+      await shot(page, "05b-cited-source");
+      await viewer.getByTestId("close-source").click();
+      await viewer.waitFor({ state: "detached" });
+    }
+    step("cited");
 
     // 7. a reload in the middle of an answer: the page follows the running turn again
     //    (WatchTurn) and shows it whole, nothing twice
@@ -149,6 +176,8 @@ await browse(
 
     // 11. settings: the model profile is stored (the test reads it back over gRPC)
     await page.getByRole("button", { name: "Settings" }).click();
+    // The radios are the stored setting: wait for it (checking before it loads is undone).
+    await page.locator("input[name=profile]:checked").waitFor();
     await page.getByLabel("Complex (flash + pro)").check();
     await page.getByText("Saved").waitFor();
     await page.getByRole("button", { name: "Close" }).click();

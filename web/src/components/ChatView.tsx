@@ -143,7 +143,7 @@ export function ChatView({ chatId }: { chatId: string }) {
           <MessageItem message={live.turn.userMessage} onSource={setSource} />
         )}
         {pendingUser && <p className="bubble user pending">{t("thinking")}</p>}
-        {live.turn && <LiveTurn turn={live.turn} />}
+        {live.turn && <LiveTurn turn={live.turn} onSource={setSource} />}
         <div ref={bottom} />
       </div>
       {live.error !== null && <ErrorBanner error={live.error} onDismiss={live.clearError} />}

@@ -62,6 +62,8 @@ export const en: Catalogue = {
   noPageImage: "This document has no page image (a format without layout). The block's text:",
   close: "Close",
   noSources: "The answer cites no document blocks.",
+  citeSource: "Open source [{n}]: {file}, p. {page}",
+  citedDocument: "document",
   settings: "Settings",
   modelProfile: "Model profile",
   profileSIMPLE: "Simple (flash)",

@@ -66,6 +66,8 @@ export const ru = {
   noPageImage: "Для этого документа нет изображения страницы (формат без разметки). Текст блока:",
   close: "Закрыть",
   noSources: "Ответ не ссылается на блоки документов.",
+  citeSource: "Открыть источник [{n}]: {file}, стр. {page}",
+  citedDocument: "документ",
   // settings
   settings: "Настройки",
   modelProfile: "Профиль модели",
