@@ -660,6 +660,10 @@ class Store:
             await self.db.execute("SELECT pg_notify($1, $2)", QUEUE_CHANNEL, str(job.id))
         if job.image_lora_id is not None:
             await self.mirror_image_lora(job)
+        elif change.terminal:
+            # The work is over: nothing reads the user's files for it any more (a retry
+            # takes a new grant). An image LoRA's grant lives under the LoRA, for its purge.
+            await self.drop_grant(job.id)
         return job
 
     async def _status_event(self, job: JobRow, change: lifecycle.Change) -> None:

@@ -131,6 +131,18 @@ async def job_status(settings: TrainingSettings, job_id: str) -> tuple[int, str]
     return int(row["status"]), str(row["error"] or "")
 
 
+async def holds_grant(settings: TrainingSettings, job_id: str) -> bool:
+    """Whether training still keeps a grant for the job (read from the database)."""
+    conn = await asyncpg.connect(settings.dsn())
+    try:
+        n = await conn.fetchval(
+            "SELECT count(*) FROM training.work_grants WHERE resource_id = $1", uuid.UUID(job_id)
+        )
+    finally:
+        await conn.close()
+    return bool(n)
+
+
 async def until(settings: TrainingSettings, job_id: str, done: set[int]) -> tuple[int, str]:
     deadline = time.monotonic() + 60
     while True:
@@ -190,11 +202,14 @@ async def test_a_job_finishes_on_its_grant_and_stops_when_the_user_is_disabled(
             await user.login(created.static_token)
             first = await queued_job(user, tmp_path, "first")
             await queued(mesh.settings, first)
+            assert await holds_grant(mesh.settings, first)
             # Every access token the user had has expired before the work starts.
             await asyncio.sleep(ACCESS_TTL + 1)
             async with worker(mesh.settings):
                 status, message = await until(mesh.settings, first, TERMINAL)
             assert status == jobs_pb2.JOB_STATUS_SUCCEEDED, message
+            # Its work done, the job's grant is dropped with the final status.
+            assert not await holds_grant(mesh.settings, first)
             # The adapter it stored is the user's, readable with the user's own token.
             models = await user.list_models()
             assert [m.job_id for m in models] == [first]
@@ -212,3 +227,4 @@ async def test_a_job_finishes_on_its_grant_and_stops_when_the_user_is_disabled(
                 status, message = await until(mesh.settings, second, TERMINAL)
             assert status == jobs_pb2.JOB_STATUS_FAILED, message
             assert "session" in message, message
+            assert not await holds_grant(mesh.settings, second)
