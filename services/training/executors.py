@@ -68,6 +68,11 @@ def run_simulate(s: Session) -> Result:
         s.log(f"resuming from step {start}")
     warm = hyper.warmup_steps(hp, total)
     loss = 0.0
+    # Said in the job's log as well as in its executor: nothing is trained here.
+    s.log(
+        f"simulated run: {total - start} steps of synthetic progress, no model is trained; "
+        "the adapter will be a placeholder"
+    )
     for step in range(start, total):
         s.check_stop()
         t0 = time.perf_counter()
@@ -88,6 +93,7 @@ def run_simulate(s: Session) -> Result:
             s.on_checkpoint(
                 point, make_tar({"state.json": json.dumps({"step": step + 1}).encode()})
             )
+    s.log(f"simulation finished at step {total} (synthetic loss {loss:.3f})")
     return Result(files=placeholder_adapter(hp), steps=total, final_loss=loss)
 
 

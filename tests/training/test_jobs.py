@@ -291,6 +291,10 @@ async def test_cancel_then_retry_resumes_from_checkpoint(
     events = await collect(u, job.id)
     statuses = [e.status_changed.status for e in events if e.HasField("status_changed")]
     assert J.JOB_STATUS_CANCELLED in statuses and statuses[-1] == J.JOB_STATUS_SUCCEEDED
+    # The simulated run says so in its log, as it starts and as it ends.
+    logs = [e.log.text for e in events if e.HasField("log")]
+    assert any("simulated" in line and "placeholder" in line for line in logs), logs
+    assert any("simulation finished" in line for line in logs), logs
     kinds = [
         n.kind
         for n in (
