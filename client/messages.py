@@ -49,6 +49,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "me.prompt_role": ("Роль ассистента", "Assistant role"),
     "me.no_role": ("без роли", "none"),
     "me.key": ("Ключ Gemini", "Gemini key"),
+    "me.replicate_key": ("Ключ Replicate", "Replicate key"),
     "me.key_set": ("задан, …{last4}", "set, …{last4}"),
     "me.key_none": ("не задан", "not set"),
     "me.chat": ("Активный чат", "Active chat"),

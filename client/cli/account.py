@@ -93,6 +93,10 @@ def me(json_: bool = JsonOpt) -> None:
             key = await c.provider_key_status()
         except AiveraError:
             key = None
+        try:
+            replicate = await c.provider_key_status("replicate")
+        except AiveraError:
+            replicate = None
         if json_:
             print_json(
                 {
@@ -100,6 +104,7 @@ def me(json_: bool = JsonOpt) -> None:
                     "settings": to_dict(settings) if settings else None,
                     "role_name": role_name,
                     "provider_key": to_dict(key) if key else None,
+                    "replicate_key": to_dict(replicate) if replicate else None,
                     "active_chat_id": c.credentials.active_chat_id,
                 }
             )
@@ -112,10 +117,10 @@ def me(json_: bool = JsonOpt) -> None:
             profile = enum_name(chat_pb2.ModelProfile, settings.model_profile, "MODEL_PROFILE_")
             rows.append((t("me.model"), profile))
             rows.append((t("me.prompt_role"), role_name or t("me.no_role")))
-        if key is not None:
-            rows.append(
-                (t("me.key"), t("me.key_set", last4=key.last4) if key.is_set else t("me.key_none"))
-            )
+        for label, status in (("me.key", key), ("me.replicate_key", replicate)):
+            if status is not None:
+                shown = t("me.key_set", last4=status.last4) if status.is_set else t("me.key_none")
+                rows.append((t(label), shown))
         if c.credentials.active_chat_id:
             rows.append((t("me.chat"), c.credentials.active_chat_id))
         out.print(table(["", ""], rows, header=False))

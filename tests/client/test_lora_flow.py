@@ -194,6 +194,13 @@ async def test_replicate_key_is_stored_by_the_key_commands(
     assert r.exit_code == 0 and "abcd" in r.output and "r8_secret" not in r.output
     r = await cli("key", "status", "--provider", "replicate")
     assert "abcd" in r.output
+    # `aivera me` shows both keys, each by its last four characters only.
+    r = await cli("me", "--json")
+    shown = json.loads(r.stdout)
+    assert shown["replicate_key"]["is_set"] and shown["replicate_key"]["last4"] == "abcd"
+    assert not shown["provider_key"].get("is_set")
+    r = await cli("me")
+    assert "Replicate" in r.output and "r8_secret" not in r.output
     r = await cli("key", "status")  # Gemini: a separate key, not set
     assert "не задан" in r.output
     r = await cli("key", "set", "--provider", "openai", input="x\n")
