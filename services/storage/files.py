@@ -49,6 +49,7 @@ from services.storage.buckets import (
 )
 from services.storage.config import StorageSettings
 from services.storage.fallback import FallbackWriter, sync_to_s3
+from services.storage.memory import RELEASE_AFTER, release
 from services.storage.names import sanitize
 from services.storage.sniff import Sniffer
 from services.storage.store import FileRow, Store
@@ -174,13 +175,13 @@ class Files:
             upload_expires_at=_now() + ttl,
         )
         committed = False
+        total = 0
         hasher = hashlib.sha256()
         # Hashing (which releases the GIL) runs behind the stream on the I/O pool, as
         # the local writer's disk writes do: the loop only receives and hands chunks on.
         hashing: SerialJobs[bytes] = SerialJobs(hasher.update)
         try:
             sniffer = Sniffer()
-            total = 0
             async for msg in it:
                 kind = msg.WhichOneof("payload")
                 if kind == "header":
@@ -240,6 +241,9 @@ class Files:
             # partial object and its row.
             await asyncio.shield(self._discard(writer, committed, key, file_id, hashing))
             raise
+        finally:
+            if total >= RELEASE_AFTER:  # what its chunks left free goes back to the system
+                release()
 
     async def _discard(
         self,
@@ -290,8 +294,12 @@ class Files:
     ) -> AsyncIterator[bytes]:
         if count <= 0:
             return
-        async for chunk in backend.read(key, offset, count):
-            yield chunk
+        try:
+            async for chunk in backend.read(key, offset, count):
+                yield chunk
+        finally:
+            if count >= RELEASE_AFTER:  # as after an upload
+                release()
 
     async def list(
         self,

@@ -16,6 +16,13 @@ allocated by whichever thread touches it (gRPC's threads, the I/O pool, the even
   MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_) let freed buffers be reused from the
   heap; the trim threshold bounds what an arena keeps beyond its live buffers.
 
+- Release: within a transfer the heap's free space is reused by the next chunks; after
+  one, what its chunks left free inside the heap (not only at its top, which the trim
+  threshold covers) stays resident until `release` hands those pages back. The service
+  calls it once started (the garbage of imports and client set-up) and after each
+  transfer of at least `RELEASE_AFTER` bytes (a 1 GiB S3 upload otherwise leaves ~11 MB
+  more resident for the downloads and uploads after it).
+
 Each setting is skipped when the operator set its environment variable. No-op off glibc.
 """
 
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 
 MiB = 1024 * 1024
@@ -37,8 +45,11 @@ ARENAS = 1
 MMAP_THRESHOLD = 4 * MiB
 # Free memory an arena keeps at its top before giving it back: a handful of chunks.
 TRIM_THRESHOLD = 16 * MiB
+# Transfers smaller than this leave too little behind to be worth a release.
+RELEASE_AFTER = 64 * MiB
 
 
+@functools.cache  # find_library runs ldconfig: look once
 def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     if not name:
@@ -68,3 +79,12 @@ def tune_malloc(
             continue
         applied[env] = bool(libc.mallopt(param, value))
     return applied
+
+
+def release() -> bool:
+    """Gives the allocator's free pages back to the system (glibc's malloc_trim(0),
+    which also returns whole free pages inside the heap). False off glibc."""
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is None:
+        return False
+    return bool(trim(0))

@@ -12,6 +12,7 @@ once, and returns the servicers; `on_ready`, `on_stop`, the S3 health check and
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,7 @@ from services.storage.backends.local import LocalBackend
 from services.storage.config import StorageSettings
 from services.storage.files import Files
 from services.storage.http import routes
+from services.storage.memory import release
 from services.storage.servicer import StorageInternalServiceServicer, StorageServiceServicer
 from services.storage.signing import UrlSigner, signing_key
 from services.storage.store import Store
@@ -99,6 +101,9 @@ class Wiring:
             except BackendUnavailable as exc:
                 log.warning("object storage unreachable at start-up: %s", exc.message)
         app.spawn(self.files.background(), name="storage-purge")
+        # Started: the garbage of imports and client set-up goes back to the system.
+        gc.collect()
+        release()
 
     async def on_stop(self, app: App) -> None:
         s3 = self._files.s3 if self._files is not None else None

@@ -597,6 +597,34 @@ async def test_upload_writes_behind_the_stream_with_bounded_queues(
     assert max(ahead) >= 2  # the sender did get ahead: the queue was used
 
 
+async def test_a_big_transfer_gives_its_free_memory_back(
+    svc: Svc, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload or a download of at least RELEASE_AFTER bytes hands the allocator's free
+    pages back when it ends (what its chunks left free would stay resident); smaller
+    ones do not pay for it."""
+    import services.storage.files as files_module
+
+    released: list[bool] = []
+
+    def release() -> bool:
+        released.append(True)
+        return True
+
+    monkeypatch.setattr(files_module, "RELEASE_AFTER", 2 * MiB)
+    monkeypatch.setattr(files_module, "release", release)
+    owner = user()
+    await upload(svc, owner, b"# small\n")
+    assert released == []
+    data = b"# notes\n" * (3 * MiB // 8)
+    f = await upload(svc, owner, data)
+    assert released == [True]
+    _, body, _ = await download(svc, owner, f.id)
+    assert body == data and released == [True, True]
+    await download(svc, owner, f.id, length=MiB)  # a small range: no release
+    assert released == [True, True]
+
+
 async def test_purge_file_is_training_only_and_scoped_to_the_owner(svc: Svc) -> None:
     owner, other = user(), user()
     f = await upload(svc, owner, b"adapter", filename="adapter.safetensors")

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
+import importlib.util
 import io
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable
+from types import ModuleType
 from typing import Any, Literal, TypeVar
 
-import aioboto3
 import aiohttp
 from botocore.config import Config  # type: ignore[import-untyped]
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
@@ -24,6 +27,27 @@ from services.storage.backends.base import CHUNK, BackendUnavailable, Kind, Pres
 from services.storage.config import StorageSettings
 
 log = logging.getLogger("aivera.storage.s3")
+
+
+def _import_aioboto3() -> ModuleType:
+    """aioboto3, without the httpx backend aiobotocore loads when httpx is installed.
+
+    The service talks to S3 through aiohttp only, and the storage image has no httpx,
+    but a development environment does: there aiobotocore imported it, and httpx its
+    command line's rich, pygments and click, ~6 MB the service never used (a tenth of
+    its idle memory with the S3 client). A None entry in sys.modules makes aiobotocore's
+    optional `import httpx` fail as it would without httpx; the entry is removed again,
+    so other code in the process can still import httpx."""
+    if "httpx" in sys.modules or importlib.util.find_spec("httpx") is None:
+        return importlib.import_module("aioboto3")
+    sys.modules["httpx"] = None  # type: ignore[assignment]
+    try:
+        return importlib.import_module("aioboto3")
+    finally:
+        del sys.modules["httpx"]
+
+
+aioboto3 = _import_aioboto3()
 
 T = TypeVar("T")
 
@@ -54,9 +78,13 @@ class S3Writer:
 
     Chunks are written into the part being filled as they arrive (a `BytesIO` sized
     once, handed to botocore as the part's body, which aiohttp sends in 64 KiB pieces),
-    so a part is never joined or copied whole. At most one part is in flight while the
-    next fills: a stream holds at most two parts (2 x `part_size`) whatever the file
-    size, and a slow S3 slows the stream down through gRPC flow control.
+    so a part is never joined or copied whole. One part is in flight while the stream
+    goes on: the chunks that arrive meanwhile are kept as they came (no copy) up to
+    `lookahead` bytes, and the next part's buffer is allocated only once the part in
+    flight is sent. A stream so holds at most `part_size + lookahead` bytes (12 MiB at
+    the default 8 MiB parts; a second part buffer next to the one in flight made it 16),
+    and a slow S3 slows it down through gRPC flow control. The next part is still ready
+    at once: the held chunks plus what gRPC's window buffered meanwhile fill most of it.
     """
 
     kind: Kind = "s3"
@@ -70,8 +98,13 @@ class S3Writer:
         # Announced as bigger than one part: size each part's buffer once up front.
         self._presize = multipart
         self._part_size = part_size
-        self._part = self._new_part()
+        self._lookahead = part_size // 2
+        self._part: io.BytesIO | None = self._new_part()  # None: not allocated yet
         self._filled = 0  # bytes of `_part` written so far
+        # Chunks received while a part was in flight and no part buffer was allocated.
+        self._held: list[bytes] = []
+        self._held_bytes = 0
+        self._sending = 0  # bytes of the part in flight
         # A chunk a failed write could not place (only before anything left the
         # process): still part of `buffered()`, so the fallback replays every byte.
         self._unplaced = b""
@@ -94,12 +127,23 @@ class S3Writer:
 
     @property
     def buffered_bytes(self) -> int:
-        """Bytes held in memory: the part being filled (a part in flight not counted)."""
-        return self._filled + len(self._unplaced)
+        """Bytes received and not yet handed to S3: the part being filled and the chunks
+        held for the next one (a part in flight not counted)."""
+        return self._filled + self._held_bytes + len(self._unplaced)
+
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes this writer holds in memory: the part in flight, the allocated part
+        buffer (all of it when sized up front) and the held chunks."""
+        part = 0
+        if self._part is not None:
+            part = self._part_size if self._presize else self._filled
+        return self._sending + part + self._held_bytes + len(self._unplaced)
 
     def buffered(self) -> bytes:
         """Every byte received and not yet sent (a copy; for the local fallback)."""
-        return self._part.getvalue()[: self._filled] + self._unplaced
+        part = self._part.getvalue()[: self._filled] if self._part is not None else b""
+        return part + b"".join(self._held) + self._unplaced
 
     async def write(self, chunk: bytes) -> None:
         if self._unplaced:
@@ -113,10 +157,39 @@ class S3Writer:
                     self._unplaced = bytes(view)
                     raise
                 await self._send_part()
+            if self._part is None:
+                in_flight = self._pending is not None and not self._pending.done()
+                if in_flight and self._held_bytes + len(view) <= self._lookahead:
+                    piece = chunk if len(view) == len(chunk) else bytes(view)
+                    self._held.append(piece)
+                    self._held_bytes += len(piece)
+                    return
+                await self._next_part()
+                continue  # the held chunks may have filled it
             n = min(len(view), self._part_size - self._filled)
-            self._part.write(view[:n])
-            self._filled += n
+            self._place(view[:n])
             view = view[n:]
+
+    def _place(self, data: memoryview | bytes) -> None:
+        assert self._part is not None
+        self._part.write(data)
+        self._filled += len(data)
+
+    async def _next_part(self) -> None:
+        """Once the part in flight is sent: the next part's buffer, with the held chunks."""
+        await self._wait_pending()
+        self._part = self._new_part()
+        held, self._held, self._held_bytes = self._held, [], 0
+        for piece in held:  # fewer than `part_size` bytes: they fit
+            self._place(piece)
+
+    async def _wait_pending(self) -> None:
+        if self._pending is not None:  # one part in flight at a time
+            pending, self._pending = self._pending, None
+            try:
+                await pending
+            finally:
+                self._sending = 0
 
     async def _start_multipart(self) -> None:
         if self._upload_id is None:
@@ -128,22 +201,20 @@ class S3Writer:
     def _body(self) -> io.BytesIO:
         """The part being filled as a request body: cut to its bytes, positioned at 0.
         It stays the current part (so `buffered()` still has it) until replaced."""
-        body = self._part
+        body = self._part if self._part is not None else io.BytesIO()
         if self._presize and self._filled < self._part_size:
             body.truncate(self._filled)  # the last part: drop the unused room
         body.seek(0)
         return body
 
-    async def _send_part(self, *, last: bool = False) -> None:
-        if self._pending is not None:  # one part in flight at a time
-            pending, self._pending = self._pending, None
-            await pending
+    async def _send_part(self) -> None:
+        await self._wait_pending()
         number = len(self._parts) + 1
         self._parts.append({"PartNumber": number})
         body = self._body()
-        # The next part's buffer is allocated only now, once the previous part is sent.
-        self._part = io.BytesIO() if last else self._new_part()
-        self._filled = 0
+        # The next part's buffer is allocated only once this one is sent (`_next_part`).
+        self._part = None
+        self._sending, self._filled = self._filled, 0
         self._pending = asyncio.create_task(self._upload_part(number, body))
 
     async def _upload_part(self, number: int, body: io.BytesIO) -> None:
@@ -164,11 +235,11 @@ class S3Writer:
             await _call(self._client.put_object(Bucket=self._bucket, Key=self._key, Body=body))
             self._part, self._filled = io.BytesIO(), 0
             return
+        if self._held:
+            await self._next_part()
         if self._filled:
-            await self._send_part(last=True)
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            await pending
+            await self._send_part()
+        await self._wait_pending()
         await _call(
             self._client.complete_multipart_upload(
                 Bucket=self._bucket,
@@ -179,8 +250,9 @@ class S3Writer:
         )
 
     async def abort(self) -> None:
-        self._part = io.BytesIO()
+        self._part = None
         self._filled = 0
+        self._held, self._held_bytes = [], 0
         self._unplaced = b""
         if self._pending is not None:
             self._pending.cancel()
