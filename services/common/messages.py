@@ -211,9 +211,23 @@ def locale_of(accept_language: str | None) -> str:
     return RU
 
 
+# Texts that depend on the error's `provider` metadata: a missing Replicate key is not
+# the Gemini key the catalogue's text talks about.
+BY_PROVIDER: dict[tuple[int, str], tuple[str, str]] = {
+    (Reason.PROVIDER_KEY_MISSING, "replicate"): (
+        "Задайте свой ключ Replicate в настройках или выберите другой способ обучения "
+        "(локально или симуляция).",
+        "Set your Replicate key in the settings, or choose another way to train "
+        "(local or simulation).",
+    ),
+}
+
+
 def localized(reason: int, locale: str, **values: str) -> str:
     """The user-facing text of `reason` in `locale`; missing placeholders read as '—'."""
-    ru, en = CATALOGUE.get(reason, CATALOGUE[Reason.INTERNAL])
+    ru, en = BY_PROVIDER.get(
+        (reason, values.get("provider", "")), CATALOGUE.get(reason, CATALOGUE[Reason.INTERNAL])
+    )
     template = en if locale == EN else ru
     return template.format_map(_Defaults(values))
 

@@ -44,3 +44,15 @@ def test_language_choice() -> None:
     assert messages.locale_of("ru") == messages.RU
     assert messages.locale_of("") == messages.RU
     assert "—" in messages.localized(Reason.INVALID_ARGUMENT, messages.EN)
+
+
+def test_a_missing_replicate_key_is_not_called_a_gemini_key() -> None:
+    """PROVIDER_KEY_MISSING reads by the error's `provider`: Gemini's text by default."""
+    gemini = messages.localized(Reason.PROVIDER_KEY_MISSING, messages.EN, provider="gemini")
+    assert "Gemini" in gemini
+    assert messages.localized(Reason.PROVIDER_KEY_MISSING, messages.EN) == gemini
+    for locale in (messages.RU, messages.EN):
+        text = messages.localized(Reason.PROVIDER_KEY_MISSING, locale, provider="replicate")
+        assert "Replicate" in text and "Gemini" not in text
+    for reason, _provider in messages.BY_PROVIDER:
+        assert reason in messages.CATALOGUE  # a variant of a text that exists
