@@ -11,6 +11,7 @@ from aivera.training.v1 import image_loras_pb2
 from services.common import context as ctx
 from services.common import pages
 from services.common.protoutil import timestamp
+from services.training.convert import cost_proto
 from services.training.generations import Done, Generation, Generations, Image, Progress, Queued
 
 L = image_loras_pb2
@@ -28,8 +29,10 @@ def image_proto(image: Image) -> L.GeneratedImage:
     )
 
 
-def generation_proto(gen: Generation) -> L.Generation:
+def generation_proto(gen: Generation, currency: str = "") -> L.Generation:
     row = gen.row
+    # Device time is a LOCAL generation's alone (REPLICATE bills the key's account).
+    cost = cost_proto(gen.cost, currency) if row.executor == L.IMAGE_LORA_EXECUTOR_LOCAL else None
     return L.Generation(
         id=str(row.id),
         image_lora=str(row.image_lora_id),
@@ -45,11 +48,16 @@ def generation_proto(gen: Generation) -> L.Generation:
         simulated=row.simulated,
         create_time=timestamp(row.created_at),
         finish_time=timestamp(row.finished_at),
+        cost=cost,
     )
 
 
 class GenerationMethods:
     generations: Generations
+
+    @property
+    def currency(self) -> str:
+        return self.generations.settings.training_currency
 
     async def GenerateImages(
         self, request: L.GenerateImagesRequest, context: Any
@@ -65,7 +73,9 @@ class GenerationMethods:
         )
         async for event in events:
             if isinstance(event, Queued):
-                yield L.GenerateImagesEvent(queued=generation_proto(event.generation))
+                yield L.GenerateImagesEvent(
+                    queued=generation_proto(event.generation, self.currency)
+                )
             elif isinstance(event, Progress):
                 yield L.GenerateImagesEvent(
                     progress=L.GenerationProgress(
@@ -76,10 +86,12 @@ class GenerationMethods:
             elif isinstance(event, Image):
                 yield L.GenerateImagesEvent(image=image_proto(event))
             elif isinstance(event, Done):
-                yield L.GenerateImagesEvent(done=generation_proto(event.generation))
+                yield L.GenerateImagesEvent(done=generation_proto(event.generation, self.currency))
 
     async def GetGeneration(self, request: L.GetGenerationRequest, context: Any) -> L.Generation:
-        return generation_proto(await self.generations.get(ctx.require_user_id(), request.id))
+        return generation_proto(
+            await self.generations.get(ctx.require_user_id(), request.id), self.currency
+        )
 
     async def ListGenerations(
         self, request: L.ListGenerationsRequest, context: Any
@@ -88,5 +100,5 @@ class GenerationMethods:
         page = pages.request(request.page_size, request.page_token, filter=request.image_lora)
         gens, token = await self.generations.list(user, request.image_lora, page)
         return L.ListGenerationsResponse(
-            generations=[generation_proto(g) for g in gens], next_page_token=token
+            generations=[generation_proto(g, self.currency) for g in gens], next_page_token=token
         )

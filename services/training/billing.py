@@ -1,7 +1,8 @@
 """Quotas and costs: a user's limits (an admin's per-user values over the server
 defaults), this month's usage (billed GPU hours and spending, from the cost records of
 non-simulated jobs), the refusal when a new job would start over them, and the costs by
-month. Months are UTC calendar months."""
+month. LOCAL image generations on the workers are billed the same way (their own cost
+records). Months are UTC calendar months."""
 
 from __future__ import annotations
 
@@ -125,16 +126,23 @@ class Billing:
         return bool(view.limits.monthly_budget_micros or (gpu and view.limits.gpu_hours_per_month))
 
     def check(
-        self, view: QuotaView, *, gpu: bool, extra_gpu_hours: float = 0.0, extra_micros: int = 0
+        self,
+        view: QuotaView,
+        *,
+        gpu: bool,
+        extra_gpu_hours: float = 0.0,
+        extra_micros: int = 0,
+        what: str = "job",
     ) -> None:
-        """RESOURCE_EXHAUSTED (QUOTA_EXCEEDED) when the month's GPU hours (for a GPU job)
-        or the budget have no room for what the job is expected to use."""
+        """RESOURCE_EXHAUSTED (QUOTA_EXCEEDED) when the month's GPU hours (for a GPU job
+        or LOCAL generation: `what`) or the budget have no room for what it is expected
+        to use."""
         why = self.why_over(
             view, gpu=gpu, extra_gpu_hours=extra_gpu_hours, extra_micros=extra_micros
         )
         if why:
             raise ResourceExhausted(
-                f"the monthly quota has no room for this job ({why})",
+                f"the monthly quota has no room for this {what} ({why})",
                 reason=Reason.QUOTA_EXCEEDED,
                 metadata={"month": view.usage.month.strftime("%Y-%m")},
             )

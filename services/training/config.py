@@ -200,7 +200,9 @@ class TrainingSettings(CommonSettings):
     # LOCAL and SIMULATE generations: pixels of the longer side (the other from the
     # aspect ratio, a multiple of 16). LOCAL ones run on the training workers (one at a
     # time on an idle worker: generation_worker.py), read there from the worker's settings.
-    generation_local_long_side: int = 1024
+    # 0: the base pipeline's native side for LOCAL (512 for SD 1.x, 64 for the built-in
+    # toy one, which would take minutes a picture on CPU at 1024), 1024 for SIMULATE.
+    generation_local_long_side: int = Field(default=0, ge=0, le=4096)
     # A LOCAL generation no worker claimed for this long fails (the sweep), and one whose
     # workers were lost more often than `generation_max_worker_losses` fails too.
     generation_queue_timeout_seconds: float = 900.0

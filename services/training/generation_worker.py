@@ -27,6 +27,12 @@ the next denoising step when the claim is lost, the generation runs past
 `generation_timeout_seconds` (FAILED) or the worker shuts down (SIGTERM: straight back to
 QUEUED, no loss counted).
 
+Each claim is billed as a job's claim is: a cost record (this worker's device type, the
+hourly rate of the generation's hardware class on it, else the device's) opened with the
+claim, brought up to date at each heartbeat and once more in the transaction that ends
+or requeues it. It counts in the owner's monthly usage and costs; a simulated LoRA's is
+kept at rate 0 and never billed.
+
 Between generations the base pipeline stays loaded with the last LoRA in it
 (image_pipeline's process cache), and the LoRA's weights stay in memory: the next
 generation with the same LoRA downloads, checks and loads nothing. The pipeline is
@@ -51,6 +57,7 @@ from services.training import image_pipeline
 from services.training.generation_store import GenerationRow, GenerationStore
 from services.training.generations import (
     Failed,
+    native_side,
     pixel_size,
     reap_lost,
     upload_image,
@@ -77,6 +84,7 @@ class GenerationClaim:
 
     row: GenerationRow
     token: uuid.UUID
+    cost_id: int  # the cost record billed while it runs (device time, as a job's)
     stop: threading.Event = field(default_factory=threading.Event)
     lost: bool = False  # no longer ours: reaped, failed by the sweep
     timed_out: bool = False
@@ -110,7 +118,16 @@ class GenerationRunner:
                 token=token,
                 lease=self.settings.training_lease_seconds,
             )
-        return GenerationClaim(row, token)
+            cost_id = await tx.open_generation_cost(
+                generation_id=row.id,
+                user_id=row.user_id,
+                worker_id=self.worker.worker_id,
+                device_type=self.worker.device,
+                rate=self.worker.rate_of_class(row.hardware_class),
+                hardware_class=row.hardware_class,
+                simulated=row.simulated,
+            )
+        return GenerationClaim(row, token, cost_id)
 
     # -- one generation -----------------------------------------------------------------
     async def run(self, claim: GenerationClaim) -> None:
@@ -153,12 +170,16 @@ class GenerationRunner:
                     f"the generation did not end within {timeout:g} s",
                 )
             elif not claim.lost:  # shutting down: another worker takes it
-                await self.gens.requeue_claimed(row.id, claim.token)
+                async with self.store.transaction() as tx:
+                    await tx.bill_generation(claim.cost_id, claim.token)
+                    await GenerationStore(tx).requeue_claimed(row.id, claim.token)
         except Exception as exc:  # Postgres down: the lease expires, a worker redoes it
             log.warning("could not record the end of generation %s: %s", row.id, exc)
 
     async def _finish(self, claim: GenerationClaim, status: int, error: str) -> None:
         async with self.store.transaction() as tx:
+            # Billed last while it is still this claim's: the cost it keeps.
+            await tx.bill_generation(claim.cost_id, claim.token)
             await GenerationStore(tx).finish_claimed(claim.row.id, claim.token, status, error)
 
     async def _heartbeat(self, claim: GenerationClaim) -> None:
@@ -179,6 +200,7 @@ class GenerationRunner:
                 ok = await self.gens.renew(
                     claim.row.id, claim.token, self.settings.training_lease_seconds
                 )
+                await self.store.bill_generation(claim.cost_id, claim.token)
             except Exception as exc:  # a Postgres blip: the lease may survive it
                 log.warning("generation heartbeat failed: %s", exc)
                 continue
@@ -210,7 +232,10 @@ class GenerationRunner:
         if not lora.weights_file_id:
             raise Failed("the image LoRA has no trained weights")
         weights = await self._weights_of(lora.weights_file_id)
-        width, height = pixel_size(row.aspect_ratio, self.settings.generation_local_long_side)
+        long_side = self.settings.generation_local_long_side or await asyncio.to_thread(
+            native_side, self.settings
+        )
+        width, height = pixel_size(row.aspect_ratio, long_side)
         stored = {i.position for i in (await self.gens.images([row.id]))[row.id]}
         if len(stored) >= row.num_outputs:  # a worker stored them all, then was lost
             return True

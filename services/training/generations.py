@@ -27,7 +27,7 @@ import re
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aivera.storage.v1 import storage_pb2
@@ -47,6 +47,7 @@ from services.common.identity import ServiceIdentity, grant_now
 from services.common.protoutil import parse_uuid
 from services.common.remote import StorageClient
 from services.training import catalogue, image_headers, image_pipeline
+from services.training.billing import Billing
 from services.training.config import TrainingSettings
 from services.training.generation_store import (
     GENERATIONS_CHANNEL,
@@ -58,7 +59,7 @@ from services.training.hub import Beat, Hub
 from services.training.image_lora_store import ImageLoraRow
 from services.training.image_loras import ImageLoras
 from services.training.replicate import Replicate
-from services.training.store import Store
+from services.training.store import CostRow, Store
 
 L = image_loras_pb2
 log = logging.getLogger("aivera.training.generations")
@@ -141,6 +142,15 @@ def seed(value: int | None) -> int:
     return value
 
 
+# Placeholder images when GENERATION_LOCAL_LONG_SIDE is 0 (they cost nothing to draw).
+SIMULATED_LONG_SIDE = 1024
+
+
+def native_side(settings: TrainingSettings) -> int:
+    """The LOCAL base pipeline's native image side (builds the toy one on first use)."""
+    return image_pipeline.resolution(image_pipeline.resolve(settings))
+
+
 def pixel_size(ratio: int, long_side: int) -> tuple[int, int]:
     """(width, height) of a local image: the longer side `long_side`, the shorter from the
     ratio, both multiples of 16 (what the pipeline's latent grid needs)."""
@@ -214,6 +224,7 @@ class Image:
 class Generation:
     row: GenerationRow
     images: list[Image]
+    cost: list[CostRow] = field(default_factory=list)  # a LOCAL one's device time
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,9 +344,14 @@ class Generations:
         local = lora.executor == L.IMAGE_LORA_EXECUTOR_LOCAL
         hardware = ""
         if local:  # the workers of the class image LoRAs train on
-            hardware = catalogue.hardware_class(
+            spec = catalogue.hardware_class(
                 self.settings, self.settings.image_lora_hardware_class, "image_lora_hardware_class"
-            ).name
+            )
+            hardware = spec.name
+            if not lora.simulated:  # device time is billed: the month must have room
+                billing = Billing(self.store, self.settings)
+                view = await billing.quota(self.store, user)
+                billing.check(view, gpu=spec.is_gpu, what="generation")
         async with self.store.transaction() as tx:
             row = await self.gens.bound(tx).insert(
                 user_id=user,
@@ -487,7 +503,8 @@ class Generations:
         """Placeholder images (image_pipeline.generate(simulate=True), Pillow only) in a
         thread; each stored as the thread hands it over."""
         row = plan.row
-        width, height = pixel_size(row.aspect_ratio, self.settings.generation_local_long_side)
+        long_side = self.settings.generation_local_long_side or SIMULATED_LONG_SIDE
+        width, height = pixel_size(row.aspect_ratio, long_side)
         await self.gens.processing(row.id)
         events.put_nowait(Progress(L.GENERATION_STATUS_PROCESSING, 0.0))
         loop = asyncio.get_running_loop()
@@ -554,7 +571,8 @@ class Generations:
                         yield await self._image(image)
                         beat.sent()
                 if ended:
-                    yield Done(Generation(row, [await self._image(i) for i in images]))
+                    cost = (await self.store.generation_costs([row.id]))[row.id]
+                    yield Done(Generation(row, [await self._image(i) for i in images], cost))
                     return
                 if await beat.wait(woken):
                     yield Progress(status, min(fraction, 1.0))
@@ -584,7 +602,8 @@ class Generations:
 
     async def _view(self, row: GenerationRow) -> Generation:
         images = (await self.gens.images([row.id]))[row.id]
-        return Generation(row, [await self._image(i) for i in images])
+        cost = (await self.store.generation_costs([row.id]))[row.id]
+        return Generation(row, [await self._image(i) for i in images], cost)
 
     # -- GetGeneration / ListGenerations ------------------------------------------------
     async def get(self, user: str, raw_id: str) -> Generation:
@@ -603,7 +622,10 @@ class Generations:
                 raise not_found("image LoRA", image_lora)
         rows, token = await self.gens.list_generations(user, lora_id, page)
         images = await self.gens.images([r.id for r in rows])
-        out = [Generation(r, [await self._image(i) for i in images[r.id]]) for r in rows]
+        costs = await self.store.generation_costs([r.id for r in rows])
+        out = [
+            Generation(r, [await self._image(i) for i in images[r.id]], costs[r.id]) for r in rows
+        ]
         return out, token
 
 

@@ -512,3 +512,32 @@ class ImageLoraStore:
                WHERE received_at <= clock_timestamp() - make_interval(secs => $1)""",
             float(older_than),
         )
+
+    async def set_intent(
+        self, lora_id: uuid.UUID, claimed: dt.datetime, *, validating: int, attempt: int, url: str
+    ) -> bool:
+        """Record, before the create call, the training about to be created for this attempt
+        (its images' URL); the claim's token (`updated_at`) is left as it is. False when the
+        claim was lost."""
+        done: str = await self.db.execute(
+            """UPDATE image_loras SET remote_intent = $5, remote_intent_attempt = $4,
+                      remote_intent_at = clock_timestamp()
+               WHERE id = $1 AND updated_at = $2 AND status = $3 AND deleted_at IS NULL""",
+            lora_id,
+            claimed,
+            validating,
+            attempt,
+            url,
+        )
+        return done.endswith(" 1")
+
+    async def intent_of(self, lora_id: uuid.UUID, attempt: int) -> tuple[str, dt.datetime] | None:
+        """The images' URL of a training maybe created for `attempt`, and when it was
+        recorded; None when no create was begun for that attempt."""
+        record = await self.db.fetchrow(
+            """SELECT remote_intent, remote_intent_at FROM image_loras
+               WHERE id = $1 AND remote_intent_attempt = $2 AND remote_intent <> ''""",
+            lora_id,
+            attempt,
+        )
+        return None if record is None else (record[0], record[1])

@@ -9,7 +9,9 @@ Claims are row moves with SKIP LOCKED, so several replicas share the queue; a cl
 replica went away goes back to QUEUED after `image_lora_claim_timeout_seconds`. Replicate
 down or rate-limiting: the LoRA goes back to QUEUED and is tried again with a doubling
 delay (never lost, never failed for it); a refused key or request fails it with a message
-saying why. Webhooks (image_webhooks.py) report progress and endings; a TRAINING LoRA not
+saying why. A claim that comes back to an attempt whose create was begun (the trainer
+died, or the answer was lost) adopts the training Replicate made, never a second one.
+Webhooks (image_webhooks.py) report progress and endings; a TRAINING LoRA not
 heard of for `image_lora_poll_seconds` is polled, so a lost webhook only delays it. The
 API token (the user's, else the system's: replicate_keys.py) is never logged.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import hashlib
 import io
 import logging
@@ -74,6 +77,10 @@ _ERROR_CHARS = 1000
 # retried delivery of an applied event is skipped.
 _WEBHOOK_KEEP_SECONDS = 7 * 86400.0
 _POLL_BATCH = 20
+# Adopting a training an earlier claim created (_adopt): how far Replicate's clock may be
+# behind ours, and how many pages of the account's trainings are read at most.
+_ADOPT_SKEW_SECONDS = 3600.0
+_ADOPT_MAX_PAGES = 20
 
 
 def progress_of(logs: Any) -> float | None:
@@ -232,9 +239,16 @@ class ImageTrainer:
         grant = await self.store.grant_of(row.id)
         try:
             with _for_user(row.user_id, grant):
-                archive = await self._pack(row)
                 async with _client(self.settings, self.auth, row.user_id) as (api, token):
-                    training = await self._create(api, token, row, archive)
+                    adopted = await self._adopt(api, row)
+                    if adopted is not None:
+                        training = adopted
+                    else:
+                        archive = await self._pack(row)
+                        created = await self._create(api, token, row, claimed, archive)
+                        if created is None:  # the claim was lost before the create
+                            return
+                        training = created
                     if not await self.loras.set_remote(
                         row.id,
                         claimed,
@@ -251,6 +265,9 @@ class ImageTrainer:
                         with contextlib.suppress(ServiceError):
                             await api.cancel_training(training["id"])
                         return
+                    if adopted is not None:  # it may have moved on already: look at once
+                        await self.loras.recheck(row.id)
+                        self.wake.set()
         except (Unavailable, ResourceExhausted) as exc:
             if isinstance(exc, ResourceExhausted) and exc.reason != Reason.PROVIDER_RATE_LIMITED:
                 await self._fail_claim(row, claimed, exc.message)
@@ -306,9 +323,54 @@ class ImageTrainer:
                     z.writestr(f"{stem}.txt", img.caption)
         return buf.getvalue()
 
+    async def _adopt(self, api: Replicate, row: ImageLoraRow) -> dict[str, Any] | None:
+        """The training an earlier claim of this attempt created, if it did: that claim
+        recorded its images' URL before the create call and went away (the trainer stopped,
+        or the create's answer was lost) before storing the training's id. Replicate lists
+        the account's trainings newest first; the one whose `input_images` is that URL is
+        it. None when no create was begun, or Replicate never got it."""
+        intent = await self.loras.intent_of(row.id, row.attempt)
+        if intent is None:
+            return None
+        url, since = intent
+        # Replicate's clock against ours: trainings older than this cannot be the one.
+        oldest = since - dt.timedelta(seconds=_ADOPT_SKEW_SECONDS)
+        page: str | None = None
+        for _ in range(_ADOPT_MAX_PAGES):
+            listing = await api.list_trainings(page)
+            results = listing.get("results")
+            for training in results if isinstance(results, list) else []:
+                if not isinstance(training, dict):
+                    continue
+                given = training.get("input")
+                if (
+                    isinstance(given, dict)
+                    and given.get("input_images") == url
+                    and isinstance(training.get("id"), str)
+                    and training["id"]
+                ):
+                    log.warning(
+                        "image LoRA %s: adopting the training an earlier claim created",
+                        row.id,
+                        extra=fields(
+                            image_lora=str(row.id),
+                            attempt=row.attempt,
+                            remote_id=training.get("id"),
+                        ),
+                    )
+                    return training
+                created = _when(training.get("created_at"))
+                if created is not None and created < oldest:
+                    return None
+            nxt = listing.get("next")
+            if not isinstance(nxt, str) or not nxt:
+                return None
+            page = nxt
+        return None
+
     async def _create(
-        self, api: Replicate, token: str, row: ImageLoraRow, archive: bytes
-    ) -> dict[str, Any]:
+        self, api: Replicate, token: str, row: ImageLoraRow, claimed: Any, archive: bytes
+    ) -> dict[str, Any] | None:
         settings = self.settings
         system = token == settings.replicate_api_token.get_secret_value()
         owner = settings.replicate_destination_owner if system else ""
@@ -327,6 +389,12 @@ class ImageTrainer:
                 )
         url = await api.upload_file(f"{row.trigger_word}-images.zip", archive, "application/zip")
         steps = row.training_steps or settings.image_lora_replicate_steps
+        # Written before the create: a claim coming back to this attempt finds the training
+        # by this URL (_adopt) rather than creating (and paying for) a second one.
+        if not await self.loras.set_intent(
+            row.id, claimed, validating=VALIDATING, attempt=row.attempt, url=url
+        ):
+            return None
         return await api.create_training(
             model=settings.replicate_trainer_model,
             version=version,
@@ -467,6 +535,17 @@ class ImageTrainer:
                 **{k: v for k, v in extra.items() if v not in (None, "")},
             ),
         )
+
+
+def _when(value: Any) -> dt.datetime | None:
+    """Replicate's `created_at` (ISO 8601, `Z` or an offset), or None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
 
 
 def _name(status: int) -> str:

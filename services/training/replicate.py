@@ -117,6 +117,20 @@ class Replicate:
         path = f"/v1/models/{owner}/{name}/versions/{_ident(version)}/trainings"
         return await self._call("POST", path, json=body)
 
+    async def list_trainings(self, page: str | None = None) -> dict[str, Any]:
+        """One page of the account's trainings, newest first: `{"next", "previous",
+        "results"}`; pass a page's `next` for the one after it. A `next` off the API's own
+        origin is refused (the token goes nowhere else)."""
+        if page is None:
+            return await self._call("GET", "/v1/trainings")
+        parts = urlsplit(page)
+        path = parts.path.removeprefix(urlsplit(self.base_url).path)
+        if _origin(page) != self._origin or not path.startswith("/v1/trainings"):
+            raise Unavailable(
+                "Replicate named a next page off its API", reason=Reason.PROVIDER_UNAVAILABLE
+            )
+        return await self._call("GET", path + (f"?{parts.query}" if parts.query else ""))
+
     async def get_training(self, training_id: str) -> dict[str, Any]:
         return await self._call("GET", f"/v1/trainings/{_ident(training_id)}")
 

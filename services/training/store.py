@@ -892,6 +892,67 @@ class Store:
         )
         return cost_id
 
+    async def open_generation_cost(
+        self,
+        *,
+        generation_id: uuid.UUID,
+        user_id: str,
+        worker_id: str,
+        device_type: str,
+        rate: int,
+        hardware_class: str,
+        simulated: bool,
+    ) -> int:
+        """A cost record for one claim of a LOCAL generation by a worker (0019); its id. A
+        simulated LoRA's generation is kept at rate 0 (never billed)."""
+        cost_id: int = await self.db.fetchval(
+            """INSERT INTO cost_records (generation_id, attempt, worker_id, device_type,
+                                         hourly_rate_micros, simulated, hardware_class, user_id)
+               VALUES ($1, 0, $2, $3, $4, $5, $6, $7) RETURNING id""",
+            generation_id,
+            worker_id,
+            device_type,
+            0 if simulated else rate,
+            simulated,
+            hardware_class,
+            user_id,
+        )
+        return cost_id
+
+    async def bill_generation(self, cost_id: int, claim_token: uuid.UUID) -> None:
+        """A generation claim's device time up to now, while it is PROCESSING on that
+        claim (the end's transaction bills before the status changes, so it is final)."""
+        await self.db.execute(
+            """UPDATE cost_records c SET device_seconds =
+                   extract(epoch FROM clock_timestamp() - c.started_at),
+                   updated_at = clock_timestamp()
+               FROM generations g
+               WHERE c.id = $1 AND g.id = c.generation_id AND g.status = $2
+                 AND g.claim_token = $3""",
+            cost_id,
+            image_loras_pb2.GENERATION_STATUS_PROCESSING,
+            claim_token,
+        )
+
+    async def generation_costs(
+        self, generation_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, list[CostRow]]:
+        """Each generation's billed device time by device type (simulated ones: none)."""
+        records = await self.db.fetch(
+            """SELECT generation_id, device_type, max(hourly_rate_micros) AS rate,
+                      sum(device_seconds) AS secs, min(id) AS first
+               FROM cost_records
+               WHERE generation_id = ANY($1::uuid[]) AND NOT simulated
+               GROUP BY generation_id, device_type ORDER BY generation_id, first""",
+            list(generation_ids),
+        )
+        out: dict[uuid.UUID, list[CostRow]] = {gid: [] for gid in generation_ids}
+        for r in records:
+            out[r["generation_id"]].append(
+                CostRow(r["device_type"], int(r["rate"]), float(r["secs"]))
+            )
+        return out
+
     async def month_usage(self, user_id: str, since: dt.datetime) -> tuple[float, int]:
         """A user's billed GPU device-seconds and spending (micros) since `since`."""
         record = await self.db.fetchrow(

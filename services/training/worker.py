@@ -198,7 +198,12 @@ class Worker:
     def rate_for(self, job: JobRow) -> int:
         """The job's hardware class price when this worker is that class's device, else
         this device's own rate: a job is billed for the device that ran it."""
-        spec = self.settings.training_hardware_classes.get(job.hardware_class)
+        return self.rate_of_class(job.hardware_class)
+
+    def rate_of_class(self, hardware_class: str) -> int:
+        """The class's price when this worker is that class's device, else this device's
+        own rate (jobs and LOCAL generations alike)."""
+        spec = self.settings.training_hardware_classes.get(hardware_class)
         if spec is not None and spec.device_type == self.device:
             return spec.hourly_rate_micros
         return self.rate

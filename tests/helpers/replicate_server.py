@@ -5,7 +5,9 @@ Endpoints (all under `Authorization: Bearer <token>`, 401 otherwise, as Replicat
 `GET /v1/account`; `GET /v1/models/{owner}/{name}`, `POST /v1/models` (409 when it
 exists); `POST /v1/files` (multipart field `content`) answering the file object with
 `urls.get`, `GET /v1/files/{id}` and `/v1/files/{id}/download`;
-`POST /v1/models/{owner}/{name}/versions/{version}/trainings`, `GET /v1/trainings/{id}`,
+`POST /v1/models/{owner}/{name}/versions/{version}/trainings`, `GET /v1/trainings` (the
+account's trainings, newest first, `list_page_size` a page: `{"next", "previous",
+"results"}` with `?cursor=` URLs), `GET /v1/trainings/{id}`,
 `POST /v1/trainings/{id}/cancel`; `POST /v1/predictions`, `GET /v1/predictions/{id}`,
 `POST /v1/predictions/{id}/cancel`. Output files (a training's `trained_model.tar`, a
 prediction's PNGs) are served without a token under `/delivery/…`, as replicate.delivery
@@ -19,7 +21,9 @@ the base64 part of the `whsec_` secret) — implemented here from the spec, inde
 of the service's verifier. Knobs: `fail_trainings` / `fail_predictions` (an error text:
 the object ends `failed` with it), `stall` (stays `processing` until cancelled),
 `drop_webhooks` (nothing is sent: polling must finish the job), `down` (every API call
-answers 503). Records: `cancels` (ids cancelled), `deliveries` (every webhook sent, with
+answers 503), `lose_create_answers` (that many training creates are carried out, then the
+connection is dropped before the answer: the caller never learns the id).
+Records: `cancels` (ids cancelled), `deliveries` (every webhook sent, with
 its headers and body, to replay), `training_zips` (the names inside each uploaded zip),
 `refused` (calls answered 503 while down), `delivery_auth` (the Authorization header of
 each output download: outputs need none, and a client must not send its token there).
@@ -157,6 +161,8 @@ class ReplicateServer:
     fail_predictions: str = ""
     drop_webhooks: bool = False
     down: bool = False
+    lose_create_answers: int = 0
+    list_page_size: int = 100
     cancels: list[str] = field(default_factory=list)
     deliveries: list[Delivery] = field(default_factory=list)
     training_zips: dict[str, list[str]] = field(default_factory=dict)  # training id → names
@@ -223,6 +229,7 @@ class ReplicateServer:
         r.add_get("/v1/files/{id}", self._file)
         r.add_get("/v1/files/{id}/download", self._file_download)
         r.add_post("/v1/models/{owner}/{name}/versions/{version}/trainings", self._create_training)
+        r.add_get("/v1/trainings", self._list_trainings)
         r.add_get("/v1/trainings/{id}", functools.partial(self._get_run, self.trainings))
         r.add_post("/v1/trainings/{id}/cancel", functools.partial(self._cancel_run, self.trainings))
         r.add_post("/v1/predictions", self._create_prediction)
@@ -465,7 +472,36 @@ class ReplicateServer:
         self._spawn(
             self._drive_training(training, body.get("webhook"), body.get("webhook_events_filter"))
         )
+        if self.lose_create_answers > 0 and request.transport is not None:
+            self.lose_create_answers -= 1
+            request.transport.abort()  # created, but the answer never reaches the caller
         return web.json_response(training, status=201)
+
+    async def _list_trainings(self, request: web.Request) -> web.Response:
+        """The caller's trainings, newest first, a page at a time (an opaque cursor)."""
+        token = self._caller(request)
+        if isinstance(token, web.Response):
+            return token
+        mine = [t for t in reversed(self.trainings.values()) if self._owner.get(t["id"]) == token]
+        try:
+            start = int(base64.urlsafe_b64decode(request.query.get("cursor", "") + "==") or 0)
+        except ValueError:
+            return _error(400, "Bad request", "invalid cursor")
+
+        def link(offset: int) -> str | None:
+            if offset < 0 or offset >= len(mine) or offset == start:
+                return None
+            cursor = base64.urlsafe_b64encode(str(offset).encode()).decode().rstrip("=")
+            return f"{self.url}/v1/trainings?cursor={cursor}"
+
+        size = self.list_page_size
+        return web.json_response(
+            {
+                "next": link(start + size),
+                "previous": link(max(0, start - size)) if start > 0 else None,
+                "results": mine[start : start + size],
+            }
+        )
 
     async def _get_run(self, runs: dict[str, dict[str, Any]], request: web.Request) -> web.Response:
         """GET of a training or a prediction (same shape of answer)."""

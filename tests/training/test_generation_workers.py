@@ -20,13 +20,18 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
 
 from aivera.storage.v1 import storage_pb2
+from aivera.training.v1 import billing_pb2 as B
+from aivera.training.v1 import billing_pb2_grpc
 from aivera.training.v1 import image_loras_pb2 as L
 from services.training import generations as G
 from services.training import image_pipeline
 from services.training.image_retention import ImageSweep
+from tests.helpers.errors import reason
 from tests.training.conftest import Env, running_worker
+from tests.training.test_billing import Billed
 from tests.training.test_image_generations import fetch, kinds, png_size, trained
 from tests.training.test_image_loras import Artist
 from tests.training.test_worker_kill import start_worker
@@ -254,6 +259,75 @@ async def test_the_sweep_fails_a_generation_no_worker_took(
     done = f.events[-1].done
     assert done.status == FAILED and "no worker took the generation within 0 s" in done.error
     assert done.HasField("finish_time") and not done.images
+
+
+async def test_a_local_generation_is_billed_and_counted_in_the_quota(
+    env: Env, owner_lora: tuple[Artist, L.ImageLora]
+) -> None:
+    u, lora = owner_lora
+    billing = billing_pb2_grpc.BillingServiceStub(env.chan)
+
+    async def quota() -> B.Quota:
+        got: B.Quota = await billing.GetQuota(B.GetQuotaRequest(), metadata=u.md)
+        return got
+
+    before = await quota()
+    async with running_worker(env) as worker:
+        f = Follower(u, image_lora=lora.id, prompt="a billed cube", num_outputs=2, seed=5)
+        await asyncio.wait_for(f.task, 60)
+        simulated = await trained(u, L.IMAGE_LORA_EXECUTOR_SIMULATE, 3000, timeout=60)
+    done = f.events[-1].done
+    assert done.status == SUCCEEDED, done.error
+    # The worker's device time, at its rate, on the generation (the final figure).
+    (item,) = done.cost.items
+    assert item.device_type == worker.device and item.device_seconds > 0
+    assert item.hourly_rate_micros == worker.rate_of_class("cpu") > 0
+    assert done.cost.amount_micros == item.amount_micros > 0
+    assert done.cost.currency_code == env.settings.training_currency
+    got = await u.loras.GetGeneration(L.GetGenerationRequest(id=done.id), metadata=u.md)
+    assert got.cost == done.cost
+    # Counted in the month's spending and in the month's costs.
+    after = await quota()
+    assert after.spent_micros == before.spent_micros + done.cost.amount_micros
+    months = await billing.ListCostSummaries(B.ListCostSummariesRequest(), metadata=u.md)
+    assert months.cost_summaries[0].month == after.month
+    assert months.cost_summaries[0].amount_micros == after.spent_micros
+    # A simulated LoRA's generation costs nothing and counts nowhere.
+    sim = Follower(u, image_lora=simulated.id, prompt="free", seed=1)
+    await asyncio.wait_for(sim.task, 60)
+    assert sim.events[-1].done.status == SUCCEEDED and not sim.events[-1].done.HasField("cost")
+    assert (await quota()).spent_micros == after.spent_micros
+
+    # A budget already spent: LOCAL is refused before anything is recorded; SIMULATE runs.
+    admin = Billed(env, role="admin")
+
+    async def budget(micros: int) -> None:
+        await admin.billing.UpdateQuota(
+            B.UpdateQuotaRequest(
+                user_id=u.id,
+                monthly_budget_micros=micros,
+                update_mask=field_mask_pb2.FieldMask(paths=["monthly_budget_micros"]),
+            ),
+            metadata=admin.md,
+        )
+
+    count = "SELECT count(*) FROM generations WHERE user_id = $1"
+    await budget(1)
+    try:
+        rows = await env.training.pool.fetchval(count, u.id)
+        call = u.loras.GenerateImages(
+            L.GenerateImagesRequest(image_lora=lora.id, prompt="too dear"), metadata=u.md
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call.read()
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert reason(err.value) == "QUOTA_EXCEEDED" and "generation" in str(err.value.details())
+        assert await env.training.pool.fetchval(count, u.id) == rows
+        sim = Follower(u, image_lora=simulated.id, prompt="still free", seed=2)
+        await asyncio.wait_for(sim.task, 60)
+        assert sim.events[-1].done.status == SUCCEEDED
+    finally:
+        await budget(0)
 
 
 def test_the_loaded_lora_is_kept_between_generations_and_switched(env: Env) -> None:

@@ -22,6 +22,8 @@ from aivera.storage.v1 import storage_pb2
 from aivera.training.v1 import image_loras_pb2 as L
 from services.common.errors import InvalidArgument
 from services.training import generations as G
+from services.training import image_pipeline
+from services.training.config import TrainingSettings
 from services.training.worker import Worker
 from tests.helpers.errors import bad_field, error_info, reason
 from tests.helpers.replicate_server import ReplicateServer
@@ -442,3 +444,14 @@ async def test_cancel_a_remote_training(env: Env, fake: ReplicateServer) -> None
             )
     finally:
         fake.finish_stalled()
+
+
+def test_local_images_default_to_the_base_pipelines_native_side() -> None:
+    """GENERATION_LOCAL_LONG_SIDE 0 (the default): a LOCAL image is drawn at the base
+    pipeline's own size (the toy pipeline's 64 px, not 1024 px it would take minutes to
+    draw on CPU); a set value wins."""
+    settings = TrainingSettings()
+    assert settings.generation_local_long_side == 0
+    side = G.native_side(settings)
+    assert side == image_pipeline.resolution(image_pipeline.resolve(settings)) == 64
+    assert G.pixel_size(L.ASPECT_RATIO_1_1, side) == (64, 64)

@@ -486,6 +486,67 @@ async def test_provider_down_keeps_the_lora_queued_until_it_returns(remote: Remo
     assert ready.attempt == 1
 
 
+async def test_a_lost_create_answer_adopts_the_training_never_a_second(remote: Remote) -> None:
+    fake = remote.fake
+    user = Artist(remote.env)
+    lora = await user.lora(4)
+    mine = lora.id.replace("-", "")[:20]
+
+    def ours() -> list[dict[str, Any]]:
+        return [
+            t for t in fake.trainings.values() if t["destination"].endswith(f"/aivera-lora-{mine}")
+        ]
+
+    # Replicate creates the training, then the connection drops before its answer: the
+    # trainer never learns the id and puts the LoRA back in the queue (a long backoff, so
+    # the account gets a newer training meanwhile and the search has to page).
+    fake.lose_create_answers = 1
+    fake.list_page_size = 1
+    remote.settings.image_lora_retry_seconds = 60.0
+    remote.settings.image_lora_retry_max_seconds = 60.0
+    try:
+        await user.start(lora.id)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 20
+        while not ours() or (await user.get(lora.id)).status != L.IMAGE_LORA_STATUS_QUEUED:
+            assert loop.time() < end, "the create never reached the fake"
+            await asyncio.sleep(0.05)
+        assert fake.lose_create_answers == 0 and await _remote_id(remote, lora.id) == ""
+        (lost,) = ours()
+        async with Replicate(fake.url, fake.token, timeout=5) as api:
+            await api.create_model(f"aivera-system/noise-{mine}")
+            url = await api.upload_file("n.zip", _zip({"0.png": b"x"}), "application/zip")
+            noise = await api.create_training(
+                model=TRAINER,
+                version=TRAINER_VERSION,
+                destination=f"aivera-system/noise-{mine}",
+                input={"input_images": url, "trigger_word": "NOISE", "steps": 10},
+                webhook=None,
+            )
+            first = await api.list_trainings()
+            assert first["results"][0]["id"] == noise["id"] and first["next"]
+            assert first["previous"] is None
+            second = await api.list_trainings(first["next"])
+            assert second["results"][0]["id"] == lost["id"] and second["previous"]
+        # The retry comes now; it finds the training by the images' URL it recorded.
+        await remote.db(
+            "UPDATE training.image_loras SET remote_retry_at = now() WHERE id = $1",
+            uuid.UUID(lora.id),
+        )
+        ready = await user.wait(lora.id, {L.IMAGE_LORA_STATUS_READY, L.IMAGE_LORA_STATUS_FAILED})
+    finally:
+        fake.lose_create_answers = 0
+        fake.list_page_size = 100
+        remote.settings.image_lora_retry_seconds = 0.2
+        remote.settings.image_lora_retry_max_seconds = 0.4
+    assert ready.status == L.IMAGE_LORA_STATUS_READY, ready.error
+    assert ready.attempt == 1
+    assert [t["id"] for t in ours()] == [lost["id"]]  # one training, paid for once
+    assert await _remote_id(remote, lora.id) == lost["id"]
+    file_id, version = await _weights(remote, lora.id)
+    assert file_id and version == fake.trainings[lost["id"]]["output"]["version"]
+
+
 async def test_a_refused_key_fails_the_training_clearly(
     remote: Remote, caplog: pytest.LogCaptureFixture
 ) -> None:
