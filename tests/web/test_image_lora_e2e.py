@@ -13,6 +13,7 @@ go to web/test-results/."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -85,6 +86,11 @@ async def test_create_train_and_generate_in_the_browser(
     # The page followed it live: it saw it before READY, and READY last.
     assert len(found["statuses"]) >= 2 and found["statuses"][-1] == "READY", found["statuses"]
     assert found["simulatedBadge"] == 1
+    # The page followed the training job's events: every step, and the chart drawn from them.
+    done, total = re.fullmatch(r"Шаг (\d+) из (\d+)", found["jobSteps"].strip()).groups()  # type: ignore[union-attr]
+    assert done == total and int(total) > 0, found["jobSteps"]
+    assert found["chartPoints"] == int(total)
+    assert found["ctaFocus"] == "gen-prompt"
     assert found["referenceImages"] == 4 and found["referenceThumbs"] == 4
     assert found["triggerShown"] == trigger
     # Generation: the trigger word is put in, two landscape images shown from signed URLs.

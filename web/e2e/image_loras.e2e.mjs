@@ -68,6 +68,13 @@ await browse(
       await sleep(150);
     }
     found.statuses = statuses;
+    // 4b. the training job (SIMULATE runs on the mesh's worker): its WatchJob events drew
+    // the steps and the loss chart; the call to action puts the cursor in the prompt
+    await page.getByTestId("loss-chart").waitFor();
+    found.jobSteps = await page.getByTestId("lora-job-steps").innerText();
+    found.chartPoints = Number(await page.getByTestId("loss-chart").getAttribute("data-points"));
+    await page.getByTestId("generate-cta").click();
+    found.ctaFocus = await page.evaluate(() => document.activeElement?.getAttribute("data-testid") ?? "");
     found.simulatedBadge = await page.getByTestId("lora-simulated").count();
     found.referenceImages = await page.getByTestId("reference-image").count();
     await page.waitForFunction(

@@ -294,4 +294,6 @@ export const en: Catalogue = {
   generationFailed: "The generation failed: {error}",
   replicateKey: "Replicate token (image LoRA training)",
   trainingJob: "Training job",
+  loraReadyHint: "The LoRA is trained: try it out.",
+  generateCta: "Generate images",
 };

@@ -300,6 +300,8 @@ export const ru = {
   generationFailed: "Генерация не удалась: {error}",
   replicateKey: "Токен Replicate (обучение image LoRA)",
   trainingJob: "Задание обучения",
+  loraReadyHint: "LoRA обучена: попробуйте её в деле.",
+  generateCta: "Создать изображения",
 };
 
 export type Catalogue = { [K in keyof typeof ru]: string };

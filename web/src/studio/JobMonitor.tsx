@@ -1,56 +1,15 @@
 import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
-import { useEffect, useReducer, useRef, useState } from "react";
+import { useState } from "react";
 import { useApi } from "../api/context";
 import { ErrorBanner } from "../components/ErrorBanner";
-import { JobStatus, LogLevel, type JobEvent, type TrainingJob } from "../gen/aivera/training/v1/jobs_pb.js";
+import { JobStatus, LogLevel, type TrainingJob } from "../gen/aivera/training/v1/jobs_pb.js";
 import { useI18n } from "../i18n/i18n";
 import { duration, loss, money } from "./format";
-import { emptyJob, foldJob, TERMINAL, type JobView } from "./jobState";
+import { TERMINAL } from "./jobState";
 import { LossChart } from "./LossChart";
+import { useJobEvents } from "./useJobEvents";
 
 export const jobStatusName = (s: JobStatus) => JobStatus[s] ?? "UNSPECIFIED";
-const RECONNECT_MS = 1000;
-
-type Action = { type: "event"; event: JobEvent } | { type: "reset" };
-
-function reducer(view: JobView, action: Action): JobView {
-  return action.type === "reset" ? emptyJob() : foldJob(view, action.event);
-}
-
-/** Follows WatchJob from the first event (a replay on every open), then live; a stream
- *  lost before the job ended reattaches after the last sequence it saw. */
-export function useJobEvents(jobId: string, onStatus: () => void, generation = 0): JobView {
-  const { jobs } = useApi();
-  const [view, dispatch] = useReducer(reducer, undefined, () => emptyJob());
-  const last = useRef({ seq: 0n, status: JobStatus.UNSPECIFIED });
-  const onStatusRef = useRef(onStatus);
-  onStatusRef.current = onStatus;
-  useEffect(() => {
-    const abort = new AbortController();
-    last.current = { seq: 0n, status: JobStatus.UNSPECIFIED };
-    dispatch({ type: "reset" });
-    void (async () => {
-      while (!abort.signal.aborted && !TERMINAL.has(last.current.status)) {
-        try {
-          for await (const e of jobs.watchJob({ id: jobId, afterSequence: last.current.seq }, { signal: abort.signal })) {
-            if (e.sequence > last.current.seq) last.current.seq = e.sequence;
-            if (e.event.case === "statusChanged" || e.event.case === "final") {
-              last.current.status = e.event.case === "final" ? e.event.value.status : e.event.value.status;
-              onStatusRef.current();
-            }
-            dispatch({ type: "event", event: e });
-          }
-        } catch {
-          if (abort.signal.aborted) return;
-        }
-        if (TERMINAL.has(last.current.status)) return;
-        await new Promise((r) => setTimeout(r, RECONNECT_MS));
-      }
-    })();
-    return () => abort.abort();
-  }, [jobs, jobId, generation]);
-  return view;
-}
 
 /** The job monitor: live status and steps, the loss chart, learning rate and throughput,
  *  log lines, checkpoints, cost so far; cancel and retry. */

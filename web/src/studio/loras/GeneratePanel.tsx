@@ -11,6 +11,9 @@ import {
 import { useI18n } from "../../i18n/i18n";
 import { ASPECTS, emptyGeneration, foldGeneration, promptWithTrigger, type GenerationView } from "./rules";
 
+/** The prompt's element id: the LoRA page's "Generate" button focuses it. */
+export const GENERATE_PROMPT_ID = "generate-prompt";
+
 const statusKey = (s: GenerationStatus) => `gen${GenerationStatus[s] ?? "UNSPECIFIED"}` as "genSUCCEEDED";
 
 /** Generate with a READY LoRA (seed 001, "use"): prompt with the trigger word shown, LoRA
@@ -73,7 +76,7 @@ export function GeneratePanel({ lora }: { lora: ImageLora }) {
       <form onSubmit={(e) => void generate(e)} className="lora-form">
         <label>
           {t("prompt")}
-          <textarea value={prompt} onChange={(e) => setPrompt(e.target.value)} rows={3} maxLength={2000} required data-testid="gen-prompt" />
+          <textarea id={GENERATE_PROMPT_ID} value={prompt} onChange={(e) => setPrompt(e.target.value)} rows={3} maxLength={2000} required data-testid="gen-prompt" />
         </label>
         <p className="small muted" data-testid="gen-trigger-hint">
           {injected ? t("triggerAdded", { word: lora.triggerWord }) : t("triggerInPrompt", { word: lora.triggerWord })}

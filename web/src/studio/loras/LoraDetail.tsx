@@ -1,5 +1,5 @@
 import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
-import { useEffect, useState } from "react";
+import { useEffect, useRef, useState } from "react";
 import { useApi } from "../../api/context";
 import { ErrorBanner } from "../../components/ErrorBanner";
 import {
@@ -9,16 +9,26 @@ import {
   type ImageLora,
   type ReferenceImage,
 } from "../../gen/aivera/training/v1/image_loras_pb.js";
+import type { JobStatus } from "../../gen/aivera/training/v1/jobs_pb.js";
 import { useI18n } from "../../i18n/i18n";
 import { bytes } from "../format";
+import { TERMINAL } from "../jobState";
+import { useJobEvents } from "../useJobEvents";
 import { ExecutorSelect } from "./ExecutorSelect";
-import { GeneratePanel } from "./GeneratePanel";
+import { useGentlePoll } from "./follow";
+import { GeneratePanel, GENERATE_PROMPT_ID } from "./GeneratePanel";
 import { LoraStatus } from "./ImageLorasPage";
+import { LoraTraining } from "./LoraTraining";
 import { PendingImages, usePendingImages } from "./PendingImages";
 import { EDITABLE, enoughImages, executorName, MAX_IMAGES, MIN_IMAGES, RUNNING } from "./rules";
 
 /** One image LoRA: status and progress (followed while it trains), its images, start or
- *  retry with an executor, cancel, delete; once READY, the generate panel and gallery. */
+ *  retry with an executor, cancel, delete; once READY, the generate panel and gallery.
+ *
+ *  A LOCAL or SIMULATE training is a job on the mesh (`job_id`): its WatchJob events are
+ *  followed (steps, loss, log) and the LoRA is read again once, when the job ends. A
+ *  REPLICATE training's progress arrives by webhook on the server, which the page cannot
+ *  watch: it asks GetImageLora gently instead (3 s, slowing to 15 s; not while hidden). */
 export function LoraDetail({ loraId }: { loraId: string }) {
   const { imageLoras } = useApi();
   const { t } = useI18n();
@@ -26,7 +36,6 @@ export function LoraDetail({ loraId }: { loraId: string }) {
   const lora = useQuery({
     queryKey: ["image-lora", loraId],
     queryFn: () => imageLoras.getImageLora({ id: loraId }),
-    refetchInterval: (q) => (q.state.data && RUNNING.has(q.state.data.status) ? 1000 : false),
   });
   const changed = (l: ImageLora) => {
     qc.setQueryData(["image-lora", loraId], l);
@@ -51,6 +60,28 @@ export function LoraDetail({ loraId }: { loraId: string }) {
     },
   });
   const l = lora.data;
+  const running = l !== undefined && RUNNING.has(l.status);
+  const jobKey = l?.jobId ? `${l.jobId}:${l.attempt}` : "";
+  const statusNow = useRef(l?.status);
+  statusNow.current = l?.status;
+  // The job's end, once per job and attempt, and only if the LoRA was still training
+  // (a replay of a finished job changes nothing). Until the LoRA shows the end too, the
+  // gentle poll takes over.
+  const refreshedFor = useRef("");
+  const [jobEnded, setJobEnded] = useState("");
+  const onJobStatus = (s: JobStatus) => {
+    if (!TERMINAL.has(s) || !jobKey || refreshedFor.current === jobKey) return;
+    if (statusNow.current === undefined || !RUNNING.has(statusNow.current)) return;
+    refreshedFor.current = jobKey;
+    setJobEnded(jobKey);
+    refresh();
+  };
+  const job = useJobEvents(l?.jobId ?? "", onJobStatus, l?.attempt ?? 0);
+  useGentlePoll(running && (!jobKey || jobEnded === jobKey), () => lora.refetch(), `${l?.status}:${l?.progress}`);
+  const jobStep = job.points[job.points.length - 1]?.step ?? 0;
+  const shown = l && running && jobKey && l.trainingSteps > 0 && jobStep > 0
+    ? { ...l, progress: Math.max(l.progress, Math.min(1, jobStep / l.trainingSteps)) }
+    : l;
   // The list shows the status too: refresh it when this page sees the status change.
   const status = l?.status;
   useEffect(() => {
@@ -67,7 +98,7 @@ export function LoraDetail({ loraId }: { loraId: string }) {
         <>
           <div className="row">
             <h2>{l.name}</h2>
-            <LoraStatus lora={l} />
+            <LoraStatus lora={shown ?? l} />
             <span className="spacer" />
             {RUNNING.has(l.status) && (
               <button type="button" className="danger" onClick={() => cancel.mutate()} disabled={cancel.isPending} data-testid="cancel-lora">
@@ -84,6 +115,14 @@ export function LoraDetail({ loraId }: { loraId: string }) {
               {t("delete")}
             </button>
           </div>
+          {l.status === ImageLoraStatus.READY && (
+            <p className="row callout" data-testid="lora-ready">
+              <span>{t("loraReadyHint")}</span>
+              <button type="button" className="primary" onClick={focusGenerate} data-testid="generate-cta">
+                {t("generateCta")}
+              </button>
+            </p>
+          )}
           {error && <ErrorBanner error={error} onDismiss={() => (start.reset(), cancel.reset(), remove.reset())} />}
           {l.status === ImageLoraStatus.FAILED && l.error && (
             <p className="danger" data-testid="lora-error">
@@ -128,6 +167,7 @@ export function LoraDetail({ loraId }: { loraId: string }) {
               </>
             )}
           </dl>
+          {l.jobId && <LoraTraining view={job} totalSteps={l.trainingSteps} />}
           {EDITABLE.has(l.status) && (
             <form
               className="row"
@@ -176,6 +216,14 @@ export function LoraDetail({ loraId }: { loraId: string }) {
       )}
     </section>
   );
+}
+
+/** Brings the generate panel's prompt into view and puts the cursor in it. */
+function focusGenerate() {
+  const prompt = document.getElementById(GENERATE_PROMPT_ID);
+  if (!prompt) return;
+  prompt.scrollIntoView?.({ behavior: "smooth", block: "center" });
+  prompt.focus({ preventScroll: true });
 }
 
 function ReferenceThumb({
