@@ -57,6 +57,7 @@ from services.training import image_pipeline
 from services.training.generation_store import GenerationRow, GenerationStore
 from services.training.generations import (
     Failed,
+    draw_in_thread,
     native_side,
     pixel_size,
     reap_lost,
@@ -239,36 +240,14 @@ class GenerationRunner:
         stored = {i.position for i in (await self.gens.images([row.id]))[row.id]}
         if len(stored) >= row.num_outputs:  # a worker stored them all, then was lost
             return True
-        loop = asyncio.get_running_loop()
-        landed: asyncio.Queue[tuple[int, bytes] | float | None] = asyncio.Queue()
 
-        def on_progress(fraction: float) -> None:
+        def check() -> None:
             if claim.stop.is_set():
                 raise _Stop()
-            loop.call_soon_threadsafe(landed.put_nowait, float(fraction))
 
-        def on_image(position: int, png: bytes) -> None:
-            loop.call_soon_threadsafe(landed.put_nowait, (position, png))
-
-        def draw() -> None:
-            try:
-                image_pipeline.generate(
-                    weights=weights,
-                    simulate=False,
-                    prompt=row.prompt,
-                    lora_scale=row.lora_scale,
-                    num_outputs=row.num_outputs,
-                    width=width,
-                    height=height,
-                    seed=row.seed,
-                    on_progress=on_progress,
-                    on_image=on_image,
-                    settings=self.settings,
-                )
-            finally:
-                loop.call_soon_threadsafe(landed.put_nowait, None)
-
-        drawing = asyncio.ensure_future(asyncio.to_thread(draw))
+        drawing, landed = draw_in_thread(
+            row, weights=weights, width=width, height=height, settings=self.settings, check=check
+        )
         try:
             sent = 0.0
             while (item := await landed.get()) is not None:

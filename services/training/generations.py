@@ -151,6 +151,54 @@ def native_side(settings: TrainingSettings) -> int:
     return image_pipeline.resolution(image_pipeline.resolve(settings))
 
 
+# What a drawing thread hands the loop: progress (a fraction), an image (its position and
+# PNG bytes), then None when the thread is done.
+Landed = asyncio.Queue[tuple[int, bytes] | float | None]
+
+
+def draw_in_thread(
+    row: GenerationRow,
+    *,
+    weights: bytes | None,
+    width: int,
+    height: int,
+    settings: TrainingSettings,
+    check: Callable[[], None] = lambda: None,
+) -> tuple[asyncio.Future[None], Landed]:
+    """Runs image_pipeline.generate for `row` in a thread (placeholders when `weights` is
+    None); `check` runs in the thread at every step and may raise to stop it. The future
+    ends with the thread; what it draws arrives on the queue."""
+    loop = asyncio.get_running_loop()
+    landed: Landed = asyncio.Queue()
+
+    def on_progress(fraction: float) -> None:
+        check()
+        loop.call_soon_threadsafe(landed.put_nowait, float(fraction))
+
+    def on_image(position: int, png: bytes) -> None:
+        loop.call_soon_threadsafe(landed.put_nowait, (position, png))
+
+    def draw() -> None:
+        try:
+            image_pipeline.generate(
+                weights=weights,
+                simulate=weights is None,
+                prompt=row.prompt,
+                lora_scale=row.lora_scale,
+                num_outputs=row.num_outputs,
+                width=width,
+                height=height,
+                seed=row.seed,
+                on_progress=on_progress,
+                on_image=on_image,
+                settings=settings,
+            )
+        finally:
+            loop.call_soon_threadsafe(landed.put_nowait, None)
+
+    return asyncio.ensure_future(asyncio.to_thread(draw)), landed
+
+
 def pixel_size(ratio: int, long_side: int) -> tuple[int, int]:
     """(width, height) of a local image: the longer side `long_side`, the shorter from the
     ratio, both multiples of 16 (what the pipeline's latent grid needs)."""
@@ -507,33 +555,13 @@ class Generations:
         width, height = pixel_size(row.aspect_ratio, long_side)
         await self.gens.processing(row.id)
         events.put_nowait(Progress(L.GENERATION_STATUS_PROCESSING, 0.0))
-        loop = asyncio.get_running_loop()
-        landed: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()
-
-        def on_image(position: int, png: bytes) -> None:
-            loop.call_soon_threadsafe(landed.put_nowait, (position, png))
-
-        def run() -> None:
-            try:
-                image_pipeline.generate(
-                    weights=None,
-                    simulate=True,
-                    prompt=row.prompt,
-                    lora_scale=row.lora_scale,
-                    num_outputs=row.num_outputs,
-                    width=width,
-                    height=height,
-                    seed=row.seed,
-                    on_progress=lambda _f: None,
-                    on_image=on_image,
-                    settings=self.settings,
-                )
-            finally:
-                loop.call_soon_threadsafe(landed.put_nowait, None)
-
-        drawing = asyncio.ensure_future(asyncio.to_thread(run))
+        drawing, landed = draw_in_thread(
+            row, weights=None, width=width, height=height, settings=self.settings
+        )
         count = 0
         while (item := await landed.get()) is not None:
+            if isinstance(item, float):
+                continue  # placeholders: progress is counted in images
             position, png = item
             events.put_nowait(await self._store_image(plan, position, png))
             count += 1
