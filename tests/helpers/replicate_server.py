@@ -454,18 +454,7 @@ class ReplicateServer:
             "version": m["version"],
             "destination": destination,
             "input": inp,
-            "logs": "",
-            "output": None,
-            "error": None,
-            "status": "starting",
-            "created_at": _now(),
-            "started_at": None,
-            "completed_at": None,
-            "metrics": {},
-            "urls": {
-                "get": f"{self.url}/v1/trainings/{tid}",
-                "cancel": f"{self.url}/v1/trainings/{tid}/cancel",
-            },
+            **self._new_run("trainings", tid),
         }
         self.trainings[tid] = training
         self._owner[tid] = token
@@ -502,6 +491,23 @@ class ReplicateServer:
                 "results": mine[start : start + size],
             }
         )
+
+    def _new_run(self, kind: str, rid: str) -> dict[str, Any]:
+        """The fields a new training or prediction starts with (Replicate's shape)."""
+        return {
+            "logs": "",
+            "output": None,
+            "error": None,
+            "status": "starting",
+            "created_at": _now(),
+            "started_at": None,
+            "completed_at": None,
+            "metrics": {},
+            "urls": {
+                "get": f"{self.url}/v1/{kind}/{rid}",
+                "cancel": f"{self.url}/v1/{kind}/{rid}/cancel",
+            },
+        }
 
     async def _get_run(self, runs: dict[str, dict[str, Any]], request: web.Request) -> web.Response:
         """GET of a training or a prediction (same shape of answer)."""
@@ -615,19 +621,8 @@ class ReplicateServer:
             "model": model,
             "version": version.rpartition(":")[2],
             "input": inp,
-            "logs": "",
-            "output": None,
             "data_removed": False,
-            "error": None,
-            "status": "starting",
-            "created_at": _now(),
-            "started_at": None,
-            "completed_at": None,
-            "metrics": {},
-            "urls": {
-                "get": f"{self.url}/v1/predictions/{pid}",
-                "cancel": f"{self.url}/v1/predictions/{pid}/cancel",
-            },
+            **self._new_run("predictions", pid),
         }
         self.predictions[pid] = prediction
         self._owner[pid] = token
