@@ -204,6 +204,8 @@ MESSAGES: dict[str, tuple[str, str]] = {
     ),
     "train.finished": ("Итог: {status} · {summary}", "Result: {status} · {summary}"),
     "train.model": ("Модель: {id}", "Model: {id}"),
+    "cost": ("Стоимость: {cost}", "Cost: {cost}"),
+    "col.cost": ("Стоимость", "Cost"),
     "estimate.hardware": ("Оборудование", "Hardware"),
     "estimate.tokens": ("Токенов за эпоху (обучаемых)", "Tokens per epoch (trained)"),
     "estimate.steps": ("Шагов", "Steps"),

@@ -22,7 +22,17 @@ from rich.progress import (
 from aivera.training.v1 import image_loras_pb2 as L
 from client.cli.base import JsonOpt, describe, run
 from client.cli.chat import transfer_progress
-from client.cli.render import enum_name, err, out, print_json, print_json_line, size, table, ts
+from client.cli.render import (
+    cost_text,
+    enum_name,
+    err,
+    out,
+    print_json,
+    print_json_line,
+    size,
+    table,
+    ts,
+)
 from client.errors import AiveraError, NotFound
 from client.messages import t
 from client.sdk import ASPECT_RATIOS, LORA_EXECUTORS, LORA_KINDS, AsyncClient
@@ -444,6 +454,8 @@ def lora_generate(
         if not json_:
             status = enum_name(L.GenerationStatus, done.status, "GENERATION_STATUS_")
             out.print(t("lora.generation_done", status=status, n=len(done.images)), markup=False)
+            if cost := cost_text(done.cost):  # LOCAL: device time billed to the user
+                out.print(t("cost", cost=cost), markup=False)
             if done.error:
                 err.print(done.error, style="red", markup=False)
         return 0 if done.status == L.GENERATION_STATUS_SUCCEEDED else 1
@@ -471,6 +483,7 @@ def lora_generations(
                 f"{len(g.images)}/{g.num_outputs}",
                 f"{g.lora_scale:g}",
                 g.seed,
+                cost_text(g.cost),
                 g.prompt,
             )
             for g in items
@@ -484,6 +497,7 @@ def lora_generations(
                     t("lora.images_col"),
                     t("lora.scale"),
                     "seed",
+                    t("col.cost"),
                     t("lora.prompt"),
                 ],
                 rows,

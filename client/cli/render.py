@@ -76,6 +76,21 @@ def duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def money(micros: int, currency: str) -> str:
+    return f"{micros / 1e6:.2f} {currency}"
+
+
+def cost_text(cost: jobs_pb2.CostSummary) -> str:
+    """What a job or a LOCAL image generation cost, with its device time: "" when nothing
+    was billed (simulated, or paid to the provider)."""
+    if not cost.items:
+        return ""
+    devices = ", ".join(
+        f"{item.device_type} {duration(item.device_seconds)}" for item in cost.items
+    )
+    return f"{money(cost.amount_micros, cost.currency_code)} ({devices})"
+
+
 def size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -288,6 +303,7 @@ class JobView:
     logs: list[str] = field(default_factory=list)
     note: str = ""
     final: jobs_pb2.TrainingJob | None = None
+    cost: str = ""
     last_sequence: int = 0
     _first: tuple[int, float] | None = None  # (step, time) of the first metric seen
 
@@ -298,6 +314,7 @@ class JobView:
         self.epoch, self.tps, self.eta = p.epoch, p.tokens_per_second, int(p.eta_seconds)
         if p.loss:
             self.loss = p.loss
+        self.cost = cost_text(job.cost)
 
     def apply(self, event: jobs_pb2.JobEvent) -> None:
         self.last_sequence = max(self.last_sequence, event.sequence)
@@ -352,6 +369,8 @@ class JobView:
         ]
         if self.eta:
             parts.append(f"ETA {duration(self.eta)}")
+        if self.cost:
+            parts.append(t("cost", cost=self.cost))
         return " · ".join(parts)
 
     def renderable(self) -> RenderableType:

@@ -25,6 +25,7 @@ from client.cli.render import (
     duration,
     enum_name,
     err,
+    money,
     out,
     print_json,
     print_json_line,
@@ -503,10 +504,6 @@ def train_costs(json_: bool = JsonOpt) -> None:
         )
 
     run(go)
-
-
-def money(micros: int, currency: str) -> str:
-    return f"{micros / 1e6:.2f} {currency}"
 
 
 @train_app.command("watch")

@@ -53,6 +53,11 @@ def events() -> list[jobs_pb2.JobEvent]:
                 progress=jobs_pb2.JobProgress(
                     steps=common_pb2.Progress(done=STEPS, total=STEPS), loss=2.0 / STEPS
                 ),
+                cost=jobs_pb2.CostSummary(
+                    items=[jobs_pb2.CostItem(device_type="cpu", device_seconds=3725)],
+                    amount_micros=1_250_000,
+                    currency_code="USD",
+                ),
             ),
         )
     )
@@ -155,6 +160,7 @@ async def test_watch_shows_progress_and_sparkline(tmp_path: Path) -> None:
     assert "succeeded" in r.stdout and f"шаг {STEPS}/{STEPS}" in r.stdout
     assert "loss " + sparkline([2.0 / s for s in range(1, STEPS + 1)]) in r.stdout
     assert "Модель: model-1" in r.stdout
+    assert "Стоимость: 1.25 USD (cpu 1:02:05)" in r.stdout  # the final job's cost
     assert "tok/s" in r.stderr  # a progress line per metric
 
 

@@ -19,7 +19,9 @@ import {
   type ImageLora,
   type StartTrainingRequest,
 } from "../src/gen/aivera/training/v1/image_loras_pb.js";
+import { CostSummarySchema } from "../src/gen/aivera/training/v1/jobs_pb.js";
 import { LocalizedMessageSchema } from "../src/gen/google/rpc/error_details_pb.js";
+import { costText } from "../src/studio/format";
 import { SettingsPanel } from "../src/components/SettingsPanel";
 import { CreateLora } from "../src/studio/loras/CreateLora";
 import ImageLorasPage from "../src/studio/loras/ImageLorasPage";
@@ -252,6 +254,45 @@ describe("image LoRA screens", () => {
       AspectRatio.ASPECT_RATIO_16_9,
       5n,
     ]);
+  });
+});
+
+describe("costs", () => {
+  const billed = {
+    items: [{ deviceType: "cpu", deviceSeconds: 75, hourlyRateMicros: 20_160_000n, amountMicros: 420_000n }],
+    amountMicros: 420_000n,
+    currencyCode: "USD",
+  };
+
+  it("costText: money and device time, nothing when nothing was billed", () => {
+    expect(costText(undefined, "en")).toBeNull();
+    expect(costText(create(CostSummarySchema, { currencyCode: "USD" }), "en")).toBeNull();
+    expect(costText(create(CostSummarySchema, billed), "en")).toBe("$0.42 (cpu 1m 15s)");
+  });
+
+  it("a LOCAL generation shows what it cost when it ends, and in the gallery", async () => {
+    const ready = lora({ status: ImageLoraStatus.READY, referenceImages: refs(4), executor: ImageLoraExecutor.LOCAL, progress: 1 });
+    const done = { id: "g1", prompt: "aqua a cat", seed: 5n, status: GenerationStatus.SUCCEEDED, cost: billed };
+    const api = apiFor(({ service }) => {
+      service(StorageService, { createDownloadUrl: (r) => ({ url: `/files/${r.id}` }) });
+      service(ImageLoraService, {
+        getImageLora: () => ready,
+        listGenerations: () => ({ generations: [done, { id: "g0", prompt: "aqua a dog", status: GenerationStatus.SUCCEEDED }] }),
+        async *generateImages() {
+          yield { event: { case: "queued", value: { id: "g1", prompt: "aqua a cat", seed: 5n, status: GenerationStatus.QUEUED } } };
+          yield { event: { case: "done", value: done } };
+        },
+      });
+    });
+    mount(<ImageLorasPage loraId={ready.id} />, api);
+    await waitFor(() => expect(screen.getAllByTestId("generation")).toHaveLength(2));
+    // (the ru locale puts a no-break space before the currency sign)
+    const text = (e: HTMLElement) => (e.textContent ?? "").replace(/\s/g, " ");
+    expect(screen.getAllByTestId("generation-cost").map(text)).toEqual([" · Стоимость: 0,42 $ (cpu 1m 15s)"]);
+    fireEvent.change(await screen.findByTestId("gen-prompt"), { target: { value: "a cat" } });
+    fireEvent.submit(screen.getByTestId("gen-submit").closest("form")!);
+    await waitFor(() => expect(screen.getByTestId("gen-run").dataset.status).toBe("SUCCEEDED"));
+    expect(text(screen.getByTestId("gen-cost"))).toBe("Стоимость: 0,42 $ (cpu 1m 15s)");
   });
 });
 

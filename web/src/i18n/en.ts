@@ -291,6 +291,7 @@ export const en: Catalogue = {
   genSUCCEEDED: "done",
   genFAILED: "failed",
   generating: "Generating: {percent}%",
+  generationCost: "Cost: {cost}",
   generationFailed: "The generation failed: {error}",
   replicateKey: "Replicate token (image LoRA training)",
   trainingJob: "Training job",

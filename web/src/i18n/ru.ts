@@ -297,6 +297,7 @@ export const ru = {
   genSUCCEEDED: "готово",
   genFAILED: "ошибка",
   generating: "Генерация: {percent}%",
+  generationCost: "Стоимость: {cost}",
   generationFailed: "Генерация не удалась: {error}",
   replicateKey: "Токен Replicate (обучение image LoRA)",
   trainingJob: "Задание обучения",

@@ -1,3 +1,5 @@
+import type { CostSummary } from "../gen/aivera/training/v1/jobs_pb.js";
+
 /** Short human figures for the studio's tables (locale-aware where it matters). */
 export function bytes(n: bigint | number): string {
   let v = Number(n);
@@ -29,6 +31,14 @@ export function money(micros: bigint | number, currency: string, locale: string)
   } catch {
     return `${value.toFixed(4)} ${currency}`;
   }
+}
+
+/** What a job or a LOCAL generation cost, with its device time ("cpu 1m 15s"); null when
+ *  nothing was billed (simulated, or paid to the provider). */
+export function costText(cost: CostSummary | undefined, locale: string): string | null {
+  if (!cost || cost.items.length === 0) return null;
+  const devices = cost.items.map((i) => `${i.deviceType} ${duration(i.deviceSeconds)}`).join(", ");
+  return `${money(cost.amountMicros, cost.currencyCode, locale)} (${devices})`;
 }
 
 export function loss(v: number | null | undefined): string {

@@ -6,9 +6,11 @@ import {
   AspectRatio,
   GenerationStatus,
   type GeneratedImage,
+  type Generation,
   type ImageLora,
 } from "../../gen/aivera/training/v1/image_loras_pb.js";
 import { useI18n } from "../../i18n/i18n";
+import { costText } from "../format";
 import { ASPECTS, emptyGeneration, foldGeneration, promptWithTrigger, type GenerationView } from "./rules";
 
 /** The prompt's element id: the LoRA page's "Generate" button focuses it. */
@@ -125,26 +127,37 @@ export function GeneratePanel({ lora }: { lora: ImageLora }) {
       {gallery.data?.generations.length === 0 && <p className="muted small">{t("noGenerations")}</p>}
       <ul className="plain" data-testid="gallery">
         {gallery.data?.generations.map((g) => (
-          <li key={g.id} className="generation" data-testid="generation" data-status={GenerationStatus[g.status]}>
-            <p className="small">
-              <span className={`status-${GenerationStatus[g.status]}`}>{t(statusKey(g.status))}</span> · {g.prompt} ·{" "}
-              <span className="muted">
-                seed {String(g.seed)} · {t("loraScale", { scale: g.loraScale.toFixed(2) })}
-              </span>
-            </p>
-            {g.error && <p className="danger small">{g.error}</p>}
-            <Images images={g.images} />
-          </li>
+          <GalleryItem key={g.id} generation={g} />
         ))}
       </ul>
     </section>
   );
 }
 
+/** An earlier generation: status, prompt, seed, scale, what it cost (LOCAL), its images. */
+function GalleryItem({ generation: g }: { generation: Generation }) {
+  const { t, locale } = useI18n();
+  const cost = costText(g.cost, locale);
+  return (
+    <li className="generation" data-testid="generation" data-status={GenerationStatus[g.status]}>
+      <p className="small">
+        <span className={`status-${GenerationStatus[g.status]}`}>{t(statusKey(g.status))}</span> · {g.prompt} ·{" "}
+        <span className="muted">
+          seed {String(g.seed)} · {t("loraScale", { scale: g.loraScale.toFixed(2) })}
+          {cost && <span data-testid="generation-cost"> · {t("generationCost", { cost })}</span>}
+        </span>
+      </p>
+      {g.error && <p className="danger small">{g.error}</p>}
+      <Images images={g.images} />
+    </li>
+  );
+}
+
 /** The generation running now: its status, progress and the images so far. */
 function Run({ view }: { view: GenerationView }) {
-  const { t } = useI18n();
+  const { t, locale } = useI18n();
   const done = view.status === GenerationStatus.SUCCEEDED || view.status === GenerationStatus.FAILED;
+  const cost = done ? costText(view.generation?.cost, locale) : null;
   return (
     <div className="generation current" data-testid="gen-run" data-status={GenerationStatus[view.status]} data-images={view.images.length}>
       {view.generation && (
@@ -156,6 +169,11 @@ function Run({ view }: { view: GenerationView }) {
         {done ? t(statusKey(view.status)) : t("generating", { percent: Math.round(view.fraction * 100) })}
         {!done && <progress max={1} value={view.fraction} />}
       </p>
+      {cost && (
+        <p className="small muted" data-testid="gen-cost">
+          {t("generationCost", { cost })}
+        </p>
+      )}
       {view.error && <p className="danger">{t("generationFailed", { error: view.error })}</p>}
       <Images images={view.images} testId="generated-image" />
     </div>
