@@ -351,6 +351,8 @@ class JobView:
         elif kind == "log":
             self.logs = [*self.logs, event.log.text][-3:]
             self._line(event.log.text)
+        elif kind == "cost":  # live: what the job has cost so far
+            self.cost = cost_text(event.cost)
         elif kind == "final":
             self.final = event.final
             self.seed(event.final)

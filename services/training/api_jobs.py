@@ -11,9 +11,15 @@ from google.protobuf import empty_pb2
 from aivera.training.v1 import jobs_pb2
 from services.common import context as ctx
 from services.common import pages
-from services.training.convert import checkpoint_proto, estimate_proto, job_proto, metric_proto
+from services.training.convert import (
+    checkpoint_proto,
+    cost_proto,
+    estimate_proto,
+    job_proto,
+    metric_proto,
+)
 from services.training.hub import Heartbeat
-from services.training.jobs import Finished, JobDetail, Jobs
+from services.training.jobs import CostChanged, Finished, JobDetail, Jobs
 
 J = jobs_pb2
 
@@ -89,6 +95,12 @@ class TrainingService:
                 beat = J.JobEvent(sequence=item.sequence, heartbeat=empty_pb2.Empty())
                 beat.create_time.GetCurrentTime()
                 yield beat
+            elif isinstance(item, CostChanged):
+                cost = J.JobEvent(
+                    sequence=item.sequence, cost=cost_proto(item.costs, self.currency)
+                )
+                cost.create_time.GetCurrentTime()
+                yield cost
 
     async def ListMetrics(
         self, request: J.ListMetricsRequest, context: Any

@@ -111,7 +111,40 @@ class Finished:
     detail: JobDetail
 
 
-WatchItem = J.JobEvent | Heartbeat | Finished
+@dataclass(frozen=True, slots=True)
+class CostChanged:
+    """What a job that has not ended has cost so far, when it changed since the stream
+    last said (live only, like a heartbeat: it carries the last stored sequence)."""
+
+    sequence: int
+    costs: list[CostRow]
+
+
+class CostWatch:
+    """One watch stream's look at its job's cost: at most once per `every` seconds (a
+    query per stream, however fast events come), reported only when it changed. A job
+    not yet claimed has no cost, so says nothing."""
+
+    def __init__(self, store: Store, job_id: uuid.UUID, every: float) -> None:
+        self._store = store
+        self._job_id = job_id
+        self._every = every
+        self._due = 0.0
+        self._last: list[CostRow] = []
+
+    async def changed(self) -> list[CostRow] | None:
+        now = asyncio.get_running_loop().time()
+        if now < self._due:
+            return None
+        self._due = now + self._every
+        costs = (await self._store.costs([self._job_id]))[self._job_id]
+        if costs == self._last:
+            return None
+        self._last = costs
+        return costs
+
+
+WatchItem = J.JobEvent | Heartbeat | CostChanged | Finished
 
 
 def executor_name(value: int) -> str:
@@ -597,6 +630,7 @@ class Jobs:
             )
         cursor = after
         beat = Beat(self.settings.training_watch_heartbeat_seconds)
+        cost = CostWatch(self.store, job.id, self.settings.training_watch_heartbeat_seconds)
         with self.hub.subscribe(EVENTS_CHANNEL, str(job.id)) as woken:
             while True:
                 status = await self.store.job_status(job.id)
@@ -615,5 +649,7 @@ class Jobs:
                     assert final is not None
                     yield Finished(cursor, await self._detail(self.store, final))
                     return
+                if (costs := await cost.changed()) is not None:
+                    yield CostChanged(cursor, costs)
                 if await beat.wait(woken):
                     yield Heartbeat(cursor)

@@ -112,3 +112,5 @@ def test_cost_text_and_job_summary() -> None:
     assert "0.42 USD (cpu 1:15)" in view.summary()
     view.seed(J.TrainingJob(id="j", status=J.JOB_STATUS_RUNNING))
     assert "USD" not in view.summary()
+    view.apply(J.JobEvent(sequence=3, cost=BILLED))  # WatchJob's live cost so far
+    assert "0.42 USD (cpu 1:15)" in view.summary() and view.last_sequence == 3

@@ -63,6 +63,23 @@ describe("job events fold", () => {
     expect(v.status).toBe(JobStatus.SUCCEEDED);
     expect(v.job?.id).toBe("j");
   });
+
+  it("takes the live events (cost, final) that carry the last stored sequence", () => {
+    const cost = (seq: number, micros: bigint) =>
+      create(JobEventSchema, {
+        sequence: BigInt(seq),
+        event: { case: "cost", value: { amountMicros: micros, currencyCode: "USD", items: [{ deviceType: "cpu", deviceSeconds: 10 }] } },
+      });
+    let v = foldJob(emptyJob(), statusEv(1, JobStatus.RUNNING));
+    v = foldJob(v, cost(1, 100n));
+    expect(v.cost?.amountMicros).toBe(100n);
+    v = foldJob(v, metric(2, 1, 2.0));
+    v = foldJob(v, cost(2, 250n));
+    expect([v.cost?.amountMicros, v.lastSeq, v.points.length]).toEqual([250n, 2n, 1]);
+    // The server's `final` repeats the last stored sequence: it still ends the view.
+    v = foldJob(v, create(JobEventSchema, { sequence: 2n, event: { case: "final", value: { id: "j", status: JobStatus.SUCCEEDED, cost: { amountMicros: 300n } } } }));
+    expect([v.status, v.job?.id, v.cost?.amountMicros, v.lastSeq]).toEqual([JobStatus.SUCCEEDED, "j", 300n, 2n]);
+  });
 });
 
 describe("loss chart", () => {
@@ -186,6 +203,26 @@ describe("job monitor", () => {
     expect(watched).toEqual([0n, 3n]);
     expect(screen.queryByTestId("cancel-job")).toBeNull();
     expect(screen.getByTestId("job-steps").textContent).toContain("Шаг 4 из 4");
+  });
+});
+
+describe("job monitor cost", () => {
+  it("shows what the job has cost so far from the stream while it runs", async () => {
+    let release: () => void = () => undefined;
+    const gate = new Promise<void>((r) => (release = r));
+    const api = apiFor(({ service }) => {
+      service(TrainingService, {
+        getJob: () => ({ id: "j1", status: JobStatus.RUNNING }),
+        async *watchJob() {
+          yield statusEv(1, JobStatus.RUNNING);
+          yield create(JobEventSchema, { sequence: 1n, event: { case: "cost", value: { amountMicros: 1_250_000n, currencyCode: "USD", items: [{ deviceType: "cpu", deviceSeconds: 60 }] } } });
+          await gate;
+        },
+      });
+    });
+    mount(<JobMonitor jobId="j1" />, api);
+    await waitFor(() => expect((screen.getByTestId("job-cost").textContent ?? "").replace(/\s/g, " ")).toBe("1,25 $"));
+    release();
   });
 });
 

@@ -35,6 +35,8 @@ export function JobMonitor({ jobId }: { jobId: string }) {
     },
   });
   const j = view.job ?? job.data;
+  // The stream's live cost while it runs, the final job's once it ended.
+  const cost = view.job?.cost ?? view.cost ?? job.data?.cost;
   const status = view.status !== JobStatus.UNSPECIFIED ? view.status : (j?.status ?? JobStatus.UNSPECIFIED);
   const lastPoint = view.points[view.points.length - 1];
   const total = Number(view.job?.progress?.steps?.total || job.data?.progress?.steps?.total || 0n);
@@ -86,7 +88,7 @@ export function JobMonitor({ jobId }: { jobId: string }) {
           </>
         )}
         <dt>{t("costSoFar")}</dt>
-        <dd>{j?.cost ? money(j.cost.amountMicros, j.cost.currencyCode, locale) : "—"}</dd>
+        <dd data-testid="job-cost">{cost ? money(cost.amountMicros, cost.currencyCode, locale) : "—"}</dd>
         {j?.modelId && (
           <>
             <dt>{t("model")}</dt>

@@ -1,4 +1,4 @@
-import type { Checkpoint, JobEvent, TrainingJob } from "../gen/aivera/training/v1/jobs_pb.js";
+import type { Checkpoint, CostSummary, JobEvent, TrainingJob } from "../gen/aivera/training/v1/jobs_pb.js";
 import { JobStatus, LogLevel } from "../gen/aivera/training/v1/jobs_pb.js";
 
 export type Point = { step: number; loss: number; evalLoss: number | null; lr: number; tps: number };
@@ -14,6 +14,8 @@ export type JobView = {
   points: Point[];
   logs: Log[];
   checkpoints: Checkpoint[];
+  /** What the job has cost so far, from the stream's live `cost` events. */
+  cost: CostSummary | null;
   job: TrainingJob | null;
 };
 
@@ -29,11 +31,21 @@ export function emptyJob(job: TrainingJob | null = null): JobView {
     points: [],
     logs: [],
     checkpoints: [],
+    cost: null,
     job,
   };
 }
 
 export function foldJob(view: JobView, e: JobEvent): JobView {
+  // Live-only events carry the sequence of the last stored event (they are not stored):
+  // they are never duplicates, and they do not move the replay position.
+  const live = e.event;
+  if (live.case === "cost") return { ...view, cost: live.value };
+  if (live.case === "heartbeat") return view;
+  if (live.case === "final") {
+    const job = live.value;
+    return { ...view, job, cost: job.cost ?? view.cost, status: job.status, message: job.error?.message || view.message };
+  }
   if (e.sequence <= view.lastSeq) return view; // a duplicate after a reattach
   let next: JobView = { ...view, lastSeq: e.sequence };
   // A retry starts a new attempt: its curve replaces the previous one.
@@ -62,13 +74,6 @@ export function foldJob(view: JobView, e: JobEvent): JobView {
       const logs = [...next.logs, { seq: Number(e.sequence), level: ev.value.level, text: ev.value.text }];
       return { ...next, logs: logs.length > MAX_LOGS ? logs.slice(-MAX_LOGS) : logs };
     }
-    case "final":
-      return {
-        ...next,
-        job: ev.value,
-        status: ev.value.status,
-        message: ev.value.error?.message || next.message,
-      };
     default:
       return next;
   }
