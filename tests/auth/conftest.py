@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from services.auth.config import AuthSettings
-from tests.helpers.auth import (  # noqa: F401 - re-exported for the auth tests
+from tests.helpers.auth import (
     Client,
     code_of,
     db,
@@ -20,6 +20,22 @@ from tests.helpers.auth import (  # noqa: F401 - re-exported for the auth tests
     serve,
     variant,
 )
+
+# The auth tests import these shared helpers from here; listing them makes the
+# re-export explicit (mypy strict's no_implicit_reexport, ruff F401).
+__all__ = [
+    "Client",
+    "code_of",
+    "db",
+    "ed25519_pem",
+    "error_of",
+    "make_settings",
+    "master_entry",
+    "p256_pem",
+    "pem",
+    "serve",
+    "variant",
+]
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import asyncio
 import uuid
 
 import grpc
+from google.protobuf import field_mask_pb2
 
 from aivera.auth.v1 import auth_pb2
 from services.auth.config import AuthSettings
@@ -123,7 +124,7 @@ async def test_demoted_admin_is_admin_required(client: Client) -> None:
     await client.admin.UpdateUser(
         auth_pb2.UpdateUserRequest(
             user=auth_pb2.User(id=user.id, role=auth_pb2.ROLE_USER),
-            update_mask={"paths": ["role"]},
+            update_mask=field_mask_pb2.FieldMask(paths=["role"]),
         ),
         metadata=md,
     )

@@ -15,7 +15,10 @@ from tests.helpers.errors import reason
 
 
 async def refresh(c: Client, token: str) -> auth_pb2.RefreshTokenResponse:
-    return await c.auth.RefreshToken(auth_pb2.RefreshTokenRequest(refresh_token=token))
+    got: auth_pb2.RefreshTokenResponse = await c.auth.RefreshToken(
+        auth_pb2.RefreshTokenRequest(refresh_token=token)
+    )
+    return got
 
 
 async def refused(c: Client, token: str) -> None:

@@ -10,6 +10,7 @@ import aiohttp
 import grpc
 import jwt
 import pytest
+from google.protobuf import field_mask_pb2
 
 from aivera.auth.v1 import auth_pb2
 from services.auth.config import AuthSettings
@@ -33,7 +34,10 @@ ME = auth_pb2.GetCurrentUserRequest()
 
 
 async def refresh(c: Client, token: str) -> auth_pb2.RefreshTokenResponse:
-    return await c.auth.RefreshToken(auth_pb2.RefreshTokenRequest(refresh_token=token))
+    got: auth_pb2.RefreshTokenResponse = await c.auth.RefreshToken(
+        auth_pb2.RefreshTokenRequest(refresh_token=token)
+    )
+    return got
 
 
 async def refresh_code(c: Client, token: str) -> grpc.StatusCode:
@@ -80,7 +84,7 @@ async def test_bad_static_tokens_answer_the_same(client: Client) -> None:
     await client.admin.UpdateUser(
         auth_pb2.UpdateUserRequest(
             user=auth_pb2.User(id=disabled.id, status=auth_pb2.USER_STATUS_DISABLED),
-            update_mask={"paths": ["status"]},
+            update_mask=field_mask_pb2.FieldMask(paths=["status"]),
         ),
         metadata=bearer(admin),
     )
@@ -160,10 +164,11 @@ async def test_disabled_user_stops_at_once(client: Client) -> None:
     user, static, s = await client.new_user()
     admin = await client.admin_token()
 
-    async def set_status(status: int) -> None:
+    async def set_status(status: auth_pb2.UserStatus.ValueType) -> None:
         await client.admin.UpdateUser(
             auth_pb2.UpdateUserRequest(
-                user=auth_pb2.User(id=user.id, status=status), update_mask={"paths": ["status"]}
+                user=auth_pb2.User(id=user.id, status=status),
+                update_mask=field_mask_pb2.FieldMask(paths=["status"]),
             ),
             metadata=bearer(admin),
         )

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
+from pydantic import SecretStr
 
 from aivera.auth.v1 import auth_pb2, auth_pb2_grpc
 from aivera.chat.v1 import chat_pb2, chat_pb2_grpc
@@ -118,19 +119,21 @@ class Mesh:
             else:
                 setattr(settings, name, value)
                 paths.append(name)
-        return await self.admin_stub.UpdateSystemSettings(
+        updated: chat_pb2.SystemSettings = await self.admin_stub.UpdateSystemSettings(
             chat_pb2.UpdateSystemSettingsRequest(
                 settings=settings, update_mask=field_mask_pb2.FieldMask(paths=paths)
             ),
             metadata=admin.md,
         )
+        return updated
 
     async def chat_with_document(self, user: User, title: str = "Документ") -> chat_pb2.Chat:
         kb_id = self.rag.add_kb(user.id)
         await self.rag.add_document(user.id, kb_id, self.storage_stub, user.md)
-        return await self.stub.CreateChat(
+        chat: chat_pb2.Chat = await self.stub.CreateChat(
             chat_pb2.CreateChatRequest(title=title, knowledge_base_ids=[kb_id]), metadata=user.md
         )
+        return chat
 
     async def send(
         self, user: User, chat_id: str, text: str, **kw: Any
@@ -197,13 +200,13 @@ async def build_mesh(
     data = Path(tempfile.mkdtemp(prefix="aivera-chat-"))
     a_settings = auth_settings(database_url)
     async with running(auth_spec(a_settings), a_settings) as auth_app:
-        common = {
+        common: dict[str, Any] = {
             "aivera_env": "test",
             "database_url": database_url,
             "auth_addr": f"127.0.0.1:{auth_app.grpc_port}",
         }
         s_settings = StorageSettings(
-            **common, aivera_service_secret=secret("storage"), data_dir=data
+            **common, aivera_service_secret=SecretStr(secret("storage")), data_dir=data
         )
         async with running(storage_spec(s_settings), s_settings) as storage_app:
             fake = FakeRag()
@@ -235,7 +238,7 @@ async def build_mesh(
                     attachment_wait_seconds=5,
                     chat_spool_dir=data / "spool",
                     turn_watch_poll_seconds=0.05,
-                    aivera_service_secret=secret("chat"),
+                    aivera_service_secret=SecretStr(secret("chat")),
                     **chat_settings,
                 )
                 async with (

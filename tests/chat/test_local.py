@@ -76,7 +76,7 @@ def make_adapter(folder: Path) -> None:
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.5)
-    model.save_pretrained(folder)
+    model.save_pretrained(str(folder))
 
 
 async def test_clone_chat_answers_through_lora_adapter(mesh: Mesh, gemini: GeminiServer) -> None:

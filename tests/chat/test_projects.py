@@ -20,9 +20,10 @@ def _stub(mesh: Mesh) -> projects_pb2_grpc.ProjectServiceStub:
 
 
 async def _folder(mesh: Mesh, user: User, name: str, parent: str = "") -> projects_pb2.Folder:
-    return await _stub(mesh).CreateFolder(
+    folder: projects_pb2.Folder = await _stub(mesh).CreateFolder(
         projects_pb2.CreateFolderRequest(name=name, parent_id=parent), metadata=user.md
     )
+    return folder
 
 
 async def _tree(mesh: Mesh, user: User, folder_id: str = "") -> list[projects_pb2.FolderNode]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import io
+from typing import cast
 
 import grpc
 import pytest
-from google.protobuf import field_mask_pb2
+from google.protobuf import field_mask_pb2, struct_pb2
 from PIL import Image
 
 from aivera.chat.v1 import chat_pb2
@@ -192,11 +193,13 @@ async def test_tool_loop_request_images_zoom_answer(mesh: Mesh, gemini: GeminiSe
     # image's resolution, and shows the blue mark that the page image barely has.
     page_width = mesh.rag.docs[next(iter(mesh.rag.docs))].width
     assert zoom.width == pytest.approx(0.1 * page_width * 3, rel=0.05)
-    blue = sum(1 for r, g, b in zoom.getdata() if b > 180 and r < 80 and g < 80)
+    blue = sum(1 for r, g, b in list(zoom.getdata()) if b > 180 and r < 80 and g < 80)
     assert blue > 100
     tool_calls = [e.tool_call for e in events if e.HasField("tool_call")]
     assert [(t.name, t.iteration) for t in tool_calls] == [("request_images", 1), ("zoom", 2)]
-    assert list(tool_calls[0].arguments["block_ids"]) == ["b-drawing"]
+    # A Struct list value reads back as a ListValue.
+    block_ids = cast(struct_pb2.ListValue, tool_calls[0].arguments["block_ids"])
+    assert list(block_ids) == ["b-drawing"]
     produced = [e.image_produced for e in events if e.HasField("image_produced")]
     assert [p.image.kind for p in produced] == [
         chat_pb2.IMAGE_KIND_VIEWPORT,

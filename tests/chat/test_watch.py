@@ -4,7 +4,7 @@ stops it, another user's turn is NOT_FOUND."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
 import grpc
@@ -143,12 +143,14 @@ async def test_another_users_turn_is_not_found(mesh: Mesh, gemini: GeminiServer)
     )
     events = [e async for e in _until_tokens(call, 1)]
     turn_id = events[0].message_id
-    for stub_call in (
+    # One call streams, the other is awaited: the loop tells them apart at runtime.
+    stub_calls: tuple[Callable[[], Any], ...] = (
         lambda: watch(mesh.stub, other, chat.id, turn_id),
         lambda: mesh.stub.CancelTurn(
             chat_pb2.CancelTurnRequest(chat_id=chat.id, turn_id=turn_id), metadata=other.md
         ),
-    ):
+    )
+    for stub_call in stub_calls:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             result = stub_call()
             if hasattr(result, "__aiter__"):

@@ -15,10 +15,9 @@ from typing import Any
 
 import grpc
 import pytest
-from click.testing import Result
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from aivera.auth.v1 import auth_pb2, auth_pb2_grpc
 from client.cli import app

@@ -348,7 +348,7 @@ class Gateway(grpc.GenericRpcHandler):
         self.calls: list[str] = []
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        method: str = details.method  # type: ignore[attr-defined]
+        method: str = details.method
         svc = method.split(".")[1] if method.startswith("/aivera.") else ""
         upstream = self.channels.get(svc)
         if upstream is None:

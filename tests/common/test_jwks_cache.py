@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 
 from services.common.errors import Reason, Unauthenticated
-from services.common.jwks import JwksVerifier
+from services.common.jwks import AccessClaims, JwksVerifier, _Key
 from tests.helpers.tokens import Keyring, ed25519_key
 
 
@@ -29,9 +29,9 @@ def counting(
     calls: list[int] = []
     inner = verifier._verify_uncached
 
-    async def spy(token: str, *args: str):  # type: ignore[no-untyped-def]
+    async def spy(token: str, audience: str, kind: str) -> tuple[AccessClaims, str, _Key]:
         calls.append(1)
-        return await inner(token, *args)
+        return await inner(token, audience, kind)
 
     verifier._verify_uncached = spy  # type: ignore[method-assign]
     return verifier, calls
@@ -168,9 +168,10 @@ async def test_a_cached_token_never_passes_as_another_kind() -> None:
     delegation = keyring.mint_delegation("u1", audience="rag", actor="chat")
     claims = await verifier.verify_delegation(delegation, service="rag")
     assert claims.user_id == "u1" and claims.service == "chat"
-    for wrong in (
+    wrongs: tuple[Callable[[], Awaitable[AccessClaims]], ...] = (
         lambda: verifier.verify(delegation),
         lambda: verifier.verify_delegation(delegation, service="storage"),
-    ):
+    )
+    for wrong in wrongs:
         with pytest.raises(Unauthenticated):
             await wrong()

@@ -23,7 +23,9 @@ def _query() -> str:
 
 
 def test_query_counts_queued_and_running_statuses() -> None:
-    statuses = {int(n) for n in re.search(r"status IN \(([^)]*)\)", _query())[1].split(",")}
+    found = re.search(r"status IN \(([^)]*)\)", _query())
+    assert found is not None
+    statuses = {int(n) for n in found[1].split(",")}
     assert statuses == {jobs_pb2.JOB_STATUS_QUEUED, jobs_pb2.JOB_STATUS_RUNNING}
 
 

@@ -330,7 +330,7 @@ def test_datastores_in_cluster_for_dev_external_for_prod(builds: dict[str, list[
 def _qdrant_client_version() -> str:
     reqs = (ROOT / "requirements" / "rag.txt").read_text()
     (version,) = re.findall(r"^qdrant-client==(\S+)$", reqs, re.MULTILINE)
-    return version
+    return str(version)
 
 
 def test_qdrant_is_a_stateful_set_with_a_volume_and_a_pinned_image(

@@ -13,9 +13,11 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+from pydantic import SecretStr
 
 from aivera.auth.v1 import auth_pb2, auth_pb2_grpc
 from aivera.chat.v1 import chat_pb2, chat_pb2_grpc
@@ -82,27 +84,27 @@ async def mesh(database_url: str) -> AsyncIterator[dict[str, object]]:
     tiny = await asyncio.to_thread(build_tiny_model, data / "tiny-llama")
     a = auth_settings(database_url)
     async with running(auth_spec(a), a) as auth_app:
-        common: dict[str, object] = {
+        common: dict[str, Any] = {
             "aivera_env": "test",
             "database_url": database_url,
             "auth_addr": f"127.0.0.1:{auth_app.grpc_port}",
         }
         s = StorageSettings(
-            **common, aivera_service_secret=secret("storage"), data_dir=data / "storage"
-        )  # type: ignore[arg-type]
+            **common, aivera_service_secret=SecretStr(secret("storage")), data_dir=data / "storage"
+        )
         async with running(storage_spec(s), s) as storage_app:
             common["storage_addr"] = f"127.0.0.1:{storage_app.grpc_port}"
             r = RagSettings(
-                aivera_service_secret=secret("rag"),
+                aivera_service_secret=SecretStr(secret("rag")),
                 **common,
                 data_dir=data,
                 qdrant_path=data / "qdrant",
-            )  # type: ignore[arg-type]
+            )
             async with running(rag_spec(r), r) as rag_app:
                 common["rag_addr"] = f"127.0.0.1:{rag_app.grpc_port}"
                 t = TrainingSettings(
-                    aivera_service_secret=secret("training"),
-                    **common,  # type: ignore[arg-type]
+                    aivera_service_secret=SecretStr(secret("training")),
+                    **common,
                     allowed_base_models=[str(tiny)],
                     training_executor="peft",
                     training_heartbeat_seconds=0.5,
@@ -112,8 +114,8 @@ async def mesh(database_url: str) -> AsyncIterator[dict[str, object]]:
                 async with running(training_spec(t), t) as training_app:
                     common["training_addr"] = f"127.0.0.1:{training_app.grpc_port}"
                     c = ChatSettings(
-                        aivera_service_secret=secret("chat"),
-                        **common,  # type: ignore[arg-type]
+                        aivera_service_secret=SecretStr(secret("chat")),
+                        **common,
                         local_model=str(tiny),
                         local_max_new_tokens=8,
                         chat_models_dir=data / "models",

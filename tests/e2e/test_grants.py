@@ -16,9 +16,11 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
+from pydantic import SecretStr
 
 from aivera.storage.v1 import storage_pb2
 from aivera.training.v1 import datasets_pb2, jobs_pb2
@@ -65,20 +67,20 @@ async def mesh(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> A
     tiny = build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
     a = auth_settings(database_url, access_token_ttl_seconds=ACCESS_TTL)
     async with running(auth_spec(a), a) as auth_app:
-        common = {
+        common: dict[str, Any] = {
             "aivera_env": "test",
             "database_url": database_url,
             "auth_addr": f"127.0.0.1:{auth_app.grpc_port}",
         }
         s = StorageSettings(
             **common,
-            aivera_service_secret=secret("storage"),
+            aivera_service_secret=SecretStr(secret("storage")),
             data_dir=tmp_path_factory.mktemp("storage"),
         )
         async with running(storage_spec(s), s) as storage_app:
             t = TrainingSettings(
                 **common,
-                aivera_service_secret=secret("training"),
+                aivera_service_secret=SecretStr(secret("training")),
                 storage_addr=f"127.0.0.1:{storage_app.grpc_port}",
                 allowed_base_models=[str(tiny)],
                 training_executor="simulate",
@@ -143,7 +145,9 @@ async def holds_grant(settings: TrainingSettings, job_id: str) -> bool:
     return bool(n)
 
 
-async def until(settings: TrainingSettings, job_id: str, done: set[int]) -> tuple[int, str]:
+async def until(
+    settings: TrainingSettings, job_id: str, done: set[jobs_pb2.JobStatus.ValueType]
+) -> tuple[int, str]:
     deadline = time.monotonic() + 60
     while True:
         status, message = await job_status(settings, job_id)

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
 
 from aivera.auth.v1 import auth_pb2, auth_pb2_grpc
 from aivera.chat.v1 import chat_pb2, chat_pb2_grpc
@@ -114,7 +115,7 @@ async def test_disabling_a_user_ends_access_tokens_everywhere(mesh: Mesh) -> Non
     await admin.UpdateUser(
         auth_pb2.UpdateUserRequest(
             user=auth_pb2.User(id=user_id, status=auth_pb2.USER_STATUS_DISABLED),
-            update_mask={"paths": ["status"]},
+            update_mask=field_mask_pb2.FieldMask(paths=["status"]),
         ),
         metadata=admin_md,
     )

@@ -123,16 +123,17 @@ class Client:
         return md
 
     async def exchange(self, static_token: str) -> auth_pb2.ExchangeStaticTokenResponse:
-        return await self.auth.ExchangeStaticToken(
+        got: auth_pb2.ExchangeStaticTokenResponse = await self.auth.ExchangeStaticToken(
             auth_pb2.ExchangeStaticTokenRequest(static_token=static_token)
         )
+        return got
 
     async def admin_token(self) -> str:
         token = self.settings.aivera_bootstrap_admin_token.get_secret_value()
         return (await self.exchange(token)).access_token
 
     async def new_user(
-        self, role: int = auth_pb2.ROLE_USER
+        self, role: auth_pb2.Role.ValueType = auth_pb2.ROLE_USER
     ) -> tuple[auth_pb2.User, str, auth_pb2.ExchangeStaticTokenResponse]:
         """A fresh user: (user, static token, a first session)."""
         created = await self.admin.CreateUser(

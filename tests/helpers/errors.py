@@ -15,7 +15,7 @@ M = TypeVar("M", bound=Message)
 
 def detail(err: grpc.RpcError, cls: type[M]) -> M | None:
     """The first detail of type `cls` in the call's status, or None."""
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    status = rpc_status.from_call(err)
     if status is None:
         return None
     for any_detail in status.details:

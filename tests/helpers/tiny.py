@@ -37,7 +37,8 @@ def build_tiny_model(folder: Path, *, layers: int = 2, hidden: int = 64) -> Path
         show_progress=False,
     )
     tok.train_from_iterator(CORPUS * 4, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
+    # transformers leaves the fast tokenizer's __init__ unannotated.
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tok,
         bos_token="<|im_start|>",
         eos_token="<|im_end|>",

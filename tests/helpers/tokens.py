@@ -28,7 +28,7 @@ class SigningKey:
     private: Any
 
     def jwk(self) -> dict[str, Any]:
-        data = jwt.algorithms.get_default_algorithms()[self.alg].to_jwk(  # type: ignore[attr-defined]
+        data = jwt.algorithms.get_default_algorithms()[self.alg].to_jwk(
             self.private.public_key(), as_dict=True
         )
         data.update(kid=self.kid, alg=self.alg, use="sig")

@@ -4,6 +4,7 @@ qdrant-client's generic one for the filters the index builds, and leaves others 
 from __future__ import annotations
 
 import random
+from uuid import UUID
 
 import numpy as np
 from qdrant_client import models
@@ -30,7 +31,7 @@ def test_fast_mask_equals_the_generic_one() -> None:
     ]
     payloads.append({"user_id": ["u1", "u9"], "knowledge_base_id": "k1"})  # list values
     payloads.append({})  # missing keys
-    ids = list(range(len(payloads)))
+    ids: list[int | str | UUID] = list(range(len(payloads)))  # the point ids qdrant takes
     deleted = {"dense": np.zeros(len(payloads), dtype=bool)}
     filters = [
         _filter("u1", ["k1"]),

@@ -19,6 +19,7 @@ import grpc
 import pytest
 from fpdf import FPDF
 from PIL import Image
+from pydantic import SecretStr
 
 from aivera.rag.v1 import rag_pb2, rag_pb2_grpc
 from aivera.storage.v1 import storage_pb2, storage_pb2_grpc
@@ -130,7 +131,7 @@ async def env(database_url: str, embedder: MiniLmEmbedder) -> AsyncIterator[Env]
     keyring = Keyring()
     with tempfile.TemporaryDirectory(prefix="aivera-rag-") as tmp:
         s_settings = StorageSettings(
-            database_url=database_url,
+            database_url=SecretStr(database_url),
             data_dir=Path(tmp) / "storage",
             storage_backend="local",
             storage_purge_interval_seconds=3600,
@@ -139,7 +140,7 @@ async def env(database_url: str, embedder: MiniLmEmbedder) -> AsyncIterator[Env]
             storage_spec(s_settings), s_settings, verifier=keyring.verifier()
         ) as s_app:
             r_settings = RagSettings(
-                database_url=database_url,
+                database_url=SecretStr(database_url),
                 data_dir=Path(tmp) / "rag",
                 storage_addr=f"127.0.0.1:{s_app.grpc_port}",
                 rag_render_dpi=DPI,
@@ -569,7 +570,7 @@ async def test_empty_unsupported_and_bad_requests(env: Env) -> None:
     Image.new("RGB", (8, 8)).save(png, format="PNG")
     image = await env.upload(u, png.getvalue(), "x.png", bucket=storage_pb2.BUCKET_IMAGES)
     md_file = await env.upload(u, b"# Title\n\ntext", "t.md")
-    invalid = [
+    invalid: list[tuple[str, str, dict[str, Any]]] = [
         (kb_id, not_annotation, {}),
         (kb_id, image, {}),
         (kb_id, md_file, {"format": P.DOCUMENT_FORMAT_PDF}),

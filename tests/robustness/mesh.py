@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 from PIL import Image
+from pydantic import SecretStr
 
 from aivera.auth.v1 import auth_pb2, auth_pb2_grpc
 from aivera.chat.v1 import chat_pb2, chat_pb2_grpc
@@ -252,13 +253,13 @@ async def full_mesh(database_url: str) -> AsyncIterator[Mesh]:
             "log_level": "WARNING",
         }
         s = StorageSettings(
-            **common, aivera_service_secret=secret("storage"), data_dir=data / "storage"
+            **common, aivera_service_secret=SecretStr(secret("storage")), data_dir=data / "storage"
         )
         storage_app = await stack.enter_async_context(running(storage_spec(s), s))
         common["storage_addr"] = f"127.0.0.1:{storage_app.grpc_port}"
         r = RagSettings(
             **common,
-            aivera_service_secret=secret("rag"),
+            aivera_service_secret=SecretStr(secret("rag")),
             data_dir=data,
             qdrant_path=data / "qdrant",
         )
@@ -266,7 +267,7 @@ async def full_mesh(database_url: str) -> AsyncIterator[Mesh]:
         common["rag_addr"] = f"127.0.0.1:{rag_app.grpc_port}"
         t = TrainingSettings(
             **common,
-            aivera_service_secret=secret("training"),
+            aivera_service_secret=SecretStr(secret("training")),
             allowed_base_models=[tiny],
             training_executor="simulate",
         )
@@ -275,7 +276,7 @@ async def full_mesh(database_url: str) -> AsyncIterator[Mesh]:
         gemini = await stack.enter_async_context(GeminiServer())
         c = ChatSettings(
             **common,
-            aivera_service_secret=secret("chat"),
+            aivera_service_secret=SecretStr(secret("chat")),
             gemini_base_url=gemini.base_url,
             provider_retry_attempts=1,
             provider_retry_initial_delay_seconds=0.01,

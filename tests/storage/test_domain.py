@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from aivera.storage.v1 import storage_pb2
 from services.common.errors import InvalidArgument, ResourceExhausted
 from services.storage import sniff
 from services.storage.buckets import Buckets, check_labels, check_sha256
@@ -94,7 +95,7 @@ def test_bucket_rules_and_limits() -> None:
     with pytest.raises(ResourceExhausted):
         images.check_declared_size(3 * MiB + 1, field="size_bytes")
     with pytest.raises(InvalidArgument):
-        buckets.from_proto(0)
+        buckets.from_proto(storage_pb2.BUCKET_UNSPECIFIED)
     assert buckets.by_name("datasets").allowed == {sniff.JSONL, sniff.JSON}
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
+from pydantic import SecretStr
 
 from aivera.storage.v1 import storage_pb2, storage_pb2_grpc
 from aivera.training.v1 import (
@@ -87,13 +88,13 @@ async def env(
 ) -> AsyncIterator[Env]:
     data_dir = tmp_path_factory.mktemp("storage")
     s_settings = StorageSettings(
-        database_url=database_url,
+        database_url=SecretStr(database_url),
         data_dir=data_dir,
         storage_backend="local",
     )
     async with running(storage_spec(s_settings), s_settings, verifier=keyring.verifier()) as st:
         base: dict[str, Any] = dict(
-            database_url=database_url,
+            database_url=SecretStr(database_url),
             storage_addr=f"127.0.0.1:{st.grpc_port}",
             rag_addr=rag_addr,
             allowed_base_models=[str(tiny_model)],
@@ -134,7 +135,7 @@ class User:
         self,
         content: bytes,
         filename: str = "data.jsonl",
-        bucket: int = storage_pb2.BUCKET_DATASETS,
+        bucket: storage_pb2.Bucket.ValueType = storage_pb2.BUCKET_DATASETS,
     ) -> str:
         async def reqs() -> AsyncIterator[storage_pb2.UploadRequest]:
             yield storage_pb2.UploadRequest(
@@ -153,7 +154,7 @@ class User:
     ) -> datasets_pb2.Dataset:
         raw = records if isinstance(records, bytes) else jsonl(records)
         file_id = await self.upload(raw)
-        ds = await self.datasets.CreateDataset(
+        ds: datasets_pb2.Dataset = await self.datasets.CreateDataset(
             datasets_pb2.CreateDatasetRequest(
                 name="d", file_id=file_id, base_model=self.env.tiny, max_seq_length=max_seq_length
             ),
@@ -167,7 +168,7 @@ class User:
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
         while True:
-            ds = await self.datasets.GetDataset(
+            ds: datasets_pb2.Dataset = await self.datasets.GetDataset(
                 datasets_pb2.GetDatasetRequest(id=ds_id), metadata=self.md
             )
             if ds.status != datasets_pb2.DATASET_STATUS_VALIDATING or loop.time() > end:
@@ -176,10 +177,11 @@ class User:
 
     async def job(self, dataset_id: str, **kw: Any) -> jobs_pb2.TrainingJob:
         hp = kw.pop("hp", None) or jobs_pb2.Hyperparameters(max_steps=4, checkpoint_every_steps=2)
-        return await self.jobs.CreateJob(
+        created: jobs_pb2.TrainingJob = await self.jobs.CreateJob(
             jobs_pb2.CreateJobRequest(dataset_id=dataset_id, hyperparameters=hp, **kw),
             metadata=self.md,
         )
+        return created
 
     async def wait_job(
         self, job_id: str, statuses: tuple[int, ...], timeout: float = 60
@@ -187,7 +189,9 @@ class User:
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
         while True:
-            job = await self.jobs.GetJob(jobs_pb2.GetJobRequest(id=job_id), metadata=self.md)
+            job: jobs_pb2.TrainingJob = await self.jobs.GetJob(
+                jobs_pb2.GetJobRequest(id=job_id), metadata=self.md
+            )
             if job.status in statuses:
                 return job
             if loop.time() > end:

@@ -28,7 +28,7 @@ def admin_stub(env: Env) -> tuple[admin_pb2_grpc.TrainingAdminServiceStub, Any, 
 
 def audits(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
     return [
-        r.fields  # type: ignore[attr-defined]
+        r.fields
         for r in caplog.records
         if r.name == "aivera.training.admin" and hasattr(r, "fields")
     ]

@@ -47,10 +47,14 @@ class Billed(User):
     async def estimate(self, **kw: Any) -> J.JobEstimate:
         hp = kw.pop("hp", None) or J.Hyperparameters(max_steps=4, checkpoint_every_steps=2)
         req = J.CreateJobRequest(hyperparameters=hp, **kw)
-        return await self.jobs.EstimateJob(J.EstimateJobRequest(job=req), metadata=self.md)
+        got: J.JobEstimate = await self.jobs.EstimateJob(
+            J.EstimateJobRequest(job=req), metadata=self.md
+        )
+        return got
 
     async def quota(self) -> B.Quota:
-        return await self.billing.GetQuota(B.GetQuotaRequest(), metadata=self.md)
+        got: B.Quota = await self.billing.GetQuota(B.GetQuotaRequest(), metadata=self.md)
+        return got
 
     async def months(self) -> list[B.MonthlyCostSummary]:
         got = await self.billing.ListCostSummaries(B.ListCostSummariesRequest(), metadata=self.md)
@@ -139,7 +143,7 @@ async def test_gpu_hours_budget_simulation_and_monthly_costs(env: Env) -> None:
     mask = field_mask_pb2.FieldMask
 
     async def gpu_hours(value: float) -> B.Quota:
-        return await admin.billing.UpdateQuota(
+        quota: B.Quota = await admin.billing.UpdateQuota(
             B.UpdateQuotaRequest(
                 user_id=u.id,
                 gpu_hours_per_month=value,
@@ -147,6 +151,7 @@ async def test_gpu_hours_budget_simulation_and_monthly_costs(env: Env) -> None:
             ),
             metadata=admin.md,
         )
+        return quota
 
     # Room for one job: an admin gives the user GPU hours above the module's default.
     lifted = await gpu_hours(1000)

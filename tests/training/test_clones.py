@@ -58,7 +58,9 @@ class FakeRag:
             raise InvalidArgument("unsupported file type", field="file_id")
         doc_id = str(uuid.uuid4())
         self.docs[doc_id] = (ctx.require_user_id(), request.knowledge_base_id)
-        yield rag_pb2.IngestEvent(document_id=doc_id, phase=rag_pb2.IngestPhase(stage=1))
+        yield rag_pb2.IngestEvent(
+            document_id=doc_id, phase=rag_pb2.IngestPhase(stage=rag_pb2.INGEST_STAGE_PARSING)
+        )
         yield rag_pb2.IngestEvent(document_id=doc_id, done=rag_pb2.IngestDone())
 
     async def GetDocument(self, request: Any, context: Any) -> rag_pb2.DocumentDetail:

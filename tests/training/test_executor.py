@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
@@ -84,7 +84,8 @@ def test_assistant_only_targets_and_packing(tiny_model: Path) -> None:
     tok = AutoTokenizer.from_pretrained(tiny_model)
     r = data.render(tok, chat("Question?", "Answer.")["messages"])
     seg = data.segment(r, 256)
-    trained = [tok.decode([t]) for t in seg.labels if t != data.IGNORE]
+    # Decoding one sequence gives a str (the stub allows a batch's list too).
+    trained = [cast(str, tok.decode([t])) for t in seg.labels if t != data.IGNORE]
     assert "".join(trained) == "Answer.<|im_end|>"
     bins = data.pack([50, 30, 20, 70, 10], 100)
     assert sorted(i for b in bins for i in b) == [0, 1, 2, 3, 4]
@@ -94,7 +95,8 @@ def test_assistant_only_targets_and_packing(tiny_model: Path) -> None:
 
 def test_packed_rows_do_not_attend_across_examples(tiny_model: Path) -> None:
     tok = AutoTokenizer.from_pretrained(tiny_model)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    # transformers leaves its eval() override unannotated.
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()  # type: ignore[no-untyped-call]
     plan = make_plan(jsonl(MEMO[:3]), tok, hp(max_seq_length=512))
     assert len(plan.bins) == 1 and len(plan.bins[0]) == 3  # all three packed in one row
     ids, pos, _labels, real = collate(plan, [0], tok.pad_token_id)

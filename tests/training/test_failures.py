@@ -10,7 +10,7 @@ import asyncio
 import signal
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -36,8 +36,10 @@ def nan_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     folder = build_tiny_model(tmp_path_factory.mktemp("models") / "nan-llama")
     model = AutoModelForCausalLM.from_pretrained(folder)
+    # A Llama's input embeddings are an nn.Embedding; transformers types them as any Module.
+    embeddings = cast(torch.nn.Embedding, model.get_input_embeddings())
     with torch.no_grad():
-        model.get_input_embeddings().weight.fill_(float("nan"))
+        embeddings.weight.fill_(float("nan"))
     model.save_pretrained(folder)
     return folder
 

@@ -37,7 +37,7 @@ from aivera.training.v1 import jobs_pb2 as J
 from aivera.training.v1 import models_pb2 as M
 from services.training import image_executor, image_jobs, image_pipeline
 from services.training.config import TrainingSettings
-from services.training.session import StepPoint
+from services.training.session import StepPoint, Stopped
 from tests.helpers.services import bearer
 from tests.training.conftest import Env, User, running_worker
 
@@ -295,7 +295,7 @@ def test_resumed_training_matches_an_uninterrupted_run(env: Env) -> None:
     full = image_executor.run_peft(s)
     assert [p.step for p in points] == list(range(1, 9)) and [c for c, _ in ckpts] == [2, 4, 6]
     s, _, ckpts = _session(path, images, None, stop_after=3)
-    with pytest.raises(image_executor.Stopped):
+    with pytest.raises(Stopped):
         image_executor.run_peft(s)
     assert [c for c, _ in ckpts] == [2]
     s, points, _ = _session(path, images, ckpts[0][1], 0)

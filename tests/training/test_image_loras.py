@@ -336,7 +336,9 @@ async def test_reference_images(env: Env) -> None:
         (L.IMAGE_FORMAT_WEBP, 600, 4096),
     ]
 
-    async def refused(raw: bytes, bucket: int = IMAGES, filename: str = "x.png") -> Any:
+    async def refused(
+        raw: bytes, bucket: storage_pb2.Bucket.ValueType = IMAGES, filename: str = "x.png"
+    ) -> Any:
         file_id = await u.upload(raw, filename, bucket)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await u.add_file(lora.id, file_id)

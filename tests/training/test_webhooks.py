@@ -20,6 +20,7 @@ import grpc
 import pytest
 from aiohttp import web
 from cryptography.exceptions import InvalidTag
+from pydantic import SecretStr
 
 from aivera.training.v1 import jobs_pb2 as J
 from aivera.training.v1 import notifications_pb2 as N
@@ -235,7 +236,7 @@ async def test_bad_input_limits_and_another_user(env: Env, receiver: Receiver) -
 
 def test_secrets_are_sealed_and_prod_needs_a_key() -> None:
     key = base64.urlsafe_b64encode(bytes(range(32))).decode()
-    sealer = Sealer(TrainingSettings(aivera_env="prod", training_webhook_key=key))
+    sealer = Sealer(TrainingSettings(aivera_env="prod", training_webhook_key=SecretStr(key)))
     hook_a, hook_b = uuid.uuid4(), uuid.uuid4()
     blob = sealer.seal(hook_a, "whsec_abc")
     assert b"whsec_abc" not in blob and sealer.open(hook_a, blob) == "whsec_abc"

@@ -185,7 +185,7 @@ async def new_user(studio: Studio, prefix: str) -> str:
         admin = await auth_pb2_grpc.AuthServiceStub(ch).ExchangeStaticToken(
             auth_pb2.ExchangeStaticTokenRequest(static_token=studio.bootstrap)
         )
-        user = await auth_pb2_grpc.AuthAdminServiceStub(ch).CreateUser(
+        user: auth_pb2.CreateUserResponse = await auth_pb2_grpc.AuthAdminServiceStub(ch).CreateUser(
             auth_pb2.CreateUserRequest(username=prefix + uuid.uuid4().hex[:8]),
             metadata=bearer(admin.access_token),
         )
