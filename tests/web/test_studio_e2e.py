@@ -235,6 +235,10 @@ async def test_studio_and_administration(studio: Studio, tmp_path: Path) -> None
     assert found["finalPoints"] == 30 and found["finalStatus"] == "SUCCEEDED"
     # Reopened: the replay from the first event drew the whole curve again.
     assert found["replayedPoints"] == 30
+    # The monitor's "cost so far" moved off "—" while the job ran (WatchJob's live cost
+    # events) and holds the final job's cost at the end.
+    assert found.get("costWhileRunning"), found
+    assert found["finalCost"] and found["finalCost"] != "—"
     assert found["downloadLinks"] >= 1 and all(
         u.startswith(studio.base_url + "/files/") for u in found["downloadUrls"]
     )

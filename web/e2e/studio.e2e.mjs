@@ -74,6 +74,10 @@ await browse(
       const chart = page.getByTestId("loss-chart");
       const n = (await chart.count()) ? Number(await chart.getAttribute("data-points")) : 0;
       if (n > 0 && chartSizes[chartSizes.length - 1] !== n) chartSizes.push(n);
+      if (status === "RUNNING" && !found.costWhileRunning) {
+        const cost = (await page.getByTestId("job-cost").innerText()).trim();
+        if (cost !== "—") found.costWhileRunning = cost; // WatchJob's live cost event
+      }
       if (!midShot && n >= 8) {
         await shot(page, "s03-training");
         midShot = true;
@@ -86,6 +90,7 @@ await browse(
     found.finalStatus = status;
     found.finalPoints = Number(await page.getByTestId("loss-chart").getAttribute("data-points"));
     found.logLines = (await page.getByTestId("job-logs").innerText()).split("\n").filter(Boolean).length;
+    found.finalCost = (await page.getByTestId("job-cost").innerText()).trim();
     await shot(page, "s04-job-done");
     step("trained-live");
 
